@@ -1,0 +1,3 @@
+from autonumad.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,186 @@
+"""The host abstraction: every path autonumad reads hangs off an injected root.
+
+A `Host` is a machine seen through its /proc and /sys trees. Readers (the
+modules in `autonumad.readers`) take a Host and never build paths of their
+own, so the same reader serves a real machine (`LinuxHost`, root "/") and a
+*fake host* (`autonumad.fakehost.FakeHost`, a directory with the same layout
+as /proc and /sys, captured from a real kernel by scripts/capture-host or
+built by tests). Only the actuators differ: on a real host they are
+syscalls and sysctl writes; on a fake host they rewrite the tree so that the
+next read sees the effect.
+
+Errors: host-level reads raise `OSError` as is (the reader turns it into a
+`HostError` naming the file); per-process reads map errno to the typed
+outcomes of `autonumad.errors` because processes exit at any moment.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from autonumad.errors import AccessDenied, HostError, ProcessGone
+
+# errno values that, under /proc/<pid>, mean the process went away between
+# listing and reading (proc(5); ESRCH comes from files such as numa_maps whose
+# mm was torn down while the directory still existed).
+_GONE_ERRNOS = {errno.ENOENT, errno.ESRCH}
+_DENIED_ERRNOS = {errno.EACCES, errno.EPERM}
+
+
+@dataclass(frozen=True)
+class MoveResult:
+    """Outcome of one page-move request, counted per page.
+
+    `moved` pages now sit on the target node because of this call,
+    `already` were on it before, `absent` were not populated (-ENOENT in
+    move_pages(2) status), and `failed` counts the other per-page errors by
+    errno name (EBUSY, ENOMEM, EACCES, EFAULT, ...).
+    """
+
+    requested: int = 0
+    moved: int = 0
+    already: int = 0
+    absent: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
+    moved_from: dict[int, int] = field(default_factory=dict)  # source node -> pages
+    page_size: int = 4096
+    gone: bool = False  # the process exited during the move
+
+    @property
+    def moved_bytes(self) -> int:
+        return self.moved * self.page_size
+
+
+class Host:
+    """Read side shared by real and fake hosts. Paths are absolute host paths."""
+
+    is_fake = False
+
+    def __init__(self, root: str | os.PathLike[str] = "/"):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.root)!r})"
+
+    # -- paths ---------------------------------------------------------------
+    def path(self, host_path: str) -> Path:
+        """Map an absolute host path ("/proc/vmstat") into this host's tree."""
+        return self.root / host_path.lstrip("/")
+
+    def exists(self, host_path: str) -> bool:
+        return self.path(host_path).exists()
+
+    def read_text(self, host_path: str) -> str:
+        with open(self.path(host_path), "r", encoding="utf-8", errors="surrogateescape") as f:
+            return f.read()
+
+    def read_text_or_none(self, host_path: str) -> str | None:
+        """Read an optional file: None if it does not exist (kernels differ)."""
+        try:
+            return self.read_text(host_path)
+        except FileNotFoundError:
+            return None
+        except PermissionError:
+            return None
+
+    def listdir(self, host_path: str) -> list[str]:
+        try:
+            return os.listdir(self.path(host_path))
+        except FileNotFoundError:
+            return []
+
+    # -- processes -----------------------------------------------------------
+    def pids(self) -> list[int]:
+        """Process ids present now (numeric entries of /proc), ascending."""
+        return sorted(int(n) for n in self.listdir("/proc") if n.isdigit())
+
+    def tids(self, pid: int) -> list[int]:
+        """Thread ids of a process; raises ProcessGone if it has exited."""
+        p = f"/proc/{pid}/task"
+        try:
+            return sorted(int(n) for n in os.listdir(self.path(p)) if n.isdigit())
+        except OSError as e:
+            raise _process_error(pid, p, e) from None
+
+    def read_proc_text(self, pid: int, name: str) -> str:
+        """Read /proc/<pid>/<name>, mapping errno to ProcessGone/AccessDenied."""
+        p = f"/proc/{pid}/{name}"
+        try:
+            return self.read_text(p)
+        except OSError as e:
+            raise _process_error(pid, p, e) from None
+
+    # -- actuators (implemented by LinuxHost and FakeHost) ----------------------
+    def move_pages(self, pid: int, start: int, end: int, page_size: int,
+                   target_node: int, max_pages: int | None = None) -> MoveResult:
+        """Move the populated pages of [start, end) of `pid` to `target_node`."""
+        raise NotImplementedError
+
+    def set_thread_affinity(self, tid: int, cpus: Iterable[int]) -> None:
+        """sched_setaffinity(2) on one thread; raises ProcessGone/AccessDenied."""
+        raise NotImplementedError
+
+    def thread_affinity(self, tid: int) -> frozenset[int]:
+        raise NotImplementedError
+
+    def write_text(self, host_path: str, value: str) -> None:
+        """Write a kernel knob (sysctl or sysfs file)."""
+        raise NotImplementedError
+
+
+def _process_error(pid: int, path: str, e: OSError) -> Exception:
+    if e.errno in _GONE_ERRNOS:
+        return ProcessGone(pid, path)
+    if e.errno in _DENIED_ERRNOS:
+        return AccessDenied(pid, path)
+    return ProcessGone(pid, path, os.strerror(e.errno or 0)) if e.errno == errno.EINVAL else e
+
+
+class LinuxHost(Host):
+    """The machine we run on. Actuators are real syscalls (autonumad.syscalls)."""
+
+    def __init__(self, root: str | os.PathLike[str] = "/"):
+        super().__init__(root)
+
+    def move_pages(self, pid: int, start: int, end: int, page_size: int,
+                   target_node: int, max_pages: int | None = None) -> MoveResult:
+        from autonumad import syscalls
+
+        return syscalls.move_range(pid, start, end, page_size, target_node, max_pages)
+
+    def set_thread_affinity(self, tid: int, cpus: Iterable[int]) -> None:
+        try:
+            os.sched_setaffinity(tid, set(cpus))
+        except OSError as e:
+            raise _process_error(tid, f"/proc/{tid}", e) from None
+
+    def thread_affinity(self, tid: int) -> frozenset[int]:
+        try:
+            return frozenset(os.sched_getaffinity(tid))
+        except OSError as e:
+            raise _process_error(tid, f"/proc/{tid}", e) from None
+
+    def write_text(self, host_path: str, value: str) -> None:
+        with open(self.path(host_path), "w", encoding="ascii") as f:
+            f.write(value)
+
+
+def open_host(root: str | os.PathLike[str] | None = None) -> Host:
+    """The host for a --root argument: the real machine for "/" or None, else a fake tree.
+
+    A fake root must look like a host: it needs proc/ and sys/devices/system/node/.
+    """
+    if root is None or os.path.realpath(root) == "/":
+        return LinuxHost("/")
+    from autonumad.fakehost import FakeHost
+
+    r = Path(root)
+    if not r.is_dir():
+        raise HostError(str(root), "--root is not a directory")
+    if not (r / "sys/devices/system/node").is_dir() or not (r / "proc").is_dir():
+        raise HostError(str(root), "--root is not a host tree (needs proc/ and sys/devices/system/node/)")
+    return FakeHost(r)
