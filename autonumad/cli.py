@@ -1,0 +1,309 @@
+"""The `autonumad` command line.
+
+Subcommand names, flags and JSON keys are contracts: scripts and checks
+outside the project call them. Exit statuses: 0 ok, 1 runtime error,
+2 usage, 78 configuration error (EX_CONFIG, sysexits.h).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import Any, Sequence
+
+from autonumad import __version__
+from autonumad.errors import AutonumadError
+
+EX_CONFIG = 78
+log = logging.getLogger("autonumad")
+
+DESCRIPTION = """\
+autonumad balances memory and tasks across NUMA nodes from userspace:
+memory follows tasks, tasks follow memory, hot pages are promoted to fast
+tiers and cold ones demoted, within a rate limit, with a reason for every
+action and Prometheus metrics.
+
+Every view takes --root DIR to read a fake host tree (a directory laid out
+like / with proc/ and sys/) instead of this machine, and --json for one
+machine-readable document.
+"""
+
+EPILOG = """\
+examples:
+  autonumad topology                       nodes, CPUs, memory, tiers, kernel knobs
+  autonumad status --json                  per-node use and the most misplaced processes
+  autonumad topology --root tests/data/hosts/vm-tiered
+"""
+
+
+def _add_host_args(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
+    p.add_argument("--root", metavar="DIR", default=None,
+                   help="read a fake host tree under DIR instead of this machine (default: /)")
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autonumad", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"autonumad {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("topology", help="show NUMA nodes, CPUs, memory, distances, tiers and kernel knobs",
+                       description="Show the NUMA topology as the daemon sees it: nodes with their CPUs, "
+                                   "total and free memory, SLIT distances, memory tiers (fastest first) "
+                                   "and the kernel's NUMA balancing knobs.")
+    _add_host_args(p)
+    p.set_defaults(func=cmd_topology)
+
+    p = sub.add_parser("status", help="show per-node use and the processes with the most remote memory",
+                       description="Show memory and CPU use per node, and the processes with the most memory "
+                                   "away from the node(s) their threads run on. pages_by_node counts base "
+                                   "pages (a 2 MiB huge page counts as 512).")
+    _add_host_args(p)
+    p.add_argument("--limit", type=int, default=20, metavar="N",
+                   help="show at most N processes (default 20; 0 = all)")
+    p.add_argument("--min-rss", default="0", metavar="SIZE",
+                   help="only look at processes with at least this resident memory (e.g. 64MiB)")
+    p.add_argument("--sample-s", type=float, default=0.2, metavar="SECONDS",
+                   help="CPU use is measured over this long (default 0.2)")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("run", help="run the balancing daemon",
+                       description="Run the balancing loop: each pass reads one snapshot of the host, decides "
+                                   "actions with reasons (memory follows task, task follows memory) and applies "
+                                   "them through a rate-limited mover. SIGTERM/SIGINT stop it after the current "
+                                   "batch; SIGHUP reloads the config (an invalid file is rejected and the running "
+                                   "config stays).")
+    p.add_argument("--config", metavar="PATH", default=None,
+                   help="config file (default /etc/autonumad/autonumad.toml; missing = built-in defaults)")
+    _add_host_args(p, json_flag=False)
+    p.add_argument("--interval", type=float, metavar="SECONDS", default=None,
+                   help="seconds between passes (overrides daemon.interval_s)")
+    p.add_argument("--once", action="store_true", help="run one pass and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="decide and log every action with its reason, change nothing")
+    p.add_argument("--kernel-knobs", choices=("manage", "external"), default="manage",
+                   help="manage: apply [kernel] knobs at start and restore them at exit (default); "
+                        "external: the systemd unit's privileged ExecStartPre/ExecStopPost do it, the daemon "
+                        "only watches for drift")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("explain", help="say what the daemon would do for a process now, and why",
+                       description="Run the policy for one process against a fresh snapshot and print the rule "
+                                   "that applies: the action it would take with its reason, or the rule that "
+                                   "leaves it alone (excluded, explicit memory policy, already local, ...).")
+    p.add_argument("pid", type=int)
+    p.add_argument("--config", metavar="PATH", default=None, help="config file whose [balance] rules apply")
+    _add_host_args(p)
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("advise", help="which nodes a new workload of a given size should use (like numad -w)",
+                       description="Print the node set a new workload with this many CPUs and this much memory "
+                                   "should be placed on: the smallest set of nodes with enough idle CPU and free "
+                                   "memory, closest together. For libvirt/KubeVirt/OpenNebula-style placement.")
+    p.add_argument("--cpus", type=float, required=True, metavar="N", help="CPUs the workload needs")
+    p.add_argument("--memory", required=True, metavar="SIZE", help="memory it needs, e.g. 4GiB, 512MiB")
+    _add_host_args(p)
+    p.add_argument("--sample-s", type=float, default=0.2, metavar="SECONDS", help="CPU use is measured over this long")
+    p.set_defaults(func=cmd_advise)
+
+    p = sub.add_parser("demo", help="run the daemon on a simulated two-socket + CXL host, with a live view",
+                       description="Build a simulated host (two sockets and a CXL memory expander) whose "
+                                   "workloads drift, run the real daemon on it and show locality per process "
+                                   "converging pass by pass.")
+    p.add_argument("--passes", type=int, default=12, metavar="N", help="passes to run (default 12)")
+    p.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="seconds between passes")
+    p.add_argument("--keep", metavar="DIR", default=None, help="build the host tree in DIR and keep it")
+    p.add_argument("--json", action="store_true", help="print one JSON status document per pass")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _host(args: argparse.Namespace):
+    from autonumad.host import open_host
+
+    return open_host(args.root)
+
+
+def _print_json(doc: Any) -> None:
+    json.dump(doc, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def cmd_topology(args: argparse.Namespace) -> int:
+    from autonumad.readers.knobs import read_knobs
+    from autonumad.readers.nodes import read_topology
+    from autonumad.views import render_topology, topology_doc
+
+    host = _host(args)
+    doc = topology_doc(read_topology(host), read_knobs(host).as_json())
+    if args.json:
+        _print_json(doc)
+    else:
+        render_topology(doc, _console())
+    return 0
+
+
+def parse_size_arg(text: str) -> int:
+    from autonumad.config import parse_size
+
+    return parse_size(text)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from autonumad.readers.proc_stat import read_proc_stat
+    from autonumad.snapshot import ScanLimits, take_snapshot
+    from autonumad.views import render_status, status_doc
+
+    host = _host(args)
+    prev = read_proc_stat(host)
+    if not host.is_fake and args.sample_s > 0:
+        time.sleep(args.sample_s)
+    snap = take_snapshot(host, ScanLimits(min_rss_bytes=parse_size_arg(args.min_rss)))
+    for s in snap.skipped:
+        log.warning("left out %s", s.message)
+    doc = status_doc(snap, prev, limit=args.limit or None)
+    if args.json:
+        _print_json(doc)
+    else:
+        render_status(doc, _console())
+    return 0
+
+
+def _load_config(path: str | None, *, fake_root: bool = False):
+    from autonumad.config import DEFAULT_CONFIG_PATH, load_config
+
+    if path is None:
+        import os
+
+        if not os.path.exists(DEFAULT_CONFIG_PATH):
+            from autonumad.config import Config
+
+            return Config(), None
+        path = DEFAULT_CONFIG_PATH
+    return load_config(path), path
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from autonumad.daemon import Daemon
+    from autonumad.logsetup import setup_logging
+    from autonumad.sdnotify import Notifier
+
+    config, path = _load_config(args.config)
+    setup_logging(config.daemon.log_level)
+    host = _host(args)
+    daemon = Daemon(host, config, config_path=path, dry_run=True if args.dry_run else None,
+                    interval_s=args.interval, manage_knobs=args.kernel_knobs == "manage",
+                    notifier=Notifier(), metrics=_start_metrics(config, host))
+    daemon.install_signal_handlers()
+    return daemon.run(once=args.once)
+
+
+def _start_metrics(config, host):
+    try:
+        from autonumad.metrics import start_metrics
+    except ImportError:
+        return None
+    return start_metrics(config, host)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from autonumad.history import History
+    from autonumad.policy import BalancePolicyConfig, decide
+    from autonumad.snapshot import ScanLimits, take_snapshot
+
+    config, _ = _load_config(args.config)
+    host = _host(args)
+    snap = take_snapshot(host, ScanLimits(only_pids=frozenset({args.pid})))
+    for s in snap.skipped:
+        raise AutonumadError(s.message)
+    p = snap.process(args.pid)
+    if p is None:
+        raise AutonumadError(f"pid {args.pid}: not a process with memory (kernel thread?)")
+    below = p.rss_bytes < config.balance.min_rss_bytes
+    history = History()
+    history.observe(snap, 0.0)
+    decision = decide(snap, history, BalancePolicyConfig.from_config(config.balance), 0.0)
+    v = decision.verdicts[args.pid]
+    rule, reason, actions = v.rule, v.reason, v.actions
+    if below:
+        rule, reason, actions = ("below-min-rss", f"resident {p.rss_bytes / 2**20:.0f} MiB is below "
+                                 f"balance.min_rss_bytes ({config.balance.min_rss_bytes / 2**20:.0f} MiB): "
+                                 f"not scanned by the daemon", ())
+    from autonumad.views import process_doc
+
+    doc = {"schema_version": 1, "process": process_doc(p), "rule": rule, "reason": reason,
+           "actions": [{"kind": a.kind, "rule": a.rule, "reason": a.reason, "target_node": a.target_node,
+                        "cpus": list(a.cpus), "bytes": a.bytes} for a in actions],
+           "kernel_numa_balancing": snap.knobs.as_json().get("numa_balancing")}
+    if args.json:
+        _print_json(doc)
+    else:
+        c = _console()
+        pd = doc["process"]
+        c.print(f"[bold]pid {p.pid}[/bold] ({p.comm}): {pd['rss_bytes'] / 2**20:,.0f} MiB resident, "
+                f"runs on node(s) {','.join(map(str, pd['running_nodes'])) or '-'}, "
+                f"{pd['local_fraction']:.0%} local, policy {pd['policy']}")
+        c.print("pages by node: " + ", ".join(f"N{n}={v}" for n, v in pd["pages_by_node"].items()))
+        c.print(f"rule: [bold]{rule}[/bold]")
+        c.print(f"why:  {reason}")
+        for a in doc["actions"]:
+            c.print(f"would: {a['kind']} -> node {a['target_node']}: {a['reason']}")
+        if not doc["actions"]:
+            c.print("would: nothing")
+    return 0
+
+
+def cmd_advise(args: argparse.Namespace) -> int:
+    from autonumad.advise import advise
+    from autonumad.readers.nodes import read_topology
+    from autonumad.readers.proc_stat import cpu_busy_fraction, read_proc_stat
+
+    host = _host(args)
+    prev = read_proc_stat(host)
+    if not host.is_fake and args.sample_s > 0:
+        time.sleep(args.sample_s)
+    busy = cpu_busy_fraction(prev, read_proc_stat(host))
+    a = advise(read_topology(host), busy, args.cpus, parse_size_arg(args.memory))
+    if args.json:
+        _print_json({"schema_version": 1, **a.as_json()})
+    else:
+        from autonumad.readers.lists import format_list
+
+        print(format_list(a.nodes))
+        print(f"# {a.reason}", file=sys.stderr)
+    return 0 if a.fits else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from autonumad.demo_view import run_demo
+
+    return run_demo(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="autonumad: %(levelname)s: %(message)s")
+    try:
+        return args.func(args)
+    except AutonumadError as e:
+        code = EX_CONFIG if type(e).__name__ == "ConfigError" else 1
+        print(f"autonumad: error: {e}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,323 @@
+"""The daemon: snapshot -> decide -> execute, pass after pass.
+
+    while not stopping:
+        snapshot = take_snapshot(host)          # one immutable read
+        history.observe(snapshot)               # where things ran, CPU use
+        decision = decide(snapshot, history)    # pure: actions with reasons
+        outcomes = executor.run(decision)       # rate-limited, budgeted
+        history.record(outcomes); metrics; state.json; sd_notify
+        sleep on an Event until the next pass, a signal, or a cheap re-check
+        finding a candidate re-pinned
+
+Signals only set flags (SIGTERM/SIGINT stop, SIGHUP reload); the loop
+notices them within a second, after the current batch. Between passes the
+daemon re-reads `/proc/<pid>/status` of the processes it already knows
+every `fast_recheck_s` (tens of small reads) and starts a pass at once when
+one's CPU affinity changed: that is how it reacts to a re-pinned workload in
+about a second instead of a whole interval.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autonumad import __version__
+from autonumad.errors import AutonumadError, HostError, ProcessError
+from autonumad.executor import Executor, Outcome, TokenBucket
+from autonumad.history import History
+from autonumad.host import Host
+from autonumad.policy import BalancePolicyConfig, Decision, decide, owned_from_action
+from autonumad.readers.proc_status import read_status
+from autonumad.snapshot import HostSnapshot, ScanLimits, take_snapshot
+
+log = logging.getLogger("autonumad")
+
+
+@dataclass
+class PassReport:
+    """What one pass saw and did; metrics, state.json and the demo read it."""
+
+    number: int
+    started_s: float
+    duration_s: float
+    snapshot: HostSnapshot
+    decision: Decision
+    outcomes: list[Outcome]
+    drifts: list[Any] = field(default_factory=list)
+
+
+class Daemon:
+    def __init__(self, host: Host, config, *, config_path: str | None = None, dry_run: bool | None = None,
+                 interval_s: float | None = None, manage_knobs: bool = True, notifier=None, metrics=None,
+                 clock=time.monotonic):
+        self.host = host
+        self.config = config
+        self.config_path = config_path
+        self.dry_run_override = dry_run
+        self.interval_override = interval_s
+        self.manage_knobs = manage_knobs
+        self.notifier = notifier
+        self.metrics = metrics
+        self.clock = clock
+        self.stop_event = threading.Event()
+        self.reload_requested = threading.Event()
+        self.history = History()
+        self.generation = 0
+        self.last_reload: dict[str, Any] = {"ok": True, "error": None}
+        self.reports: list[PassReport] = []  # only the last few are kept
+        self.knobs = None
+        self._prev_cpu = None
+        self._single_node_logged = False
+        self._build_from_config()
+
+    # -- configuration ---------------------------------------------------------
+    @property
+    def interval_s(self) -> float:
+        return self.interval_override or self.config.daemon.interval_s
+
+    @property
+    def dry_run(self) -> bool:
+        return self.config.daemon.dry_run if self.dry_run_override is None else self.dry_run_override
+
+    def _build_from_config(self) -> None:
+        self.policy_cfg = BalancePolicyConfig.from_config(self.config.balance)
+        rate = self.config.balance.migrate_rate_mib_s * 2**20
+        self.executor = Executor(self.host, TokenBucket(rate, clock=self.clock), self.stop_event,
+                                 self.dry_run, self.clock)
+
+    def request_stop(self, *_: Any) -> None:
+        self.stop_event.set()
+
+    def request_reload(self, *_: Any) -> None:
+        self.reload_requested.set()
+        self.stop_event.set()  # wake the sleep; cleared again after the reload
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_reload)
+
+    def reload(self) -> bool:
+        from autonumad.config import load_config
+
+        self._notify("reloading")
+        try:
+            new = load_config(self.config_path) if self.config_path else self.config
+        except AutonumadError as e:
+            log.error("reload rejected, keeping the running config: %s", e)
+            self.last_reload = {"ok": False, "error": str(e), "at": time.time()}
+            if self.metrics:
+                self.metrics.config_reload(False)
+            self._notify("ready")
+            return False
+        self.config = new
+        self._build_from_config()
+        if self.manage_knobs and self.knobs is not None:
+            self._apply_knobs()
+        self.generation += 1
+        self.last_reload = {"ok": True, "error": None, "at": time.time()}
+        if self.metrics:
+            self.metrics.config_reload(True)
+        log.info("configuration reloaded (generation %d)", self.generation)
+        self._notify("ready")
+        return True
+
+    # -- kernel knobs ----------------------------------------------------------
+    def _apply_knobs(self) -> None:
+        desired = self.config.kernel.desired()
+        for c in self.knobs.apply(desired):
+            if c.outcome in ("written", "restored"):
+                log.info("kernel knob %s: %s -> %s (%s)", c.name, c.old, c.new, c.outcome)
+            elif c.outcome in ("absent", "refused"):
+                log.warning("kernel knob %s not set: %s %s", c.name, c.outcome, c.error or "")
+
+    def _check_drift(self) -> list[Any]:
+        if self.knobs is None:
+            return []
+        desired = self.config.kernel.desired()
+        drifts = self.knobs.verify(desired)
+        for d in drifts:
+            log.warning("kernel knob %s changed behind autonumad's back: want %s, found %s%s", d.name, d.want,
+                        d.found, "; re-applying (kernel.enforce)" if self.config.kernel.enforce else "")
+        if drifts and self.config.kernel.enforce and self.manage_knobs:
+            self._apply_knobs()
+        return drifts
+
+    # -- the loop --------------------------------------------------------------
+    def run(self, once: bool = False) -> int:
+        from autonumad.sysctl import KnobManager
+
+        runtime_dir = Path(self.config.daemon.runtime_dir)
+        if self.manage_knobs or self.config.kernel.desired():
+            self.knobs = KnobManager(self.host, runtime_dir)
+        if self.manage_knobs:
+            for c in self.knobs.recover():
+                log.warning("restored kernel knob %s to %s, left changed by a previous run that did not "
+                            "exit cleanly", c.name, c.new)
+            self._apply_knobs()
+        log.info("autonumad %s started on %s: interval %.1f s, migrate rate %.0f MiB/s%s", __version__,
+                 "this host" if not self.host.is_fake else f"fake host {self.host.root}", self.interval_s,
+                 self.config.balance.migrate_rate_mib_s, ", DRY RUN" if self.dry_run else "")
+        ready = False
+        try:
+            while True:
+                if self.reload_requested.is_set():
+                    self.reload_requested.clear()
+                    self.stop_event.clear()
+                    self.reload()
+                if self.stop_event.is_set():
+                    break
+                report = self.run_pass()
+                if not ready:
+                    self._notify("ready")
+                    ready = True
+                self._notify("watchdog")
+                if once:
+                    break
+                self._sleep_until_next_pass(report)
+        finally:
+            self._shutdown()
+        return 0
+
+    def run_pass(self) -> PassReport:
+        t0 = self.clock()
+        number = self.history.passes + 1
+        try:
+            snap = take_snapshot(self.host, ScanLimits(min_rss_bytes=self.config.balance.min_rss_bytes))
+        except HostError as e:
+            # A host-level file went bad mid-run (a node offlined?): skip this pass, keep serving.
+            log.error("pass %d skipped: %s", number, e)
+            if self.metrics:
+                self.metrics.pass_error("snapshot")
+            raise
+        if len(snap.topology.nodes) < 2:
+            if not self._single_node_logged:
+                log.info("this host has a single NUMA node: nothing to balance; serving views and metrics only")
+                self._single_node_logged = True
+        self.history.observe(snap, t0)
+        decision = decide(snap, self.history, self.policy_cfg, t0, self._prev_cpu)
+        self._prev_cpu = snap.cpu_times
+        for a in decision.actions:
+            log.info("%s pid %d (%s): %s%s", a.kind.replace("_", " "), a.pid, a.comm, a.reason,
+                     " [dry run]" if self.dry_run else "")
+        self.executor.dry_run = self.dry_run
+        deadline = t0 + max(0.5, self.interval_s * 0.8)
+        outcomes = self.executor.run(decision.actions, deadline)
+        now = self.clock()
+        for o in outcomes:
+            self._record(o, now)
+        drifts = self._check_drift()
+        report = PassReport(number, t0, self.clock() - t0, snap, decision, outcomes, drifts)
+        self.reports = (self.reports + [report])[-3:]
+        if self.metrics:
+            self.metrics.observe_pass(report)
+        self._write_state(report)
+        return report
+
+    def _record(self, o: Outcome, now: float) -> None:
+        a = o.action
+        if o.status in ("done", "partial") and a.kind == "migrate":
+            self.history.record_migration(a.key, now, a.target_node)
+            log.info("pid %d (%s): %s", a.pid, a.comm, o.detail)
+        elif o.status == "done" and a.kind == "set_affinity":
+            self.history.record_affinity(a.key, now, owned_from_action(a))
+            log.info("pid %d (%s): affinity set to node %s, %s", a.pid, a.comm, a.target_node, o.detail)
+        elif o.status == "done" and a.kind == "restore_affinity":
+            self.history.record_affinity(a.key, now, None)
+        elif o.status not in ("dry-run", "done"):
+            log.info("pid %d (%s): %s %s: %s", a.pid, a.comm, a.kind, o.status, o.detail)
+
+    def _sleep_until_next_pass(self, report: PassReport) -> None:
+        """Sleep until the interval ends, waking early for signals or a re-pinned candidate."""
+        deadline = report.started_s + self.interval_s
+        partial = any(o.status == "partial" for o in report.outcomes)
+        if partial:
+            deadline = min(deadline, self.clock() + self.config.daemon.fast_recheck_s)
+        watched = {p.pid: tuple(p.status.cpus_allowed) for p in report.snapshot.processes}
+        step = self.config.daemon.fast_recheck_s
+        while not self.stop_event.is_set():
+            left = deadline - self.clock()
+            if left <= 0:
+                return
+            if self.stop_event.wait(min(step, left)):
+                return
+            if self._affinity_changed(watched):
+                return
+
+    def _affinity_changed(self, watched: dict[int, tuple[int, ...]]) -> bool:
+        for pid, cpus in watched.items():
+            try:
+                if read_status(self.host, pid).cpus_allowed != cpus:
+                    log.debug("pid %d re-pinned: starting a pass now", pid)
+                    return True
+            except ProcessError:
+                continue
+        return False
+
+    def _shutdown(self) -> None:
+        self._notify("stopping")
+        if self.config.daemon.restore_affinity_on_exit:
+            self.restore_owned_affinities()
+        if self.manage_knobs and self.knobs is not None and self.config.kernel.restore_on_exit:
+            for c in self.knobs.restore():
+                log.info("kernel knob %s restored to %s", c.name, c.new)
+        log.info("autonumad stopped")
+
+    def restore_owned_affinities(self) -> int:
+        from autonumad.affinity import set_process_affinity
+
+        n = 0
+        for (pid, _start), h in list(self.history.processes.items()):
+            if h.owned_affinity is None:
+                continue
+            try:
+                set_process_affinity(self.host, pid, h.owned_affinity.original)
+                n += 1
+            except (ProcessError, OSError) as e:
+                log.info("pid %d: affinity not restored: %s", pid, e)
+            h.owned_affinity = None
+        if n:
+            log.info("restored the CPU affinity of %d process(es) autonumad had placed", n)
+        return n
+
+    # -- outputs ---------------------------------------------------------------
+    def _notify(self, what: str) -> None:
+        if self.notifier is not None:
+            getattr(self.notifier, what)()
+
+    def _write_state(self, report: PassReport) -> None:
+        """state.json in the runtime dir, atomically: read by `reload --wait` and the CLI."""
+        runtime_dir = Path(self.config.daemon.runtime_dir)
+        doc = {
+            "schema_version": 1,
+            "pid": os.getpid(),
+            "version": __version__,
+            "generation": self.generation,
+            "last_reload": self.last_reload,
+            "passes": report.number,
+            "last_pass": {
+                "duration_s": round(report.duration_s, 4),
+                "processes_scanned": report.snapshot.scanned,
+                "processes_detailed": len(report.snapshot.processes),
+                "actions": [{"kind": o.action.kind, "pid": o.action.pid, "comm": o.action.comm,
+                             "rule": o.action.rule, "reason": o.action.reason, "status": o.status,
+                             "detail": o.detail} for o in report.outcomes],
+            },
+            "dry_run": self.dry_run,
+            "updated_at": time.time(),
+        }
+        try:
+            runtime_dir.mkdir(parents=True, exist_ok=True)
+            tmp = runtime_dir / f".state.json.{os.getpid()}"
+            tmp.write_text(json.dumps(doc, indent=1) + "\n")
+            os.replace(tmp, runtime_dir / "state.json")
+        except OSError as e:
+            log.debug("state.json not written: %s", e)

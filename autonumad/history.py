@@ -1,0 +1,96 @@
+"""What the daemon remembers between passes.
+
+The policy is pure: it reads a snapshot and this history and returns
+actions. Only the daemon mutates the history, after the executor reports
+what happened. A process is identified by (pid, start time) so a recycled
+pid is a new process.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+ProcKey = tuple[int, int]  # (pid, starttime in clock ticks)
+
+# How many passes of "where did its threads run" to keep per process.
+RUN_HISTORY_PASSES = 3
+# Ping-pong: a process whose pages we send back to a node we moved them away
+# from within this window is backing off, doubling each time.
+PINGPONG_WINDOW_S = 600.0
+PINGPONG_BACKOFF_S = 60.0
+PINGPONG_BACKOFF_MAX_S = 3600.0
+
+
+@dataclass
+class OwnedAffinity:
+    """An affinity autonumad set, and what it replaced (for undo)."""
+
+    cpus: frozenset[int]
+    original: frozenset[int]
+    node: int
+    reason: str
+
+
+@dataclass
+class ProcessHistory:
+    running_nodes: deque[tuple[int, ...]] = field(default_factory=lambda: deque(maxlen=RUN_HISTORY_PASSES))
+    local_fractions: deque[float] = field(default_factory=lambda: deque(maxlen=RUN_HISTORY_PASSES))
+    last_action_s: float | None = None
+    # (time, target node) of each page migration we made, for ping-pong.
+    migrations: list[tuple[float, int]] = field(default_factory=list)
+    pingpongs: int = 0
+    backoff_until_s: float = 0.0
+    owned_affinity: OwnedAffinity | None = None
+    # CPU use in cores between the last two passes (None until seen twice).
+    cpu_cores: float | None = None
+    last_cpu_ticks: int | None = None
+    last_seen_s: float | None = None
+
+
+@dataclass
+class History:
+    processes: dict[ProcKey, ProcessHistory] = field(default_factory=dict)
+    passes: int = 0
+
+    def get(self, key: ProcKey) -> ProcessHistory | None:
+        return self.processes.get(key)
+
+    def entry(self, key: ProcKey) -> ProcessHistory:
+        return self.processes.setdefault(key, ProcessHistory())
+
+    def observe(self, snapshot, now_s: float, clock_ticks_per_s: int = 100) -> None:
+        """Record where each process ran this pass; forget processes that are gone."""
+        self.passes += 1
+        seen = set()
+        for p in snapshot.processes:
+            key = (p.pid, p.start_ticks)
+            seen.add(key)
+            h = self.entry(key)
+            h.running_nodes.append(p.running_nodes)
+            h.local_fractions.append(p.local_fraction())
+            if h.last_cpu_ticks is not None and h.last_seen_s is not None and now_s > h.last_seen_s:
+                h.cpu_cores = max(0, p.cpu_ticks - h.last_cpu_ticks) / clock_ticks_per_s / (now_s - h.last_seen_s)
+            h.last_cpu_ticks, h.last_seen_s = p.cpu_ticks, now_s
+        # Processes that exited: drop them, except those below the scan
+        # threshold this pass whose affinity we own (kept for undo at exit).
+        for key in list(self.processes):
+            if key not in seen and self.processes[key].owned_affinity is None:
+                del self.processes[key]
+
+    def record_migration(self, key: ProcKey, now_s: float, target: int) -> None:
+        """Note a page migration; detect moves back to a node we moved away from."""
+        h = self.entry(key)
+        h.last_action_s = now_s
+        recent = [(t, n) for t, n in h.migrations if now_s - t < PINGPONG_WINDOW_S]
+        if recent and recent[-1][1] != target and any(n == target for _, n in recent[:-1]):
+            h.pingpongs += 1
+            backoff = min(PINGPONG_BACKOFF_MAX_S, PINGPONG_BACKOFF_S * 2 ** (h.pingpongs - 1))
+            h.backoff_until_s = now_s + backoff
+        recent.append((now_s, target))
+        h.migrations = recent[-8:]
+
+    def record_affinity(self, key: ProcKey, now_s: float, owned: OwnedAffinity | None) -> None:
+        h = self.entry(key)
+        h.last_action_s = now_s
+        h.owned_affinity = owned

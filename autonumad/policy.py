@@ -1,0 +1,391 @@
+"""The balancing policy: a pure function from a snapshot to actions with reasons.
+
+    decide(snapshot, history, config, now_s) -> Decision
+
+Nothing here touches the host; the executor applies what this returns and
+`autonumad explain` prints the same verdicts. The rules, in the order they
+are checked for each process:
+
+1. *Selection.* Excluded pids, commands (`exclude_comm` regular
+   expressions, or not matching a non-empty `include_comm`) and cgroups
+   (`exclude_cgroup` path prefixes, which also cover systemd units and
+   containers) are left alone. Small processes never reach the policy
+   (`min_rss_bytes` is applied while reading, before numa_maps).
+2. *Explicit placement is the owner's decision.* Any VMA with a
+   non-default memory policy (bind, interleave, weighted interleave,
+   preferred; set by numactl, mbind(2) or set_mempolicy(2)) means the
+   process is left exactly as it is: no page moves, no task moves.
+   An affinity narrowed by someone else (not by us) forbids task moves but
+   not page moves *to* the pinned node, which is what the owner's pin asks
+   for: memory follows task.
+3. *Stability.* A process acted on within `cooldown_s`, or backing off
+   after its pages went back and forth (ping-pong, see history.py), waits.
+4. *Home node.* A process is *confined* to a node when its allowed CPUs all
+   belong to that node (by its owner's affinity or ours), or when all its
+   threads ran on that one node in each of the last passes.
+   - Confined: *memory follows task*. If less than `target_local_fraction`
+     of its pages are on the home node, the rest moves there, provided the
+     home node is in its Mems_allowed_list and keeps
+     `node_headroom_fraction` of its memory free after the move.
+   - Not confined: choose the node that needs the FEWEST BYTES MOVED
+     among nodes that have CPU headroom for the process (idle CPU capacity
+     at least its recent CPU use, measured from /proc/stat): moving a
+     task costs a cache warm-up, moving memory costs copying every byte
+     (move_pages runs at roughly 0.1-1 GiB/s), so bytes dominate. If that
+     node holds at least `target_local_fraction` of its pages, *task
+     follows memory*: all its threads get that node's CPUs. Otherwise the
+     task goes there and the remainder of its memory follows. Ties prefer
+     a node it already runs on (no task move at all).
+5. *Enough is enough.* At `target_local_fraction` local (numad's 90 % in
+   spirit) nothing is done; a process larger than any node's usable memory
+   is left spread.
+6. *Coexistence with the kernel.* With kernel.numa_balancing NORMAL (bit 1)
+   on, the kernel migrates pages by hint faults itself. The daemon then
+   still places tasks (the kernel moves tasks only slowly and only when the
+   group's faults say so), but migrates pages only for processes the
+   kernel has left misplaced for `KERNEL_GRACE_PASSES` passes without any
+   improvement, so the two never move the same pages.
+7. *Undo.* An affinity we set whose reason is gone (its memory is no longer
+   concentrated on that node) is restored to what it was before us; one
+   that someone else changed after us is theirs now and forgotten.
+
+Actions are ordered by benefit (remote bytes, largest first) so a budget-
+limited executor spends its budget where it matters most.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from autonumad.history import History, OwnedAffinity, ProcKey
+from autonumad.readers.proc_stat import cpu_busy_fraction
+from autonumad.snapshot import BASE_PAGE_BYTES, HostSnapshot, ProcessView
+
+# Passes a misplaced process must show no locality gain before the daemon
+# migrates pages while the kernel's own NUMA balancing is on.
+KERNEL_GRACE_PASSES = 3
+NUMA_BALANCING_NORMAL = 1
+
+
+@dataclass(frozen=True, slots=True)
+class VmaMove:
+    start: int
+    page_size_bytes: int
+    pages: int  # pages of this VMA not on the target node (VMA page units)
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    kind: str  # "migrate" | "set_affinity" | "restore_affinity"
+    pid: int
+    start_ticks: int
+    comm: str
+    rule: str  # short machine-readable reason: memory-follows-task, task-follows-memory, ...
+    reason: str  # one human sentence
+    target_node: int | None = None
+    cpus: tuple[int, ...] = ()  # for affinity actions
+    original_cpus: tuple[int, ...] = ()  # what set_affinity replaces (kept for undo)
+    vmas: tuple[VmaMove, ...] = ()  # for migrate
+    bytes: int = 0  # bytes to move (migrate)
+
+    @property
+    def key(self) -> ProcKey:
+        return (self.pid, self.start_ticks)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Why the policy did or did not act on one process (for explain and logs)."""
+
+    pid: int
+    comm: str
+    rule: str
+    reason: str
+    actions: tuple[Action, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    actions: tuple[Action, ...]
+    verdicts: Mapping[int, Verdict]
+
+
+@dataclass(frozen=True, slots=True)
+class BalancePolicyConfig:
+    """The knobs decide() reads; built from config.balance (see config.py)."""
+
+    enabled: bool = True
+    target_local_fraction: float = 0.9
+    exclude_comm: tuple[str, ...] = ()
+    include_comm: tuple[str, ...] = ()
+    exclude_cgroup: tuple[str, ...] = ()
+    exclude_pids: tuple[int, ...] = ()
+    cooldown_s: float = 30.0
+    node_headroom_fraction: float = 0.05
+    task_moves: bool = True
+    min_cpu_fraction: float = 0.0
+
+    @classmethod
+    def from_config(cls, balance) -> "BalancePolicyConfig":
+        return cls(**{f: _tuple(getattr(balance, f)) for f in cls.__dataclass_fields__ if hasattr(balance, f)})
+
+
+def _tuple(v):
+    return tuple(v) if isinstance(v, (list, tuple)) else v
+
+
+@dataclass
+class _Ctx:
+    snap: HostSnapshot
+    history: History
+    cfg: BalancePolicyConfig
+    now_s: float
+    all_cpus: frozenset[int]
+    node_cpus: Mapping[int, frozenset[int]]
+    idle_cpus_by_node: dict[int, float]
+    free_bytes: dict[int, int]  # updated as this pass plans moves
+    kernel_balancing: bool
+    comm_exclude: tuple[re.Pattern[str], ...]
+    comm_include: tuple[re.Pattern[str], ...]
+
+
+def decide(snapshot: HostSnapshot, history: History, cfg: BalancePolicyConfig,
+           now_s: float, prev_cpu_times=None) -> Decision:
+    topo = snapshot.topology
+    cpu_nodes = [n for n in topo.nodes if n.cpus]
+    busy = cpu_busy_fraction(prev_cpu_times, snapshot.cpu_times) if prev_cpu_times else {}
+    nb = snapshot.knobs.as_json().get("numa_balancing") or 0
+    ctx = _Ctx(
+        snap=snapshot, history=history, cfg=cfg, now_s=now_s,
+        all_cpus=frozenset(c for n in topo.nodes for c in n.cpus),
+        node_cpus={n.id: frozenset(n.cpus) for n in topo.nodes},
+        idle_cpus_by_node={n.id: sum(1.0 - busy.get(c, 0.0) for c in n.cpus) for n in cpu_nodes},
+        free_bytes={n.id: n.memory_free_bytes for n in topo.nodes},
+        kernel_balancing=bool(int(nb) & NUMA_BALANCING_NORMAL),
+        comm_exclude=tuple(re.compile(p) for p in cfg.exclude_comm),
+        comm_include=tuple(re.compile(p) for p in cfg.include_comm),
+    )
+    verdicts: dict[int, Verdict] = {}
+    if not cfg.enabled:
+        for p in snapshot.processes:
+            verdicts[p.pid] = Verdict(p.pid, p.comm, "disabled", "balancing is disabled in the config")
+        return Decision((), verdicts)
+    if len(cpu_nodes) < 2 and len(topo.nodes) < 2:
+        for p in snapshot.processes:
+            verdicts[p.pid] = Verdict(p.pid, p.comm, "single-node", "the host has a single NUMA node")
+        return Decision((), verdicts)
+    # Biggest misplaced processes first, so they get the budget and the headroom.
+    for p in sorted(snapshot.processes, key=lambda p: (-_remote_pages(p), p.pid)):
+        verdicts[p.pid] = _decide_one(ctx, p)
+    actions = [a for v in verdicts.values() for a in v.actions]
+    # Affinity first (cheap, and memory moves after it land where tasks run),
+    # then migrations by size.
+    actions.sort(key=lambda a: (a.kind == "migrate", -a.bytes))
+    return Decision(tuple(actions), verdicts)
+
+
+def _remote_pages(p: ProcessView) -> int:
+    return p.total_pages - sum(p.pages_by_node.get(n, 0) for n in p.running_nodes)
+
+
+def _node_of_cpus(ctx: _Ctx, cpus: Sequence[int]) -> int | None:
+    """The node whose CPUs contain all of `cpus`, if there is exactly one."""
+    s = set(cpus)
+    for node, ncpus in ctx.node_cpus.items():
+        if s and s <= ncpus:
+            return node
+    return None
+
+
+def _decide_one(ctx: _Ctx, p: ProcessView) -> Verdict:
+    cfg = ctx.cfg
+    key = (p.pid, p.start_ticks)
+    h = ctx.history.get(key)
+
+    def verdict(rule: str, reason: str, *actions: Action) -> Verdict:
+        return Verdict(p.pid, p.comm, rule, reason, tuple(actions))
+
+    # 1. selection
+    if p.pid in cfg.exclude_pids:
+        return verdict("excluded-pid", f"pid {p.pid} is in balance.exclude_pids")
+    for rx in ctx.comm_exclude:
+        if rx.search(p.comm):
+            return verdict("excluded-comm", f"command {p.comm!r} matches balance.exclude_comm {rx.pattern!r}")
+    if ctx.comm_include and not any(rx.search(p.comm) for rx in ctx.comm_include):
+        return verdict("not-included", f"command {p.comm!r} matches no balance.include_comm pattern")
+    for prefix in cfg.exclude_cgroup:
+        if _cgroup_under(p.cgroup, prefix):
+            return verdict("excluded-cgroup", f"cgroup {p.cgroup} is under balance.exclude_cgroup {prefix!r}")
+    if p.total_pages == 0:
+        return verdict("no-memory", "no resident pages attributed to any node")
+
+    # 7. undo an affinity of ours whose owner changed it since
+    owned = h.owned_affinity if h else None
+    current = frozenset(p.status.cpus_allowed)
+    if owned and current != owned.cpus:
+        owned = None  # someone else set it after us: theirs now (daemon forgets it on record)
+
+    # 2. explicit memory policy
+    if p.policy != "default":
+        return verdict("explicit-memory-policy",
+                       f"memory policy {p.policy!r} set by its owner (numactl/mbind): left as it is")
+
+    # 3. stability
+    if h and h.backoff_until_s > ctx.now_s:
+        return verdict("pingpong-backoff", f"pages moved back and forth {h.pingpongs} time(s); "
+                       f"backing off for {h.backoff_until_s - ctx.now_s:.0f} s")
+    if h and h.last_action_s is not None and ctx.now_s - h.last_action_s < cfg.cooldown_s:
+        return verdict("cooldown", f"acted on {ctx.now_s - h.last_action_s:.0f} s ago "
+                       f"(balance.cooldown_s = {cfg.cooldown_s:g})")
+
+    pinned_by_owner = current != ctx.all_cpus and owned is None
+    home = _node_of_cpus(ctx, p.status.cpus_allowed) if current != ctx.all_cpus else None
+    if home is not None:
+        how = "its CPU affinity (set by autonumad)" if owned else "its CPU affinity"
+    elif h and len(h.running_nodes) >= 2 and all(len(r) == 1 and r == p.running_nodes
+                                                 for r in h.running_nodes) and len(p.running_nodes) == 1:
+        home = p.running_nodes[0]
+        how = f"where its threads ran over the last {len(h.running_nodes)} passes"
+    else:
+        how = ""
+
+    # 7. undo ours when the memory is no longer on our node
+    if owned and home == owned.node:
+        lf_home = p.local_fraction((home,))
+        best = max(p.pages_by_node, key=lambda n: p.pages_by_node[n])
+        if lf_home < 0.5 and best != home and p.pages_by_node[best] / p.total_pages >= cfg.target_local_fraction:
+            return verdict("undo-affinity", f"memory moved to node {best}; restoring the affinity autonumad set",
+                           Action("restore_affinity", p.pid, p.start_ticks, p.comm, "undo-affinity",
+                                  f"its memory is now on node {best}, not node {home} where autonumad placed it",
+                                  target_node=None, cpus=tuple(sorted(owned.original))))
+
+    total_bytes = p.total_pages * BASE_PAGE_BYTES
+    if home is not None:
+        lf = p.local_fraction((home,))
+        if lf >= cfg.target_local_fraction:
+            return verdict("already-local", f"{lf:.0%} of its memory is on node {home}, its home by {how} "
+                           f"(target {cfg.target_local_fraction:.0%})")
+        return _memory_follows_task(ctx, p, home, how, h)
+
+    # Not confined.
+    if pinned_by_owner:
+        return verdict("pinned-by-owner", "its CPU affinity spans several nodes and was set by its owner: "
+                       "no task move; memory is left where it is")
+    usable = {n.id: n.memory_total_bytes * (1 - cfg.node_headroom_fraction)
+              for n in ctx.snap.topology.nodes if n.cpus}
+    if usable and total_bytes > max(usable.values()):
+        return verdict("too-large", f"{_mib(total_bytes)} is more than any node's usable memory "
+                       f"({_mib(int(max(usable.values())))}): left spread")
+    candidates = []
+    for node in ctx.idle_cpus_by_node:
+        need = _cpu_use_cores(ctx, p)
+        has_room = ctx.idle_cpus_by_node[node] >= need or node in p.running_nodes
+        if not has_room or node not in p.status.mems_allowed:
+            continue
+        to_move = total_bytes - p.pages_by_node.get(node, 0) * BASE_PAGE_BYTES
+        runs_here = node in p.running_nodes and len(p.running_nodes) == 1
+        candidates.append((to_move, not runs_here, node))
+    if not candidates:
+        return verdict("no-cpu-headroom", "no node has CPU headroom for it")
+    to_move, _, node = min(candidates)
+    lf = p.local_fraction((node,))
+    if p.running_nodes == (node,) and lf >= cfg.target_local_fraction:
+        return verdict("already-local", f"{lf:.0%} of its memory is on node {node}, where its threads run")
+    if not cfg.task_moves:
+        if len(p.running_nodes) == 1:
+            return _memory_follows_task(ctx, p, p.running_nodes[0], "where its threads run (task moves off)", h)
+        return verdict("task-moves-disabled", "balance.task_moves is off and its threads span nodes")
+    cpus = tuple(sorted(ctx.node_cpus[node]))
+    set_aff = Action(
+        "set_affinity", p.pid, p.start_ticks, p.comm, "task-follows-memory",
+        f"{lf:.0%} of its memory ({_mib(p.pages_by_node.get(node, 0) * BASE_PAGE_BYTES)}) is on node {node} "
+        f"while it runs on node(s) {_nodes(p.running_nodes)}; node {node} has CPU headroom, so its "
+        f"{len(p.threads)} thread(s) move there ({_mib(to_move)} to move otherwise stays put)"
+        if lf >= cfg.target_local_fraction else
+        f"node {node} needs the fewest bytes moved ({_mib(to_move)}) among nodes with CPU headroom; "
+        f"its {len(p.threads)} thread(s) move there and the rest of its memory follows",
+        target_node=node, cpus=cpus, original_cpus=tuple(sorted(current)))
+    if lf >= cfg.target_local_fraction:
+        return verdict("task-follows-memory", set_aff.reason, set_aff)
+    mig = _memory_follows_task(ctx, p, node, "the node chosen for it this pass", h)
+    return Verdict(p.pid, p.comm, "task-and-memory", set_aff.reason, (set_aff, *mig.actions))
+
+
+def _memory_follows_task(ctx: _Ctx, p: ProcessView, home: int, how: str, h) -> Verdict:
+    cfg = ctx.cfg
+    lf = p.local_fraction((home,))
+
+    def verdict(rule: str, reason: str, *actions: Action) -> Verdict:
+        return Verdict(p.pid, p.comm, rule, reason, tuple(actions))
+
+    if home not in p.status.mems_allowed:
+        return verdict("home-not-allowed", f"node {home} is not in its Mems_allowed_list "
+                       f"({_nodes(p.status.mems_allowed)}): its cpuset forbids the move")
+    node = ctx.snap.topology.node(home)
+    usable = node.memory_total_bytes * (1 - cfg.node_headroom_fraction)
+    total_bytes = p.total_pages * BASE_PAGE_BYTES
+    if total_bytes > usable:
+        return verdict("too-large", f"{_mib(total_bytes)} does not fit on node {home} "
+                       f"({_mib(int(usable))} usable): left spread")
+    if ctx.kernel_balancing and h is not None:
+        fr = list(h.local_fractions)
+        if len(fr) < KERNEL_GRACE_PASSES or fr[-1] > fr[0] + 0.01:
+            return verdict("kernel-balancing", f"kernel.numa_balancing is on and still improving it "
+                           f"({lf:.0%} local on node {home}); autonumad migrates only what the kernel "
+                           f"leaves misplaced for {KERNEL_GRACE_PASSES} passes")
+    vmas = []
+    to_move = 0
+    for v in p.numa_maps.vmas:
+        if v.huge:
+            continue  # hugetlbfs pages move only with their pool's consent; left alone
+        off = sum(c for n, c in v.pages_by_node if n != home)
+        if off:
+            vmas.append(VmaMove(v.start, v.page_size_bytes, off))
+            to_move += off * v.page_size_bytes
+    if not vmas:
+        return verdict("nothing-movable", f"its remote pages on node(s) other than {home} are huge pages")
+    headroom = int(node.memory_total_bytes * cfg.node_headroom_fraction)
+    room = ctx.free_bytes[home] - headroom
+    if room <= 0:
+        return verdict("target-full", f"node {home} has {_mib(ctx.free_bytes[home])} free, below its "
+                       f"headroom of {_mib(headroom)}")
+    ctx.free_bytes[home] -= min(room, to_move)
+    reason = (f"{lf:.0%} of its memory is on node {home}, its home by {how}; moving "
+              f"{_mib(min(room, to_move))} there (target {cfg.target_local_fraction:.0%})")
+    if room < to_move:
+        reason += f", limited by node {home}'s headroom"
+    return verdict("memory-follows-task", reason,
+                   Action("migrate", p.pid, p.start_ticks, p.comm, "memory-follows-task", reason,
+                          target_node=home, vmas=tuple(vmas), bytes=min(room, to_move)))
+
+
+def _cpu_use_cores(ctx: _Ctx, p: ProcessView) -> float:
+    """CPU the process used between the last two passes, in cores.
+
+    Until it has been seen twice, assume it keeps its threads busy, up to one
+    core per thread: the cautious guess for a task move.
+    """
+    h = ctx.history.get((p.pid, p.start_ticks))
+    if h is not None and h.cpu_cores is not None:
+        return h.cpu_cores
+    return float(len(p.threads))
+
+
+def _cgroup_under(path: str, prefix: str) -> bool:
+    prefix = prefix.rstrip("/")
+    return path == prefix or path.startswith(prefix + "/") or prefix == ""
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def _nodes(ns) -> str:
+    return ",".join(map(str, ns)) or "-"
+
+
+def owned_from_action(a: Action) -> OwnedAffinity:
+    return OwnedAffinity(cpus=frozenset(a.cpus), original=frozenset(a.original_cpus),
+                         node=a.target_node if a.target_node is not None else -1, reason=a.reason)

@@ -1,0 +1,150 @@
+"""Read-only views: a snapshot turned into JSON documents and tables.
+
+The JSON shapes are contracts (issue 2): checks outside the project read
+`topology --json` and `status --json`. Every document carries
+`schema_version` so later additions stay compatible.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from rich.console import Console
+from rich.table import Table
+
+from autonumad.readers.lists import format_list
+from autonumad.readers.nodes import Topology
+from autonumad.readers.proc_stat import CpuTimes, cpu_busy_fraction
+from autonumad.snapshot import HostSnapshot, ProcessView
+
+SCHEMA_VERSION = 1
+
+
+def _mib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:,.0f} MiB"
+
+
+def topology_doc(topology: Topology, knobs_json: Mapping[str, Any]) -> dict[str, Any]:
+    tier_by_node = {n: t.id for t in topology.tiers for n in t.nodes}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "nodes": [
+            {
+                "id": n.id,
+                "cpus": list(n.cpus),
+                "has_cpu": n.has_cpu,
+                "has_memory": n.has_memory,
+                "memory_total_bytes": n.memory_total_bytes,
+                "memory_free_bytes": n.memory_free_bytes,
+                "distances": {str(k): v for k, v in sorted(n.distances.items())},
+                "tier": tier_by_node.get(n.id),
+            }
+            for n in topology.nodes
+        ],
+        # Fastest first: a smaller position in this list is faster memory.
+        "tiers": [{"id": t.id, "nodes": list(t.nodes)} for t in topology.tiers],
+        "tier_source": topology.tier_source,
+        "kernel": dict(knobs_json),
+    }
+
+
+def render_topology(doc: Mapping[str, Any], console: Console) -> None:
+    t = Table(title="NUMA nodes", title_justify="left")
+    for col, just in (("node", "right"), ("cpus", "left"), ("tier", "right"), ("total", "right"),
+                      ("free", "right"), ("distances", "left")):
+        t.add_column(col, justify=just)
+    for n in doc["nodes"]:
+        t.add_row(str(n["id"]), format_list(n["cpus"]) or "-", str(n["tier"]),
+                  _mib(n["memory_total_bytes"]), _mib(n["memory_free_bytes"]),
+                  " ".join(f"{k}:{v}" for k, v in n["distances"].items()))
+    console.print(t)
+    tiers = Table(title=f"Memory tiers (fastest first; from {doc['tier_source']})", title_justify="left")
+    tiers.add_column("position", justify="right")
+    tiers.add_column("tier id", justify="right")
+    tiers.add_column("nodes")
+    for i, tier in enumerate(doc["tiers"]):
+        tiers.add_row(str(i), str(tier["id"]), format_list(tier["nodes"]))
+    console.print(tiers)
+    k = Table(title="Kernel NUMA knobs", title_justify="left")
+    k.add_column("knob")
+    k.add_column("value", justify="right")
+    for name, value in doc["kernel"].items():
+        k.add_row(name, "absent" if value is None else str(value).lower() if isinstance(value, bool) else str(value))
+    console.print(k)
+
+
+def process_doc(p: ProcessView) -> dict[str, Any]:
+    return {
+        "pid": p.pid,
+        "comm": p.comm,
+        "rss_bytes": p.rss_bytes,
+        "pages_by_node": {str(n): c for n, c in sorted(p.pages_by_node.items())},
+        "cpus_allowed": list(p.status.cpus_allowed),
+        "mems_allowed": list(p.status.mems_allowed),
+        "running_nodes": list(p.running_nodes),
+        "threads": len(p.threads),
+        "local_fraction": round(p.local_fraction(), 4),
+        "remote_bytes": remote_bytes(p),
+        "policy": p.policy,
+        "cgroup": p.cgroup,
+    }
+
+
+def remote_bytes(p: ProcessView, base_page_bytes: int = 4096) -> int:
+    """Bytes of the process away from the nodes its threads run on."""
+    local = sum(p.pages_by_node.get(n, 0) for n in p.running_nodes)
+    return (p.total_pages - local) * base_page_bytes
+
+
+def status_doc(snap: HostSnapshot, prev_cpu: Mapping[int, CpuTimes] | None = None,
+               limit: int | None = 20) -> dict[str, Any]:
+    busy = cpu_busy_fraction(prev_cpu, snap.cpu_times) if prev_cpu is not None else {}
+    nodes = []
+    for n in snap.topology.nodes:
+        cpu_use = [busy.get(c, 0.0) for c in n.cpus]
+        nodes.append({
+            "id": n.id,
+            "tier": next((t.id for t in snap.topology.tiers if n.id in t.nodes), None),
+            "cpus": list(n.cpus),
+            "memory_total_bytes": n.memory_total_bytes,
+            "memory_free_bytes": n.memory_free_bytes,
+            "memory_used_bytes": n.memory_used_bytes,
+            "cpu_busy_fraction": round(sum(cpu_use) / len(cpu_use), 4) if cpu_use else None,
+        })
+    procs = sorted(snap.processes, key=lambda p: (-remote_bytes(p), -p.rss_bytes, p.pid))
+    if limit is not None:
+        procs = procs[:limit]
+    total = sum(p.total_pages for p in snap.processes)
+    local = sum(p.total_pages * p.local_fraction() for p in snap.processes)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "nodes": nodes,
+        "local_fraction": round(local / total, 4) if total else 1.0,
+        "processes": [process_doc(p) for p in procs],
+        "processes_scanned": snap.scanned,
+        "processes_detailed": len(snap.processes),
+        "warnings": [s.message for s in snap.skipped],
+    }
+
+
+def render_status(doc: Mapping[str, Any], console: Console) -> None:
+    t = Table(title="Nodes", title_justify="left")
+    for col in ("node", "tier", "cpus", "cpu busy", "total", "used", "free"):
+        t.add_column(col, justify="left" if col == "cpus" else "right")
+    for n in doc["nodes"]:
+        busy = "-" if n["cpu_busy_fraction"] is None else f"{n['cpu_busy_fraction']:.0%}"
+        t.add_row(str(n["id"]), str(n["tier"]), format_list(n["cpus"]) or "-", busy,
+                  _mib(n["memory_total_bytes"]), _mib(n["memory_used_bytes"]), _mib(n["memory_free_bytes"]))
+    console.print(t)
+    node_ids = [n["id"] for n in doc["nodes"]]
+    p = Table(title=f"Processes, most memory away from where they run first "
+                    f"(host local fraction {doc['local_fraction']:.1%})", title_justify="left")
+    for col in ("pid", "comm", "rss", "runs on", "local", *(f"N{i}" for i in node_ids), "policy"):
+        p.add_column(col, justify="left" if col in ("comm", "runs on", "policy") else "right")
+    for proc in doc["processes"]:
+        lf = proc["local_fraction"]
+        style = "green" if lf >= 0.9 else "yellow" if lf >= 0.5 else "red"
+        p.add_row(str(proc["pid"]), proc["comm"], _mib(proc["rss_bytes"]),
+                  format_list(proc["running_nodes"]) or "-", f"[{style}]{lf:.0%}[/{style}]",
+                  *(_mib(proc["pages_by_node"].get(str(i), 0) * 4096) for i in node_ids), proc["policy"])
+    console.print(p)
