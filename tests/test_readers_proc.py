@@ -477,6 +477,15 @@ def test_read_thread_stats_process_gone(tmp_path):
         read_thread_stats(host, 99)  # never existed: no task directory
 
 
+def test_read_thread_stats_process_exits_mid_read(tmp_path):
+    # Thread 7 was read, then the process exited: thread 8's stat and the
+    # process's own stat are gone. A partial thread list must not be returned.
+    host = make_host(tmp_path, {"/proc/7/task/7/stat": stat_line(tid=7)})
+    (tmp_path / "proc/7/task/8").mkdir()
+    with pytest.raises(ProcessGone):
+        read_thread_stats(host, 7)
+
+
 def test_read_thread_stats_malformed(tmp_path):
     host = make_host(tmp_path, {"/proc/7/stat": stat_line(), "/proc/7/task/7/stat": "junk"})
     with pytest.raises(MalformedProcFile, match="task/7/stat"):
@@ -908,6 +917,9 @@ REAL_HYBRID_CGROUP = """\
 CGROUP_CASES = [
     ("v2", "0::/system.slice/foo.service\n", "/system.slice/foo.service"),
     ("real-hybrid-prefers-v2", REAL_HYBRID_CGROUP, "/"),
+    ("hybrid-v2-over-cpuset", "3:cpuset:/pinned\n9:name=systemd:/a.scope\n0::/user.slice/a.scope\n",
+     "/user.slice/a.scope"),
+    ("v1-cpuset-over-systemd", "9:name=systemd:/a.scope\n3:cpuset:/pinned\n", "/pinned"),
     ("v1-cpuset", "9:name=systemd:/user.slice\n3:cpuset:/pinned\n2:cpu,cpuacct:/x\n", "/pinned"),
     ("v1-cpuset-in-list", "3:cpuset,cpu:/shared\n", "/shared"),
     ("v1-systemd-only", "9:name=systemd:/system.slice/db.service\n4:memory:/m\n", "/system.slice/db.service"),
