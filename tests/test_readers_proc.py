@@ -873,8 +873,9 @@ def test_proc_stat(text, expected):
     assert parse_proc_stat(text) == expected
 
 
-@pytest.mark.parametrize("text", ["cpu  1 2 3 4\nintr 5\n", "cpu0 1 2 3\n", "cpu0 1 x 3 4\n", "cpu0x 1 2 3 4\n"],
-                         ids=["aggregate-only", "too-few-columns", "non-numeric", "bad-name"])
+@pytest.mark.parametrize("text", ["cpu  1 2 3 4\nintr 5\n", "cpu0 1 2 3\n", "cpu0 1 x 3 4\n", "cpu0x 1 2 3 4\n",
+                                  "cpu0 1 2 3 -4\n"],
+                         ids=["aggregate-only", "too-few-columns", "non-numeric", "bad-name", "negative"])
 def test_proc_stat_malformed(text):
     with pytest.raises(ParseError):
         parse_proc_stat(text)

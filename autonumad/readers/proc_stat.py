@@ -47,10 +47,11 @@ def parse_proc_stat(text: str) -> dict[int, CpuTimes]:
         name = fields[0]
         if not name[3:].isdecimal() or len(fields) < 5:
             raise ParseError(f"line {lineno}: bad cpu line {line[:60]!r}")
-        try:
-            ticks = [int(v) for v in fields[1:11]]
-        except ValueError:
-            raise ParseError(f"line {lineno}: non-numeric time in {line[:60]!r}") from None
+        ticks_text = fields[1:11]
+        # isdecimal(): the kernel prints %llu; a sign would make busy > total.
+        if not all(v.isdecimal() for v in ticks_text):
+            raise ParseError(f"line {lineno}: non-numeric time in {line[:60]!r}")
+        ticks = [int(v) for v in ticks_text]
         busy = sum(ticks[i] for i in _BUSY_COLUMNS if i < len(ticks))
         idle = sum(ticks[i] for i in _IDLE_COLUMNS if i < len(ticks))
         cpu = int(name[3:])
