@@ -344,3 +344,28 @@ def test_read_topology_survives_truncated_files(tmp_path_factory, which, cut):
         read_topology(host)
     except HostError as e:
         assert e.path.startswith("/sys/")
+
+
+# -- trees captured from real kernels (scripts/capture-host, tests/data/hosts/) ----------
+
+HOSTS_DIR = Path(__file__).parent / "data" / "hosts"
+CAPTURED = sorted(p for p in HOSTS_DIR.glob("*") if (p / ND / "online").is_file()) if HOSTS_DIR.is_dir() else []
+
+
+@pytest.mark.parametrize("root", CAPTURED, ids=[p.name for p in CAPTURED])
+def test_captured_host_trees(root):
+    topo = read_topology(Host(root))
+    assert topo.nodes and topo.tiers
+    for node in topo.nodes:
+        assert node.distances[node.id] == 10
+        assert set(node.distances) == set(topo.online)
+        assert 0 <= node.memory_free_bytes <= node.memory_total_bytes
+    # Every memory node sits in exactly one tier, and tiers are fastest first.
+    members = [n for t in topo.tiers for n in t.nodes]
+    assert sorted(members) == list(topo.memory_nodes)
+    assert [t.id for t in topo.tiers] == sorted(t.id for t in topo.tiers)
+    cpuless = [n.id for n in topo.nodes if n.has_memory and not n.has_cpu]
+    if "tiered" in root.name:
+        assert cpuless, "a tiered capture has a CPU-less node"
+        slowest_cpu_tier = max(topo.tier_of(n) for n in topo.cpu_nodes if n in topo.memory_nodes)
+        assert all(topo.tier_of(n) > slowest_cpu_tier for n in cpuless)
