@@ -82,6 +82,12 @@ class Executor:
     stop: threading.Event = field(default_factory=threading.Event)
     dry_run: bool = False
     clock: Callable[[], float] = time.monotonic
+    # Waits for the bucket; returns True when stopping. Tests inject a fake
+    # that advances a fake clock.
+    wait: Callable[[float], bool] | None = None
+
+    def _wait(self, seconds: float) -> bool:
+        return self.wait(seconds) if self.wait is not None else self.stop.wait(seconds)
 
     def run(self, actions, deadline_s: float) -> list[Outcome]:
         outcomes = []
@@ -136,7 +142,7 @@ class Executor:
                     if self.clock() + wait > deadline_s:
                         out.status, out.detail = "partial", "rate limit: continues next pass"
                         return out
-                    if self.stop.wait(min(wait, 0.5)):
+                    if self._wait(min(wait, 0.5)):
                         out.status, out.detail = "partial", "stopping"
                         return out
                     granted += self.bucket.take(chunk - granted)

@@ -1,0 +1,135 @@
+"""The executor and the fake host's actuators: actions change the tree consistently."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from autonumad.executor import Executor, TokenBucket
+from autonumad.fakehost import HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host
+from autonumad.history import History
+from autonumad.policy import Action, BalancePolicyConfig, VmaMove, decide
+from autonumad.readers.nodes import read_topology
+from autonumad.readers.numa_maps import read_numa_maps
+from autonumad.readers.proc_status import read_status
+from autonumad.readers.task_stat import read_thread_stats
+from autonumad.snapshot import take_snapshot
+
+GiB = 2**30
+MiB = 2**20
+P = 4096
+BASE = 0x7F0000000000
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+    def advance(self, s):
+        self.t += s
+
+
+def host_with(tmp_path, pages, cpus=(0, 1), free0=6 * GiB, threads=3):
+    knobs = dict(HostSpec(nodes=()).knobs)
+    knobs["/proc/sys/kernel/numa_balancing"] = "0"  # the daemon alone balances
+    spec = HostSpec(knobs=knobs, nodes=(NodeSpec((0, 1), 8 * GiB, free0, (10, 21)), NodeSpec((2, 3), 8 * GiB, 6 * GiB, (21, 10))),
+                    processes=(ProcessSpec(100, "app", tuple(ThreadSpec(100 + i, 2) for i in range(threads)),
+                                           vmas=(VmaSpec(BASE, pages),), cpus_allowed=cpus),))
+    return build_host(tmp_path, spec)
+
+
+def migrate_action(n_pages, target=0):
+    return Action("migrate", 100, 100, "app", "memory-follows-task", "test", target_node=target,
+                  vmas=(VmaMove(BASE, P, n_pages),), bytes=n_pages * P)
+
+
+def test_migration_rewrites_numa_maps_and_node_free_memory(tmp_path):
+    host = host_with(tmp_path, {1: 10000})
+    before = read_topology(host)
+    ex = Executor(host, TokenBucket(1e12))
+    (o,) = ex.run([migrate_action(10000)], deadline_s=1e9)
+    assert o.status == "done", o.detail
+    assert o.moved_pages == 10000 and o.moved_from == {1: 10000}
+    assert read_numa_maps(host, 100).pages_by_node() == {0: 10000}
+    after = read_topology(host)
+    assert after.node(0).memory_free_bytes == before.node(0).memory_free_bytes - 10000 * P
+    assert after.node(1).memory_free_bytes == before.node(1).memory_free_bytes + 10000 * P
+
+
+def test_full_target_node_fails_with_enomem_per_page(tmp_path):
+    host = host_with(tmp_path, {1: 10000}, free0=4000 * P)
+    (o,) = Executor(host, TokenBucket(1e12)).run([migrate_action(10000)], deadline_s=1e9)
+    assert o.moved_pages == 4000
+    assert o.failures == {"ENOMEM": 6000}
+
+
+def test_rate_limit_stops_at_deadline_and_continues_next_pass(tmp_path):
+    host = host_with(tmp_path, {1: 65536})  # 256 MiB
+    clock = FakeClock()
+    bucket = TokenBucket(64 * MiB, clock=clock)  # 64 MiB/s, one second of burst
+    ex = Executor(host, bucket, clock=clock, wait=lambda s: clock.advance(s) or False)
+    (o,) = ex.run([migrate_action(65536)], deadline_s=0.5)
+    assert o.status == "partial"
+    # The one-second burst plus what refilled in the half second before the deadline.
+    assert 64 * MiB <= o.moved_bytes <= 96 * MiB
+    moved = o.moved_bytes
+    clock.advance(10.0)
+    (o2,) = ex.run([migrate_action(65536 - o.moved_pages)], deadline_s=clock() + 0.5)
+    assert o.moved_bytes + o2.moved_bytes <= moved + 96 * MiB
+    assert o2.moved_bytes >= 64 * MiB
+
+
+def test_stop_event_ends_the_move_between_batches(tmp_path):
+    host = host_with(tmp_path, {1: 65536})
+    stop = threading.Event()
+    stop.set()
+    (o,) = Executor(host, TokenBucket(1e12), stop).run([migrate_action(65536)], deadline_s=1e9)
+    assert o.status == "skipped"
+    assert read_numa_maps(host, 100).pages_by_node() == {1: 65536}
+
+
+def test_dry_run_changes_nothing(tmp_path):
+    host = host_with(tmp_path, {1: 1000})
+    (o,) = Executor(host, TokenBucket(1e12), dry_run=True).run([migrate_action(1000)], deadline_s=1e9)
+    assert o.status == "dry-run"
+    assert read_numa_maps(host, 100).pages_by_node() == {1: 1000}
+
+
+def test_vanished_process_is_an_outcome_not_an_error(tmp_path):
+    host = host_with(tmp_path, {1: 1000})
+    import shutil
+
+    shutil.rmtree(host.path("/proc/100"))
+    outcomes = Executor(host, TokenBucket(1e12)).run(
+        [migrate_action(1000), Action("set_affinity", 100, 100, "app", "task-follows-memory", "t", 0, cpus=(0, 1))],
+        deadline_s=1e9)
+    assert [o.status for o in outcomes] == ["gone", "gone"]
+
+
+def test_affinity_reaches_every_thread_and_moves_them(tmp_path):
+    host = host_with(tmp_path, {0: 1000}, cpus=(0, 1, 2, 3), threads=4)
+    a = Action("set_affinity", 100, 100, "app", "task-follows-memory", "t", 0, cpus=(0, 1))
+    (o,) = Executor(host, TokenBucket(1e12)).run([a], deadline_s=1e9)
+    assert o.status == "done" and o.threads_set == 4
+    for tid in host.tids(100):
+        assert host.thread_affinity(tid) == frozenset({0, 1})
+    assert {t.processor for t in read_thread_stats(host, 100).values()} <= {0, 1}
+    assert read_status(host, 100).cpus_allowed == (0, 1)
+
+
+@pytest.mark.parametrize("pages,expected_local", [({1: 30000}, 1.0), ({0: 100, 1: 30000}, 1.0)],
+                         ids=["all-remote", "mostly-remote"])
+def test_policy_and_executor_converge_on_a_fake_host(tmp_path, pages, expected_local):
+    host = host_with(tmp_path, pages)
+    ex = Executor(host, TokenBucket(1e12))
+    h = History()
+    for t in (0.0, 100.0):
+        snap = take_snapshot(host)
+        h.observe(snap, t)
+        ex.run(decide(snap, h, BalancePolicyConfig(), t).actions, deadline_s=1e9)
+    snap = take_snapshot(host)
+    assert snap.process(100).local_fraction((0,)) == expected_local
