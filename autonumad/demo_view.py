@@ -25,8 +25,9 @@ def _table(report: PassReport, events: list[str], history_lf: dict[int, list[flo
     t = Table(title=f"pass {report.number}: simulated 2-socket + CXL host "
                     f"({snap.scanned} processes scanned, {len(snap.processes)} read in detail)",
               title_justify="left")
-    for col in ("pid", "comm", "runs on", "N0 MiB", "N1 MiB", "N2 MiB", "local", "trend", "verdict"):
-        t.add_column(col, justify="right" if col in ("pid", "N0 MiB", "N1 MiB", "N2 MiB", "local") else "left")
+    for col in ("pid", "comm", "on", "N0 GiB", "N1 GiB", "N2 GiB", "local", "trend", "verdict"):
+        t.add_column(col, justify="right" if col in ("pid", "N0 GiB", "N1 GiB", "N2 GiB", "local") else "left",
+                     no_wrap=col != "verdict", overflow="fold")
     for pid in DEMO_NAMES:
         p = snap.process(pid)
         if p is None:
@@ -34,9 +35,9 @@ def _table(report: PassReport, events: list[str], history_lf: dict[int, list[flo
         lf = p.local_fraction()
         style = "green" if lf >= 0.9 else "yellow" if lf >= 0.5 else "red"
         v = report.decision.verdicts.get(pid)
-        trend = "".join("▁▂▃▄▅▆▇█"[min(7, int(x * 8))] for x in history_lf.get(pid, [])[-12:])
+        trend = "".join("▁▂▃▄▅▆▇█"[min(7, int(x * 8))] for x in history_lf.get(pid, [])[-8:])
         t.add_row(str(pid), p.comm, ",".join(map(str, p.running_nodes)),
-                  *(f"{p.pages_by_node.get(n, 0) * 4096 / 2**20:,.0f}" for n in (0, 1, 2)),
+                  *(f"{p.pages_by_node.get(n, 0) * 4096 / 2**30:.1f}" for n in (0, 1, 2)),
                   Text(f"{lf:.0%}", style=style), trend, Text(v.rule if v else "-", style="bold" if v and v.actions else ""))
     lines = [t]
     for o in report.outcomes:
@@ -88,7 +89,7 @@ def run_demo(args) -> int:
         if tmp is not None:
             tmp.cleanup()
     if not args.json:
-        console.print("Every process the rules allow reached its target locality; the interleaved, excluded "
+        console.print("\nEvery process the rules allow reached its target locality; the interleaved, excluded "
                       "and too-large ones were left as they were. Try: autonumad explain 4001 --root DIR "
                       "(with --keep DIR).")
     return 0

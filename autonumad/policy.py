@@ -121,10 +121,12 @@ class BalancePolicyConfig:
     exclude_comm: tuple[str, ...] = ()
     include_comm: tuple[str, ...] = ()
     exclude_cgroup: tuple[str, ...] = ()
+    include_cgroup: tuple[str, ...] = ()
     exclude_pids: tuple[int, ...] = ()
     cooldown_s: float = 30.0
     node_headroom_fraction: float = 0.05
     task_moves: bool = True
+    page_moves: bool = True
     min_cpu_fraction: float = 0.0
 
     @classmethod
@@ -218,6 +220,8 @@ def _decide_one(ctx: _Ctx, p: ProcessView) -> Verdict:
     for prefix in cfg.exclude_cgroup:
         if _cgroup_under(p.cgroup, prefix):
             return verdict("excluded-cgroup", f"cgroup {p.cgroup} is under balance.exclude_cgroup {prefix!r}")
+    if cfg.include_cgroup and not any(_cgroup_under(p.cgroup, c) for c in cfg.include_cgroup):
+        return verdict("not-included", f"cgroup {p.cgroup} is under no balance.include_cgroup prefix")
     if p.total_pages == 0:
         return verdict("no-memory", "no resident pages attributed to any node")
 
@@ -302,7 +306,9 @@ def _decide_one(ctx: _Ctx, p: ProcessView) -> Verdict:
         "set_affinity", p.pid, p.start_ticks, p.comm, "task-follows-memory",
         f"{lf:.0%} of its memory ({_mib(p.pages_by_node.get(node, 0) * BASE_PAGE_BYTES)}) is on node {node} "
         f"while it runs on node(s) {_nodes(p.running_nodes)}; node {node} has CPU headroom, so its "
-        f"{len(p.threads)} thread(s) move there ({_mib(to_move)} to move otherwise stays put)"
+        f"{len(p.threads)} thread(s) move there instead of copying "
+        f"{_mib(total_bytes - sum(p.pages_by_node.get(n, 0) for n in p.running_nodes) * BASE_PAGE_BYTES)} "
+        f"of memory to where it runs"
         if lf >= cfg.target_local_fraction else
         f"node {node} needs the fewest bytes moved ({_mib(to_move)}) among nodes with CPU headroom; "
         f"its {len(p.threads)} thread(s) move there and the rest of its memory follows",
@@ -320,6 +326,8 @@ def _memory_follows_task(ctx: _Ctx, p: ProcessView, home: int, how: str, h) -> V
     def verdict(rule: str, reason: str, *actions: Action) -> Verdict:
         return Verdict(p.pid, p.comm, rule, reason, tuple(actions))
 
+    if not cfg.page_moves:
+        return verdict("page-moves-disabled", f"{lf:.0%} local on node {home}, but balance.page_moves is off")
     if home not in p.status.mems_allowed:
         return verdict("home-not-allowed", f"node {home} is not in its Mems_allowed_list "
                        f"({_nodes(p.status.mems_allowed)}): its cpuset forbids the move")
