@@ -175,7 +175,14 @@ class Daemon:
                     self.reload()
                 if self.stop_event.is_set():
                     break
-                report = self.run_pass()
+                try:
+                    report = self.run_pass()
+                except HostError:
+                    # Logged by run_pass; a host file may come back (a node
+                    # onlined again). Try again after one interval.
+                    if once or self.stop_event.wait(self.interval_s):
+                        break
+                    continue
                 if not ready:
                     self._notify("ready")
                     ready = True
