@@ -104,9 +104,13 @@ def setup_logging(level: str, *, stream: TextIO | None = None,
     """Send log records at `level` and above to stderr in the format that fits it.
 
     Idempotent: calling it again (for example after a reload changed
-    `[daemon] log_level`) replaces the handler installed before and keeps any
-    other handlers (pytest's caplog). `journal` forces the format; by default
-    it is detected from JOURNAL_STREAM. Returns the installed handler.
+    `[daemon] log_level`) replaces the handler installed before. It owns the
+    stream: any other root handler already writing to the same stream (a
+    logging.basicConfig() default set up before the config was read) is
+    removed too, or every line would reach the journal twice. Handlers
+    writing elsewhere (pytest's caplog) are kept. `journal` forces the
+    format; by default it is detected from JOURNAL_STREAM. Returns the
+    installed handler.
     """
     levelno = level_number(level)
     out = stream if stream is not None else sys.stderr
@@ -114,7 +118,9 @@ def setup_logging(level: str, *, stream: TextIO | None = None,
     handler = _AutonumadHandler(out)
     handler.setFormatter(JournalFormatter() if use_journal else ConsoleFormatter())
     root = logging.getLogger()
-    for old in [h for h in root.handlers if isinstance(h, _AutonumadHandler)]:
+    for old in [h for h in root.handlers
+                if isinstance(h, _AutonumadHandler)
+                or (type(h) is logging.StreamHandler and getattr(h, "stream", None) in (out, sys.stderr))]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(levelno)

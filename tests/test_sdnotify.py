@@ -234,3 +234,25 @@ def test_level_names():
     assert level_number(" INFO ") == logging.INFO
     with pytest.raises(ValueError, match="unknown log level 'loud'"):
         level_number("loud")
+
+
+def test_setup_replaces_an_earlier_basic_config_on_the_same_stream(tmp_path, restore_root_logger):
+    # The CLI may call logging.basicConfig() before the config (and its
+    # log_level) is read; that handler must not print every line a second time.
+    with open(tmp_path / "stream", "w") as f:
+        early = logging.StreamHandler(f)
+        logging.getLogger().addHandler(early)
+        setup_logging("info", stream=f, journal=True)
+        logging.getLogger("autonumad.test").info("once")
+    assert early not in logging.getLogger().handlers
+    assert (tmp_path / "stream").read_text() == "<6>once\n"
+
+
+def test_setup_keeps_handlers_writing_elsewhere(tmp_path, restore_root_logger):
+    with open(tmp_path / "other", "w") as other, open(tmp_path / "stream", "w") as f:
+        elsewhere = logging.StreamHandler(other)
+        logging.getLogger().addHandler(elsewhere)
+        setup_logging("info", stream=f, journal=True)
+        logging.getLogger("autonumad.test").info("both")
+    assert (tmp_path / "other").read_text() == "both\n"
+    assert (tmp_path / "stream").read_text() == "<6>both\n"
