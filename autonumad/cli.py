@@ -121,6 +121,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", metavar="DIR", default=None, help="build the host tree in DIR and keep it")
     p.add_argument("--json", action="store_true", help="print one JSON status document per pass")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("check-config", help="validate a config file (exit 78 if invalid)",
+                       description="Validate the config file strictly (unknown keys, types, ranges, file owner "
+                                   "and mode) and print every problem with its dotted key path. Exit 0 when "
+                                   "valid, 78 (EX_CONFIG) otherwise.")
+    p.add_argument("path", nargs="?", default=None, help="config file (default /etc/autonumad/autonumad.toml)")
+    p.add_argument("--json", action="store_true", help="print the compiled config as JSON")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("sysctl", help="show, apply, restore or verify the kernel knobs in [kernel]",
+                       description="Manage the kernel knobs named in the config's [kernel] section. apply saves "
+                                   "the original values under the runtime directory before the first write; "
+                                   "restore writes them back (idempotent; used by the unit's ExecStopPost); "
+                                   "verify exits 1 if a knob differs from the config; show lists every knob.")
+    p.add_argument("action", choices=("show", "apply", "restore", "verify"))
+    p.add_argument("--config", metavar="PATH", default=None)
+    _add_host_args(p)
+    p.set_defaults(func=cmd_sysctl)
+
+    p = sub.add_parser("reload", help="make the running daemon re-read its config (SIGHUP)",
+                       description="Send SIGHUP to the running daemon (its pid from state.json in the runtime "
+                                   "directory). With --wait, wait until it has re-read the config and exit 1 if "
+                                   "it rejected the file (it then keeps the config it was running).")
+    p.add_argument("--config", metavar="PATH", default=None, help="config whose daemon.runtime_dir to use")
+    p.add_argument("--wait", action="store_true", help="wait for the outcome")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
+    p.set_defaults(func=cmd_reload)
     return parser
 
 
@@ -290,6 +317,121 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from autonumad.demo_view import run_demo
 
     return run_demo(args)
+
+
+def _kernel_warnings(config) -> list[str]:
+    """Combinations that are legal but worth a word (style.md 5.4)."""
+    out = []
+    nb = config.kernel.numa_balancing
+    if config.balance.enabled and nb is not None and nb & 1:
+        out.append("kernel.numa_balancing includes normal (1) while autonumad balances too: the daemon will "
+                   "only place tasks and migrate what the kernel leaves misplaced; 'off' lets it do all")
+    if config.kernel.demotion_enabled:
+        out.append("kernel.demotion_enabled = true lets reclaim place pages outside cpuset.mems "
+                   "(Documentation/ABI/testing/sysfs-kernel-mm-numa)")
+    return out
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from autonumad.config import DEFAULT_CONFIG_PATH, load_config
+
+    path = args.path or DEFAULT_CONFIG_PATH
+    config = load_config(path)
+    for w in _kernel_warnings(config):
+        print(f"autonumad: warning: {w}", file=sys.stderr)
+    if args.json:
+        _print_json(json.loads(json.dumps(asdict(config), default=lambda o: getattr(o, "pattern", str(o)))))
+    else:
+        print(f"{path}: OK")
+    return 0
+
+
+def cmd_sysctl(args: argparse.Namespace) -> int:
+    from autonumad.sysctl import KnobManager
+
+    config, _ = _load_config(args.config)
+    host = _host(args)
+    mgr = KnobManager(host, config.daemon.runtime_dir)
+    desired = config.kernel.desired()
+    if args.action == "show":
+        rows = mgr.show()
+        doc = [{"knob": r.name, "path": r.path, "value": r.value, "desired": desired.get(r.name),
+                "saved_original": r.original, "managed": r.managed, "error": r.error} for r in rows]
+        if args.json:
+            _print_json({"schema_version": 1, "knobs": doc})
+        else:
+            from rich.table import Table
+
+            t = Table(title="Kernel knobs", title_justify="left")
+            for col in ("knob", "value", "config", "saved original", "path"):
+                t.add_column(col)
+            for d in doc:
+                t.add_row(d["knob"], "absent" if d["path"] is None else str(d["value"]),
+                          "keep" if d["desired"] is None else str(d["desired"]),
+                          "-" if not d["managed"] else str(d["saved_original"]), d["path"] or "-")
+            _console().print(t)
+        return 0
+    if args.action == "verify":
+        drifts = mgr.verify(desired)
+        doc = [{"knob": d.name, "want": d.want, "found": d.found} for d in drifts]
+        if args.json:
+            _print_json({"schema_version": 1, "drift": doc})
+        for d in drifts:
+            print(f"{d.name}: config wants {d.want}, kernel has {d.found}", file=sys.stderr)
+        if not drifts and not args.json:
+            print("kernel knobs match the config")
+        return 1 if drifts else 0
+    changes = mgr.recover() if args.action == "apply" else []
+    changes += mgr.apply(desired) if args.action == "apply" else mgr.restore()
+    doc = [{"knob": c.name, "path": c.path, "old": c.old, "new": c.new, "outcome": c.outcome, "error": c.error}
+           for c in changes]
+    if args.json:
+        _print_json({"schema_version": 1, "changes": doc})
+    else:
+        for c in doc:
+            print(f"{c['knob']}: {c['old']} -> {c['new']} ({c['outcome']}{': ' + c['error'] if c['error'] else ''})")
+        if not doc:
+            print("nothing to do")
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    import os
+    import signal
+    from pathlib import Path
+
+    config, _ = _load_config(args.config)
+    state_path = Path(config.daemon.runtime_dir) / "state.json"
+    try:
+        state = json.loads(state_path.read_text())
+        pid = int(state["pid"])
+    except (OSError, ValueError, KeyError) as e:
+        raise AutonumadError(f"{state_path}: no running daemon found ({e})") from None
+    before = (state.get("generation"), json.dumps(state.get("last_reload")))
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise AutonumadError(f"pid {pid} from {state_path} is not running") from None
+    if not args.wait:
+        return 0
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        try:
+            state = json.loads(state_path.read_text())
+        except (OSError, ValueError):
+            continue
+        after = (state.get("generation"), json.dumps(state.get("last_reload")))
+        if after != before:
+            lr = state.get("last_reload") or {}
+            if lr.get("ok"):
+                print(f"reloaded (generation {state.get('generation')})")
+                return 0
+            print(f"autonumad: reload rejected, running config kept: {lr.get('error')}", file=sys.stderr)
+            return 1
+    raise AutonumadError(f"daemon pid {pid} did not report a reload within {args.timeout:g} s")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
