@@ -375,11 +375,11 @@ def cmd_sysctl(args: argparse.Namespace) -> int:
         return 0
     if args.action == "verify":
         drifts = mgr.verify(desired)
-        doc = [{"knob": d.name, "want": d.want, "found": d.found} for d in drifts]
+        doc = [{"knob": d.name, "expected": d.expected, "actual": d.actual} for d in drifts]
         if args.json:
             _print_json({"schema_version": 1, "drift": doc})
         for d in drifts:
-            print(f"{d.name}: config wants {d.want}, kernel has {d.found}", file=sys.stderr)
+            print(f"{d.name}: config wants {d.expected}, kernel has {d.actual}", file=sys.stderr)
         if not drifts and not args.json:
             print("kernel knobs match the config")
         return 1 if drifts else 0

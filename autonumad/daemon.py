@@ -145,8 +145,8 @@ class Daemon:
         desired = self.config.kernel.desired()
         drifts = self.knobs.verify(desired)
         for d in drifts:
-            log.warning("kernel knob %s changed behind autonumad's back: want %s, found %s%s", d.name, d.want,
-                        d.found, "; re-applying (kernel.enforce)" if self.config.kernel.enforce else "")
+            log.warning("kernel knob %s changed behind autonumad's back: want %s, found %s%s", d.name, d.expected,
+                        d.actual, "; re-applying (kernel.enforce)" if self.config.kernel.enforce else "")
         if drifts and self.config.kernel.enforce and self.manage_knobs:
             self._apply_knobs()
         return drifts
