@@ -159,7 +159,12 @@ class Daemon:
         if self.manage_knobs or self.config.kernel.desired():
             self.knobs = KnobManager(self.host, runtime_dir)
         if self.manage_knobs:
+            # A corrupt saved-originals file stops the start (SavedKnobsError, one
+            # line, exit 1): applying anyway would overwrite the only record of
+            # the values to restore. The operator fixes or removes the file.
             for c in self.knobs.recover():
+                if c.outcome != "restored":
+                    continue
                 log.warning("restored kernel knob %s to %s, left changed by a previous run that did not "
                             "exit cleanly", c.name, c.new)
             self._apply_knobs()
