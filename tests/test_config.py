@@ -385,6 +385,24 @@ def test_parse_listen_rejects(text):
         parse_listen(text)
 
 
+@given(st.one_of(st.text(max_size=40), st.from_regex(r"\[?[0-9a-f:.]{0,20}\]?:[0-9+-]{0,7}")))
+def test_parse_listen_raises_only_parse_error(text):
+    try:
+        result = parse_listen(text)
+    except ParseError:
+        return
+    assert result is None or (isinstance(result[0], str) and 1 <= result[1] <= 65535)
+
+
+@given(st.one_of(st.text(max_size=30), st.integers(), st.from_regex(r"\s*[0-9]{0,4}(\.[0-9]{0,3})?\s*%?\s*")))
+def test_parse_amount_raises_only_parse_error(value):
+    try:
+        a = parse_amount(value)
+    except ParseError:
+        return
+    assert (a.bytes is not None and a.bytes >= 0) or (a.fraction is not None and 0 <= a.fraction <= 1)
+
+
 def test_default_listen_is_loopback_on_documented_port():
     assert Config().metrics.listen_address() == ("127.0.0.1", DEFAULT_METRICS_PORT)
 
