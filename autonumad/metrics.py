@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -48,6 +48,11 @@ from autonumad import __version__
 from autonumad.errors import AutonumadError, ParseError
 from autonumad.readers.knobs import KNOBS
 from autonumad.snapshot import BASE_PAGE_BYTES, HostSnapshot, ProcessView
+
+if TYPE_CHECKING:  # the daemon imports this module lazily; no import cycle at run time
+    from autonumad.daemon import PassReport
+    from autonumad.executor import Outcome
+    from autonumad.policy import Action
 
 log = logging.getLogger("autonumad")
 
@@ -114,9 +119,9 @@ def top_remote_processes(processes: Iterable[ProcessView], k: int) -> list[Proce
     return remote[:k]
 
 
-def decision_label(actions: Iterable[object]) -> str:
+def decision_label(actions: Iterable[Action]) -> str:
     """The `action` label of one verdict: its action kinds joined by "+", or "none"."""
-    kinds = [a.kind for a in actions]  # type: ignore[attr-defined]
+    kinds = [a.kind for a in actions]
     return "+".join(kinds) if kinds else "none"
 
 
@@ -137,9 +142,9 @@ class PassCollector:
 
     def __init__(self, top_processes: int = 0):
         self.top_processes = top_processes
-        self._report = None
+        self._report: PassReport | None = None
 
-    def update(self, report) -> None:
+    def update(self, report: PassReport) -> None:
         self._report = report
 
     def describe(self) -> list[Metric]:
@@ -218,7 +223,7 @@ class PassCollector:
                 knob.add_metric([name], _num(kv.value))
         yield from (host_vmstat, knob)
 
-    def _processes(self, report) -> Iterator[Metric]:
+    def _processes(self, report: PassReport) -> Iterator[Metric]:
         snap: HostSnapshot = report.snapshot
         verdicts = report.decision.verdicts
         scanned = GaugeMetricFamily(f"{PREFIX}processes_scanned",
@@ -307,8 +312,8 @@ class DaemonMetrics:
                                        buckets=PASS_DURATION_BUCKETS_S, registry=r)
         self.last_pass = Gauge(f"{PREFIX}last_pass_timestamp_seconds",
                                "Unix time at which the last pass completed.", registry=r)
-        self.pass_errors = Counter(f"{PREFIX}pass_errors", "Passes that failed, by the stage that failed.",
-                                   ["stage"], registry=r)
+        self.pass_errors = Counter(f"{PREFIX}pass_errors", "Passes skipped because a stage failed (snapshot: "
+                                   "a host-level file could not be read).", ["stage"], registry=r)
         self.skipped = Counter(f"{PREFIX}processes_skipped",
                                "Processes a pass left out, by reason: denied (ptrace access refused), "
                                "malformed (unparsable /proc file), gone (exited while an explicitly "
@@ -360,7 +365,7 @@ class DaemonMetrics:
 
     # -- the daemon's hooks ------------------------------------------------------------
 
-    def observe_pass(self, report) -> None:
+    def observe_pass(self, report: PassReport) -> None:
         """Count what one pass did, cache it for scrapes, and write the textfile."""
         self.passes.inc()
         self.pass_duration.observe(report.duration_s)
@@ -377,7 +382,7 @@ class DaemonMetrics:
         if self.textfile:
             self.write_textfile()
 
-    def _observe_outcome(self, o) -> None:
+    def _observe_outcome(self, o: Outcome) -> None:
         a = o.action
         self.actions.labels(a.kind, o.status).inc()
         if a.kind == "migrate" and o.moved_pages:

@@ -27,16 +27,15 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from autonumad import __version__
-from autonumad.config import Config, load_config
+from autonumad.config import Config
 from autonumad.daemon import Daemon, PassReport
-from autonumad.demo import GiB, MiB, demo_config, demo_spec
+from autonumad.demo import GiB, demo_config, demo_spec
 from autonumad.errors import AutonumadError, HostError
 from autonumad.executor import Outcome
 from autonumad.fakehost import HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host
-from autonumad.metrics import (PREFIX, DaemonMetrics, memory_weighted_local_fraction, numa_counters,
-                               start_metrics, top_remote_processes)
-from autonumad.policy import Action, Decision
-from autonumad.readers.knobs import KNOBS
+from autonumad.metrics import (PREFIX, DaemonMetrics, decision_label, memory_weighted_local_fraction, numa_counters,
+                               start_metrics)
+from autonumad.policy import Action
 from autonumad.sysctl import Drift
 
 REPO = Path(__file__).resolve().parent.parent
@@ -127,14 +126,14 @@ def test_tier_info_uses_the_fallback_without_kernel_tiers(tmp_path):
     assert _value(metrics, "autonumad_node_tier_rank", node="2") == 1
 
 
-def _two_node_host(tmp_path: Path, **spec_kw) -> HostSpec:
+def _two_node_host(**spec_kw) -> HostSpec:
     nodes = (NodeSpec((0, 1), 4 * GiB, 3 * GiB, (10, 21)), NodeSpec((2, 3), 4 * GiB, 2 * GiB, (21, 10)))
     return HostSpec(nodes=nodes, **spec_kw)
 
 
 def test_node_kernel_counters_keep_only_the_numa_families(tmp_path):
     """nodeN/numastat whole; nodeN/vmstat and /proc/vmstat filtered to numa_/pgpromote_/pgdemote_/pgmigrate_."""
-    spec = _two_node_host(tmp_path, vmstat={"numa_hint_faults": 77, "numa_pages_migrated": 5})
+    spec = _two_node_host(vmstat={"numa_hint_faults": 77, "numa_pages_migrated": 5})
     daemon, metrics = _daemon(tmp_path, spec)
     node1 = daemon.host.path("/sys/devices/system/node/node1")
     (node1 / "vmstat").write_text("nr_free_pages 524288\nnuma_hit 1000\npgpromote_success 12\n"
@@ -190,10 +189,6 @@ def test_knob_drift_is_counted_per_knob(demo_pass):
     assert _value(metrics, "autonumad_kernel_knob_drift_total", knob="zone_reclaim_mode") == 0
 
 
-# daemon.py logs Drift.want/.found, but sysctl.Drift has .expected/.actual.
-# Strict: once daemon.py is fixed this XPASSes and fails; then drop the marker.
-@pytest.mark.xfail(raises=AttributeError, strict=True,
-                   reason="daemon._check_drift reads Drift.want/.found; sysctl.Drift names them expected/actual")
 def test_drift_found_by_the_daemon_is_counted(tmp_path):
     """A knob changed behind the daemon's back between passes shows up in the counter."""
     from autonumad.sysctl import KnobManager
@@ -223,6 +218,15 @@ def test_drift_found_by_the_daemon_is_counted(tmp_path):
 def test_decisions_by_action_and_rule(demo_pass, action, rule):
     metrics, _ = demo_pass
     assert _value(metrics, "autonumad_decisions_total", action=action, rule=rule) == 1
+
+
+@pytest.mark.parametrize("kinds,label", [
+    ((), "none"),
+    (("migrate",), "migrate"),
+    (("set_affinity", "migrate"), "set_affinity+migrate"),  # task-and-memory
+], ids=["left-alone", "one-action", "task-and-memory"])
+def test_decision_action_label(kinds, label):
+    assert decision_label(Action(k, 1, 1, "c", "r", "why") for k in kinds) == label
 
 
 def test_one_decision_per_detailed_process(demo_pass):
@@ -356,7 +360,7 @@ def test_failed_snapshot_counts_a_pass_error(tmp_path):
 
 
 def _locality_spec(*processes: ProcessSpec) -> HostSpec:
-    return replace(_two_node_host(None), processes=processes)
+    return _two_node_host(processes=processes)
 
 
 def _proc(pid: int, cpu: int, pages_by_node: dict[int, int]) -> ProcessSpec:
@@ -558,7 +562,7 @@ def test_names_units_and_labels_follow_the_conventions(demo_pass):
         assert labels <= allowed, (f.name, labels - allowed)
         if f.type == "counter":
             assert all(s.name.endswith(("_total", "_created")) for s in f.samples), f.name
-        if f.type == "gauge" and f.name not in ("autonumad_node_tier_info",):
+        if f.type == "gauge":
             assert not f.name.endswith("_total"), f.name
         assert not re.search(r"_(percent|kb|mb|kib|mib|ms|milliseconds)\b", f.name), f.name
     for name in _PER_PROCESS:
@@ -701,6 +705,10 @@ _ALERT_CASES = [
      [(f'autonumad_migration_failures_total{{{_I}, errno="ENOMEM"}}', "0+1x40"),
       (f'autonumad_migrated_pages_total{{{_I}, from_node="1", to_node="0"}}', "0+1000x40")],
      "35m", "AutonumadMigrationFailuresHigh", []),
+    ("pass-errors", [(f'autonumad_pass_errors_total{{{_I}, stage="snapshot"}}', "0 0 0 1 1 1")], "4m",
+     "AutonumadPassErrors", [{"severity": "warning", "stage": "snapshot"}]),
+    ("no-pass-errors", [(f'autonumad_pass_errors_total{{{_I}, stage="snapshot"}}', "0x10")], "8m",
+     "AutonumadPassErrors", []),
     ("pass-slow",
      [(f'autonumad_pass_duration_seconds_bucket{{{_I}, le="5.0"}}', "0+0x40"),
       (f'autonumad_pass_duration_seconds_bucket{{{_I}, le="10.0"}}', "0+6x40"),
