@@ -261,6 +261,10 @@ class Daemon:
                 return
             if self.stop_event.wait(min(step, left)):
                 return
+            # The loop is alive between passes: keep systemd's watchdog fed when
+            # the interval is longer than half of WatchdogSec. A wedged *pass*
+            # still trips it, since nothing pings during one.
+            self._notify("watchdog")
             if self._affinity_changed(watched):
                 return
 
