@@ -49,7 +49,7 @@ from autonumad.errors import AutonumadError, ParseError
 from autonumad.readers.knobs import KNOBS
 from autonumad.snapshot import BASE_PAGE_BYTES, HostSnapshot, ProcessView
 
-if TYPE_CHECKING:  # the daemon imports this module lazily; no import cycle at run time
+if TYPE_CHECKING:  # for annotations only: metrics must not import the loop it observes
     from autonumad.daemon import PassReport
     from autonumad.executor import Outcome
     from autonumad.policy import Action
