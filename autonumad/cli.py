@@ -144,7 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Send SIGHUP to the running daemon (its pid from state.json in the runtime "
                                    "directory). With --wait, wait until it has re-read the config and exit 1 if "
                                    "it rejected the file (it then keeps the config it was running).")
-    p.add_argument("--config", metavar="PATH", default=None, help="config whose daemon.runtime_dir to use")
+    p.add_argument("--config", metavar="PATH", default=None,
+                   help="config whose daemon.runtime_dir to use (an invalid file falls back to /run/autonumad: "
+                        "reloading is how the daemon gets to reject it)")
+    p.add_argument("--runtime-dir", metavar="DIR", default=None, help="the daemon's runtime directory")
     p.add_argument("--wait", action="store_true", help="wait for the outcome")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
     p.set_defaults(func=cmd_reload)
@@ -402,8 +405,16 @@ def cmd_reload(args: argparse.Namespace) -> int:
     import signal
     from pathlib import Path
 
-    config, _ = _load_config(args.config)
-    state_path = Path(config.daemon.runtime_dir) / "state.json"
+    if args.runtime_dir:
+        runtime_dir = args.runtime_dir
+    else:
+        try:
+            runtime_dir = _load_config(args.config)[0].daemon.runtime_dir
+        except AutonumadError:
+            from autonumad.config import Config
+
+            runtime_dir = Config().daemon.runtime_dir
+    state_path = Path(runtime_dir) / "state.json"
     try:
         state = json.loads(state_path.read_text())
         pid = int(state["pid"])
