@@ -93,6 +93,11 @@ DEMO_NAMES = {1001: "postgres", 2001: "java", 3001: "redis-server", 4001: "mysql
 def drift(host: FakeHost, pass_number: int, rng: random.Random) -> list[str]:
     """Make the workloads drift the way real ones do; returns what happened."""
     events = []
+    # The workloads are busy: their threads accumulate CPU time each pass
+    # (the policy leaves idle processes alone, see balance.min_cpu_fraction).
+    for pid in DEMO_NAMES:
+        for tid in host.tids(pid):
+            _add_cpu_ticks(host, pid, tid, 100)
     if pass_number == 4:
         # redis's threads wander to socket 1 (the scheduler balanced them away).
         for tid in host.tids(3001):
@@ -103,6 +108,15 @@ def drift(host: FakeHost, pass_number: int, rng: random.Random) -> list[str]:
         _grow(host, 1001, 0x7f0000000000 + 16 * GiB * pass_number, {1: _pages(512 * MiB)})
         events.append("postgres allocated 512 MiB that landed on node 1")
     return events
+
+
+def _add_cpu_ticks(host: FakeHost, pid: int, tid: int, ticks: int) -> None:
+    from autonumad.fakehost import _join_stat, _split_stat
+
+    for p in (host.path(f"/proc/{pid}/task/{tid}/stat"),) + ((host.path(f"/proc/{pid}/stat"),) if tid == pid else ()):
+        f = _split_stat(p.read_text())
+        f[13] = str(int(f[13]) + ticks)  # utime, field 14 of proc(5)
+        p.write_text(_join_stat(f))
 
 
 def _set_processor(host: FakeHost, pid: int, tid: int, cpu: int) -> None:

@@ -20,6 +20,8 @@ are checked for each process:
    for: memory follows task.
 3. *Stability.* A process acted on within `cooldown_s`, or backing off
    after its pages went back and forth (ping-pong, see history.py), waits.
+   One that used less than `min_cpu_fraction` of a CPU since the last pass
+   is idle: remote memory costs it little, so it is not worth the copying.
 4. *Home node.* A process is *confined* to a node when its allowed CPUs all
    belong to that node (by its owner's affinity or ours), or when all its
    threads ran on that one node in each of the last passes.
@@ -57,9 +59,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from autonumad.history import History, OwnedAffinity, ProcKey
+from autonumad.readers.numa_maps import NumaMaps
 from autonumad.readers.proc_stat import cpu_busy_fraction
 from autonumad.snapshot import BASE_PAGE_BYTES, HostSnapshot, ProcessView
 
@@ -76,6 +79,49 @@ class VmaMove:
     pages: int  # pages of this VMA not on the target node (VMA page units)
 
 
+class VmaMoves(Sequence[VmaMove]):
+    """The VMAs a migrate action moves: every non-hugetlbfs VMA with pages off
+    `target_node`, in address order, read from the snapshot's numa_maps when
+    iterated.
+
+    A large process has thousands of VMAs; building a VmaMove for each one
+    in every pass would cost more than the rest of the decision, and only
+    the executor, when it really moves pages, walks them.
+    """
+
+    __slots__ = ("numa_maps", "target_node")
+
+    def __init__(self, numa_maps: NumaMaps, target_node: int):
+        self.numa_maps = numa_maps
+        self.target_node = target_node
+
+    def __iter__(self) -> Iterator[VmaMove]:
+        target = self.target_node
+        for v in self.numa_maps.vmas:
+            if v.huge:
+                continue
+            off = sum(c for n, c in v.pages_by_node if n != target)
+            if off:
+                yield VmaMove(v.start, v.page_size_bytes, off)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __getitem__(self, index):
+        return tuple(self)[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"VmaMoves({tuple(self)!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class Action:
     kind: str  # "migrate" | "set_affinity" | "restore_affinity"
@@ -87,7 +133,7 @@ class Action:
     target_node: int | None = None
     cpus: tuple[int, ...] = ()  # for affinity actions
     original_cpus: tuple[int, ...] = ()  # what set_affinity replaces (kept for undo)
-    vmas: tuple[VmaMove, ...] = ()  # for migrate
+    vmas: Sequence[VmaMove] = ()  # for migrate: a tuple, or VmaMoves from decide()
     bytes: int = 0  # bytes to move (migrate)
 
     @property
@@ -244,6 +290,10 @@ def _decide_one(ctx: _Ctx, p: ProcessView) -> Verdict:
         return verdict("cooldown", f"acted on {ctx.now_s - h.last_action_s:.0f} s ago "
                        f"(balance.cooldown_s = {cfg.cooldown_s:g})")
 
+    if h is not None and h.cpu_cores is not None and h.cpu_cores < cfg.min_cpu_fraction:
+        return verdict("idle", f"used {h.cpu_cores:.2f} CPU since the last pass, below balance.min_cpu_fraction "
+                       f"({cfg.min_cpu_fraction:g}): remote memory costs an idle process little")
+
     pinned_by_owner = current != ctx.all_cpus and owned is None
     home = _node_of_cpus(ctx, p.status.cpus_allowed) if current != ctx.all_cpus else None
     if home is not None:
@@ -343,16 +393,9 @@ def _memory_follows_task(ctx: _Ctx, p: ProcessView, home: int, how: str, h) -> V
             return verdict("kernel-balancing", f"kernel.numa_balancing is on and still improving it "
                            f"({lf:.0%} local on node {home}); autonumad migrates only what the kernel "
                            f"leaves misplaced for {KERNEL_GRACE_PASSES} passes")
-    vmas = []
-    to_move = 0
-    for v in p.numa_maps.vmas:
-        if v.huge:
-            continue  # hugetlbfs pages move only with their pool's consent; left alone
-        off = sum(c for n, c in v.pages_by_node if n != home)
-        if off:
-            vmas.append(VmaMove(v.start, v.page_size_bytes, off))
-            to_move += off * v.page_size_bytes
-    if not vmas:
+    # hugetlbfs pages move only with their pool's consent; left alone (VmaMoves).
+    to_move = p.numa_maps.movable_bytes_off_node(home)
+    if not to_move:
         return verdict("nothing-movable", f"its remote pages on node(s) other than {home} are huge pages")
     headroom = int(node.memory_total_bytes * cfg.node_headroom_fraction)
     room = ctx.free_bytes[home] - headroom
@@ -366,7 +409,7 @@ def _memory_follows_task(ctx: _Ctx, p: ProcessView, home: int, how: str, h) -> V
         reason += f", limited by node {home}'s headroom"
     return verdict("memory-follows-task", reason,
                    Action("migrate", p.pid, p.start_ticks, p.comm, "memory-follows-task", reason,
-                          target_node=home, vmas=tuple(vmas), bytes=min(room, to_move)))
+                          target_node=home, vmas=VmaMoves(p.numa_maps, home), bytes=min(room, to_move)))
 
 
 def _cpu_use_cores(ctx: _Ctx, p: ProcessView) -> float:

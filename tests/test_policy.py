@@ -196,3 +196,14 @@ def test_actions_ordered_affinity_first_then_biggest_moves(tmp_path):
              proc(pid=300, run_cpu=2, pages={0: 60000})]
     decision, _, _ = run(tmp_path, two_node(procs))
     assert [(a.kind, a.pid) for a in decision.actions] == [("set_affinity", 300), ("migrate", 200), ("migrate", 100)]
+
+
+def test_idle_process_is_left_alone(tmp_path):
+    h = History()
+    _, _, snap = run(tmp_path, two_node([proc(cpus=N0)]), history=h)
+    h.get((100, snap.process(100).start_ticks)).cpu_cores = 0.01
+    d = decide(snap, h, BalancePolicyConfig(min_cpu_fraction=0.1), 1000.0)
+    assert d.verdicts[100].rule == "idle"
+    h.get((100, snap.process(100).start_ticks)).cpu_cores = 0.5
+    assert decide(snap, h, BalancePolicyConfig(min_cpu_fraction=0.1), 1000.0).verdicts[100].rule == \
+        "memory-follows-task"
