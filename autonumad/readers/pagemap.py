@@ -1,0 +1,107 @@
+"""/proc/<pid>/pagemap and /proc/<pid>/clear_refs: soft-dirty bits, the fallback hotness signal.
+
+Format (Documentation/admin-guide/mm/pagemap.rst, fs/proc/task_mmu.c
+pagemap_read): one 64-bit entry in the kernel's byte order per virtual
+page, at file offset (address / PAGE_SIZE) * 8:
+
+    bits 0-54  PFN (zero without CAP_SYS_ADMIN) or swap type/offset
+    bit  55    soft-dirty: the page was written since the last clear
+    bit  56    exclusively mapped
+    bit  57    write-protected by userfaultfd
+    bit  61    file page or shared anonymous page
+    bit  62    swapped
+    bit  63    present
+
+Writing "4" to /proc/<pid>/clear_refs (Documentation/admin-guide/mm/soft-dirty.rst)
+clears every soft-dirty bit of the process and write-protects its pages, so
+the next write to a page faults and sets the bit again. This sees writes
+only: a page that is only read never shows as accessed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+
+from autonumad.errors import AccessDenied, ParseError, ProcessGone
+
+ENTRY_BYTES = 8
+SOFT_DIRTY_BIT = 1 << 55
+PRESENT_BIT = 1 << 63
+CLEAR_SOFT_DIRTY = "4"
+
+
+@dataclass(frozen=True, slots=True)
+class PageBits:
+    """Per-page flags of one address range, as two bitmaps over its pages (bit i = page i)."""
+
+    pages: int
+    present: int  # bitmap of present pages
+    soft_dirty: int  # bitmap of present pages written since the last clear
+
+    def count_present(self, first: int = 0, n: int | None = None) -> int:
+        return _popcount(self.present, first, self.pages if n is None else n)
+
+    def count_dirty(self, first: int = 0, n: int | None = None) -> int:
+        return _popcount(self.soft_dirty, first, self.pages if n is None else n)
+
+
+def _popcount(bits: int, first: int, n: int) -> int:
+    return ((bits >> first) & ((1 << n) - 1)).bit_count()
+
+
+def parse_pagemap(data: bytes) -> PageBits:
+    """Entries of consecutive pages -> their present and soft-dirty bitmaps.
+
+    A length that is not a whole number of entries means a short read.
+    """
+    if len(data) % ENTRY_BYTES:
+        raise ParseError(f"pagemap: {len(data)} bytes is not a whole number of 8-byte entries")
+    entries = memoryview(data).cast("Q")
+    present = dirty = 0
+    for i, e in enumerate(entries):
+        if e & PRESENT_BIT:
+            present |= 1 << i
+            if e & SOFT_DIRTY_BIT:
+                dirty |= 1 << i
+    return PageBits(len(entries), present, dirty)
+
+
+def read_pagemap(host, pid: int, start: int, end: int, page_size: int = 4096) -> PageBits:
+    """Soft-dirty and present bits of [start, end) of `pid`; ProcessGone/AccessDenied on errno."""
+    path = f"/proc/{pid}/pagemap"
+    first, last = start // page_size, (end + page_size - 1) // page_size
+    try:
+        fd = os.open(host.path(path), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            want = (last - first) * ENTRY_BYTES
+            chunks, got = [], 0
+            while got < want:
+                chunk = os.pread(fd, want - got, first * ENTRY_BYTES + got)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ESRCH):
+            raise ProcessGone(pid, path) from None
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise AccessDenied(pid, path) from None
+        raise
+    return parse_pagemap(b"".join(chunks))
+
+
+def clear_soft_dirty(host, pid: int) -> None:
+    """Start a new soft-dirty interval for `pid` (write "4" to clear_refs)."""
+    path = f"/proc/{pid}/clear_refs"
+    try:
+        host.write_text(path, CLEAR_SOFT_DIRTY)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ESRCH):
+            raise ProcessGone(pid, path) from None
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise AccessDenied(pid, path) from None
+        raise

@@ -1,0 +1,282 @@
+"""Hotness trackers: which address ranges of which processes are hot, and how long cold ones have been cold.
+
+One interface, `HotnessTracker`:
+
+    tracker.track(pids)      monitor exactly these processes from now on
+    tracker.sample()         {pid: (Region(start, end, accesses_fraction, age_s), ...)}
+    tracker.close()          release what the tracker holds in the kernel
+
+`accesses_fraction` is the share of the tracker's observations in its last
+window that saw the range accessed (0..1); `age_s` is how long the range
+has stayed at about that level. A range is hot when its fraction reaches
+`tiering.hot_access_fraction`, cold when its fraction is 0 and its age at
+least `tiering.cold_age_s`.
+
+Implementations:
+
+- `DamonTracker` (primary): DAMON's virtual-address monitoring through
+  autonumad.damon. Fraction = nr_accesses / (aggr_us / sample_us); age =
+  DAMON's age in aggregation intervals times aggr_us. Sees reads and writes;
+  costs the kernel a sampling thread, bounded by nr_regions.
+- `SoftDirtyTracker` (fallback, kernels without DAMON): soft-dirty bits via
+  /proc/<pid>/clear_refs and pagemap, per granule of `GRANULE_PAGES`
+  pages. Fraction = written pages / present pages in the granule since the
+  last sample; age = time since the granule was last written. Sees writes
+  only, so read-mostly hot data looks cold: promotion under this tracker is
+  conservative, and demotion of read-hot pages is possible (documented in
+  the operations guide's tiering section).
+
+`make_tracker(host, tiering_config, runtime_dir)` chooses by
+`tiering.tracker`: "auto" is DAMON where /sys/kernel/mm/damon/admin exists
+and usable (no other user's kdamond in the way), else soft-dirty.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Protocol
+
+from autonumad.damon import DamonSession, MonitoringAttrs, damon_available
+from autonumad.errors import HostError, NotSupported, ParseError, ProcessError
+from autonumad.host import Host
+from autonumad.readers.pagemap import clear_soft_dirty, read_pagemap
+from autonumad.readers.proc_maps import read_maps
+
+log = logging.getLogger("autonumad")
+
+# Soft-dirty granule: 64 pages (256 KiB). Fine enough that a 64 MiB hot
+# set is 256 granules; coarse enough that a 1 GiB process is 4,096 regions.
+GRANULE_PAGES = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    start: int
+    end: int  # exclusive
+    accesses_fraction: float  # 0..1
+    age_s: float
+
+    @property
+    def size_bytes(self) -> int:
+        return self.end - self.start
+
+
+class HotnessTracker(Protocol):
+    name: str
+    cost_s: float  # wall time spent in sample() and track(), cumulative
+
+    def track(self, pids: Iterable[int]) -> None: ...
+
+    def sample(self) -> Mapping[int, tuple[Region, ...]]: ...
+
+    def close(self) -> None: ...
+
+
+class DamonTracker:
+    name = "damon"
+
+    def __init__(self, host: Host, runtime_dir: str | Path, attrs: MonitoringAttrs = MonitoringAttrs(),
+                 clock: Callable[[], float] = time.monotonic, settle_s: float = 0.0):
+        self.host = host
+        self.attrs = attrs
+        self.clock = clock
+        self.session = DamonSession(host, runtime_dir, attrs, settle_s=settle_s)
+        self.cost_s = 0.0
+        cleaned = self.session.recover()
+        if cleaned:
+            log.warning("stopped DAMON kdamond(s) %s left running by a previous autonumad that did not exit "
+                        "cleanly", ",".join(map(str, cleaned)))
+
+    def track(self, pids: Iterable[int]) -> None:
+        t0 = self.clock()
+        try:
+            live = [p for p in pids if self.host.exists(f"/proc/{p}")]
+            try:
+                self.session.monitor(live)
+            except HostError:
+                # A target exited between listing and starting: once more without it.
+                self.session.monitor([p for p in live if self.host.exists(f"/proc/{p}")])
+        finally:
+            self.cost_s += self.clock() - t0
+
+    def sample(self) -> Mapping[int, tuple[Region, ...]]:
+        t0 = self.clock()
+        try:
+            raw = self.session.regions()
+        except (OSError, HostError) as e:
+            # The kdamond stops by itself when every target has exited.
+            log.info("DAMON sample failed (%s); restarting on the next track()", e)
+            self.session.pids = ()
+            return {}
+        finally:
+            self.cost_s += self.clock() - t0
+        top = self.attrs.max_nr_accesses
+        aggr_s = self.attrs.aggr_us / 1e6
+        return {pid: tuple(Region(r.start, r.end, min(1.0, r.nr_accesses / top), r.age_aggr * aggr_s)
+                           for r in regions)
+                for pid, regions in raw.items()}
+
+    def close(self) -> None:
+        self.session.close()
+
+
+@dataclass
+class _Granules:
+    """Per-process soft-dirty state: when each granule was last written."""
+
+    last_written_s: dict[int, float]  # granule start address -> time
+    first_seen_s: float
+
+
+class SoftDirtyTracker:
+    name = "softdirty"
+
+    def __init__(self, host: Host, clock: Callable[[], float] = time.monotonic,
+                 granule_pages: int = GRANULE_PAGES, page_size: int = 4096):
+        self.host = host
+        self.clock = clock
+        self.granule_bytes = granule_pages * page_size
+        self.page_size = page_size
+        self.cost_s = 0.0
+        self.state: dict[int, _Granules] = {}
+
+    def track(self, pids: Iterable[int]) -> None:
+        t0 = self.clock()
+        pids = set(pids)
+        for gone in set(self.state) - pids:
+            del self.state[gone]
+        for pid in pids - set(self.state):
+            try:
+                clear_soft_dirty(self.host, pid)
+            except (ProcessError, OSError) as e:
+                log.debug("pid %d: soft-dirty not cleared: %s", pid, e)
+                continue
+            self.state[pid] = _Granules({}, t0)
+        self.cost_s += self.clock() - t0
+
+    def sample(self) -> Mapping[int, tuple[Region, ...]]:
+        t0 = self.clock()
+        out = {}
+        for pid, g in list(self.state.items()):
+            try:
+                out[pid] = self._sample_one(pid, g, t0)
+                clear_soft_dirty(self.host, pid)
+            except (ProcessError, OSError, ParseError) as e:
+                log.debug("pid %d: soft-dirty sample failed: %s", pid, e)
+                self.state.pop(pid, None)
+                out.pop(pid, None)
+        self.cost_s += self.clock() - t0
+        return out
+
+    def _sample_one(self, pid: int, g: _Granules, now: float) -> tuple[Region, ...]:
+        regions: list[Region] = []
+        for m in read_maps(self.host, pid):
+            # Private writable anonymous memory: what soft-dirty tracks well and
+            # what tiering moves. File pages and shared mappings are left out.
+            if m.perms[:2] != "rw" or m.perms[3] != "p" or m.path not in (None, "[heap]", "[stack]"):
+                continue
+            bits = read_pagemap(self.host, pid, m.start, m.end, self.page_size)
+            gpages = self.granule_bytes // self.page_size
+            for first in range(0, bits.pages, gpages):
+                n = min(gpages, bits.pages - first)
+                present = bits.count_present(first, n)
+                if not present:
+                    continue
+                start = m.start + first * self.page_size
+                dirty = bits.count_dirty(first, n)
+                if dirty:
+                    g.last_written_s[start] = now
+                last = g.last_written_s.get(start, g.first_seen_s)
+                _append(regions, Region(start, start + n * self.page_size, dirty / present,
+                                        0.0 if dirty else now - last))
+        return tuple(regions)
+
+
+def _append(regions: list[Region], r: Region) -> None:
+    """Append `r`, or extend the last region when `r` continues it at the same level."""
+    if regions:
+        prev = regions[-1]
+        if (prev.end == r.start and prev.accesses_fraction == r.accesses_fraction
+                and abs(prev.age_s - r.age_s) < 1e-6):
+            regions[-1] = Region(prev.start, r.end, r.accesses_fraction, r.age_s)
+            return
+    regions.append(r)
+
+
+class AutoTracker:
+    """DAMON first; soft-dirty from the moment DAMON turns out unusable (and for good)."""
+
+    def __init__(self, primary, fallback_factory: Callable[[], HotnessTracker]):
+        self.active = primary
+        self.fallback_factory = fallback_factory
+        self.why_fallback: str | None = None
+        self._pids: tuple[int, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.active.name
+
+    @property
+    def cost_s(self) -> float:
+        return self.active.cost_s
+
+    def track(self, pids: Iterable[int]) -> None:
+        self._pids = tuple(pids)
+        try:
+            self.active.track(self._pids)
+        except NotSupported as e:
+            self._fall_back(str(e))
+            self.active.track(self._pids)
+
+    def _fall_back(self, why: str) -> None:
+        log.warning("hotness tracker: %s; using soft-dirty bits instead (writes only)", why)
+        try:
+            self.active.close()
+        except Exception as e:  # noqa: BLE001 - clean-up must not mask the fallback
+            log.debug("closing the primary tracker: %s", e)
+        self.why_fallback = why
+        self.active = self.fallback_factory()
+
+    def sample(self) -> Mapping[int, tuple[Region, ...]]:
+        return self.active.sample()
+
+    def close(self) -> None:
+        self.active.close()
+
+
+def describe(tracker) -> str:
+    """One line for status/explain: the tracker in use and, for a fallback, why."""
+    why = getattr(tracker, "why_fallback", None)
+    return tracker.name + (f" (DAMON unavailable: {why})" if why else "")
+
+
+def make_tracker(host: Host, tiering, runtime_dir: str | Path,
+                 clock: Callable[[], float] = time.monotonic):
+    """The tracker `tiering.tracker` asks for ("auto", "damon", "softdirty"; "hint-faults" is not built yet)."""
+    kind = tiering.tracker
+    attrs = MonitoringAttrs(sample_us=tiering.damon_sample_us, aggr_us=tiering.damon_aggr_us)
+
+    def softdirty() -> SoftDirtyTracker:
+        return SoftDirtyTracker(host, clock, page_size=host.page_size_bytes)
+
+    if kind == "softdirty":
+        return softdirty()
+    if kind == "hint-faults":
+        raise NotSupported("tiering.tracker = \"hint-faults\" is not implemented yet; use auto, damon or softdirty")
+    if kind == "damon":
+        if not damon_available(host):
+            raise NotSupported("tiering.tracker = \"damon\" but the kernel has no DAMON sysfs interface")
+        return DamonTracker(host, runtime_dir, attrs, clock)
+    if damon_available(host):
+        try:
+            return AutoTracker(DamonTracker(host, runtime_dir, attrs, clock), softdirty)
+        except (HostError, OSError) as e:
+            t = AutoTracker(softdirty(), softdirty)
+            t.why_fallback = str(e)
+            return t
+    t = AutoTracker(softdirty(), softdirty)
+    t.why_fallback = "no /sys/kernel/mm/damon/admin"
+    return t
