@@ -258,15 +258,33 @@ def classify_query(status: Sequence[int], target_node: int) -> tuple[list[int], 
     return to_move, already, absent, failed
 
 
+def folio_unit_bytes(page_size: int) -> int:
+    """The largest block the kernel may move as one folio, for a VMA of `page_size`.
+
+    In a VMA of base pages, a transparent huge page spans one PMD: as many
+    base pages as a page-table page has entries (page_size / 8 on 64-bit),
+    i.e. 2 MiB for 4 KiB pages (32 MiB for 16 KiB, 512 MiB for 64 KiB).
+    Smaller mTHP folios are naturally aligned inside it. In a hugetlb VMA
+    (page_size above the base page size) each page is its own unit.
+    """
+    if page_size == _BASE_PAGE_BYTES:
+        return page_size * (page_size // 8)
+    return page_size
+
+
+_BASE_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
 def move_range(pid: int, start: int, end: int, page_size: int, target_node: int,
                max_pages: int | None = None, batch_pages: int = DEFAULT_BATCH_PAGES,
                flags: int = MPOL_MF_MOVE) -> MoveResult:
     """Move the pages of [start, end) of `pid` to `target_node`, in batches.
 
-    For each batch of `batch_pages` addresses (stepping by `page_size`, the
-    VMA's kernelpagesize_kB from numa_maps, so hugetlb pages are addressed
-    once each): first one query call (nodes=NULL), then one move call for
-    only the pages that are present and elsewhere. Counting per page:
+    Addresses step by `page_size` (the VMA's kernelpagesize_kB from
+    numa_maps, so a hugetlb page is addressed once). For each batch of
+    about `batch_pages` pages: one query call (nodes=NULL), then one move
+    call for only the pages that are present and elsewhere. Counting per
+    page:
 
     * `moved`: was elsewhere, is on the target after the call
       (`moved_from[node]` counts where it came from);
@@ -278,9 +296,10 @@ def move_range(pid: int, start: int, end: int, page_size: int, target_node: int,
       failed transiently, see NOT_REPORTED), ENOMEM (target node full).
 
     `requested` is the number of pages examined, always equal to the sum of
-    those counts. `max_pages` caps the pages *sent for moving* exactly: the
-    range is examined only up to the max_pages-th page that needs a move,
-    so a caller can resume at `start + requested * page_size`.
+    those counts; they are the first `requested` pages of the range, so a
+    caller can resume at `start + requested * page_size`. `max_pages` caps
+    the pages *sent for moving*: the range is examined only up to the
+    max_pages-th page that needs a move (but see huge pages below).
 
     Why query first. The move call alone cannot tell "moved" from "was
     already there" (both report the target node), so it cannot fill
@@ -293,27 +312,37 @@ def move_range(pid: int, start: int, end: int, page_size: int, target_node: int,
     do_pages_move() starts with lru_cache_disable(), an expedited RCU
     grace period plus an LRU drain queued on every online CPU.
 
-    Transparent huge pages in a 4 KiB VMA (page_size 4096): every base page
-    is queried and reported. The kernel moves the whole THP on its first
-    address; the next address of the same THP then reports -EBUSY (the
-    folio is already isolated) and the rest report the target node. Such
-    -EBUSY pages are re-queried after the call and count as `moved` when
-    they are on the target, so a THP counts as 512 moved base pages and
-    `moved_bytes` is exact. A THP straddling the `max_pages` cut still
-    moves whole (up to 2 MiB past the budget); its remaining base pages
-    count as `already` on the next call.
+    Transparent huge pages in a base-page VMA. The kernel moves a whole
+    folio when asked for any of its pages, so:
+    * batches end on folio_unit_bytes() boundaries (2 MiB for 4 KiB pages;
+      `batch_pages` is rounded up to whole units), and a THP is always
+      queried and moved within one batch. Otherwise the half of a THP in
+      the next batch would be found "already" on the target, and 1 MiB
+      batches over THP-backed memory counted half of what really moved
+      (measured in the 2node guest);
+    * within a call the kernel moves a THP on its first address; the next
+      address of the same THP reports -EBUSY (the folio is isolated) and
+      the rest the target node. Pages reported -EBUSY are queried again
+      after the call and count as `moved` when they are on the target, so
+      a THP counts as 512 moved base pages and `moved_bytes` is exact;
+    * a THP straddling the `max_pages` cut moves whole: the pages after the
+      cut up to the next unit boundary are queried again, and those that
+      moved with it are counted as `moved` (and examined). So `moved` can
+      exceed `max_pages` by up to one THP less one base page (511 pages),
+      and the count says so.
 
     Outcomes that are values, never exceptions:
     * the process exits after the first call → `gone=True`, with the counts
       of what was done so far (the unfinished batch is not counted);
     * the target node fills up (the move call fails with ENOMEM) → the
       batch's pages not on the target count as failed ENOMEM and the move
-      stops there.
-    Raised: ProcessGone / AccessDenied if the process is gone or refused
-    before anything was done (like every other per-process call); EPERM
-    after some batches succeeded stops the move and counts that batch as
-    failed EPERM; OSError(ENODEV) for a node without memory; ValueError for
-    misaligned or empty arguments.
+      stops there;
+    * EPERM after some batches succeeded (the process exec'd a setuid
+      program) → that batch counts as failed EPERM and the move stops.
+    Raised: ProcessGone / AccessDenied if the very first call fails (as for
+    every other per-process call), AccessDenied for a target node outside
+    the process's cpuset (EACCES), OSError(ENODEV) for a node without
+    memory, ValueError for misaligned or empty arguments.
     """
     if page_size <= 0 or page_size & (page_size - 1):
         raise ValueError(f"page_size {page_size} is not a power of two")
@@ -326,30 +355,34 @@ def move_range(pid: int, start: int, end: int, page_size: int, target_node: int,
     if max_pages is not None and max_pages < 0:
         raise ValueError("max_pages must be >= 0")
 
+    unit = folio_unit_bytes(page_size)
+    batch_bytes = -(-batch_pages * page_size // unit) * unit  # whole units
     t = _Tally(page_size)
     budget = max_pages
-    # Pages of [start, end); a partial trailing page still starts inside.
-    total = (end - start + page_size - 1) // page_size
-    done = 0
-    while done < total and (budget is None or budget > 0):
-        n = min(batch_pages, total - done)
-        addr = start + done * page_size
-        pages = _as_ulongs(range(addr, addr + n * page_size, page_size))
+    addr = start
+    first = True
+    while addr < end and (budget is None or budget > 0):
+        # End the batch on a unit boundary (the first batch may be short).
+        batch_end = min(end, addr - addr % unit + batch_bytes)
+        pages = _as_ulongs(range(addr, batch_end, page_size))
+        n = len(pages)
         try:
             before, _ = _move_pages_raw(pid, pages, None, 0)
         except (ProcessGone, AccessDenied) as e:
-            if done == 0:
+            if first:
                 raise  # nothing done yet: the same outcome as any per-process call
             if isinstance(e, ProcessGone):
                 t.gone = True
             else:
                 t.failed["EPERM"] += n
             break
+        first = False
 
         to_move, already, absent, failed = classify_query(before, target_node)
+        cut = None
         if budget is not None and len(to_move) > budget:
             # Examine only up to (and including) the last page we may send.
-            n = to_move[budget - 1] + 1
+            cut = n = to_move[budget - 1] + 1
             to_move = to_move[:budget]
             _, already, absent, failed = classify_query(before[:n], target_node)
         t.already += already
@@ -361,8 +394,39 @@ def move_range(pid: int, start: int, end: int, page_size: int, target_node: int,
                 budget -= len(to_move)
             if _move_batch(pid, pages, before, to_move, target_node, flags, t):
                 break
-        done += n
+            if cut is not None and unit > page_size:
+                n += _count_moved_with_cut_folio(pid, pages, before, cut, unit, target_node, t)
+        addr += n * page_size
     return t.result()
+
+
+def _count_moved_with_cut_folio(pid: int, pages: array, before: array, cut: int, unit: int,
+                                target_node: int, t: _Tally) -> int:
+    """After a budget cut at pages[cut], count the pages that moved anyway.
+
+    A THP containing the last page sent moved whole; its pages after the
+    cut (up to the next unit boundary) are on the target now although
+    they were elsewhere before. Returns how many were counted as moved
+    (they extend the examined prefix).
+    """
+    stop = cut
+    while stop < len(pages) and pages[stop] % unit:
+        stop += 1
+    if stop == cut:
+        return 0
+    try:
+        now = _move_pages_raw(pid, array(pages.typecode, pages[cut:stop]), None, 0)[0]
+    except (ProcessGone, AccessDenied):
+        return 0
+    extra = 0
+    for k, s in enumerate(now):
+        was = before[cut + k]
+        if s != target_node or was < 0 or was == target_node:
+            break  # the moved folio ends here
+        t.moved += 1
+        t.moved_from[was] += 1
+        extra += 1
+    return extra
 
 
 def _move_batch(pid: int, pages: array, before: array, to_move: list[int],

@@ -13,7 +13,7 @@ threads, and prints one JSON line on stdout when ready:
 
     {"pid": 1234, "address": 140..., "size_bytes": 67108864, "page_size": 4096,
      "touched_bytes": ..., "zero_bytes": ..., "node": 1, "tids": [...],
-     "child_pid": null, "touch_s": 0.03}
+     "worker_tids": [...], "child_pid": null, "touch_s": 0.03}
 
 Layout of the buffer, in this order: `--touched-mib` written pages (default
 all), `--zero-mib` pages only read (mapped to the shared zero page, which
@@ -22,7 +22,7 @@ Every thread (the main one when --threads 0) keeps writing one byte per
 page of its share of the written part every `--touch-interval-s`.
 
 Options for the kernel's special cases: `--thp` (2 MiB-aligned buffer with
-MADV_HUGEPAGE), `--hugetlb` (MAP_HUGETLB; needs vm.nr_hugepages), and
+MADV_HUGEPAGE), `--no-thp` (MADV_NOHUGEPAGE), `--hugetlb` (MAP_HUGETLB; needs vm.nr_hugepages), and
 `--shared-child` (MAP_SHARED, plus a forked child holding the mapping, so
 the pages are mapped by two processes and move_pages(2) without
 MPOL_MF_MOVE_ALL answers -EACCES for them).
@@ -33,6 +33,9 @@ SIGUSR1 starts one more touching thread and prints {"event": "thread",
 It exits on SIGTERM/SIGINT, or when stdin reaches end of file (so a test
 that dies takes its workload with it); pass --no-stdin when stdin is not
 a pipe the caller holds.
+
+Tests start it with `Workload(*args)` (below), which waits for the ready
+line and keeps stdin as that pipe.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import ctypes
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -61,7 +65,7 @@ BASE_PAGE = 4096
 PROT_READ, PROT_WRITE = 0x1, 0x2
 MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS = 0x01, 0x02, 0x20
 MAP_NORESERVE, MAP_HUGETLB = 0x4000, 0x40000
-MADV_HUGEPAGE = 14
+MADV_HUGEPAGE, MADV_NOHUGEPAGE = 14, 15
 PR_SET_PDEATHSIG = 1
 MAP_FAILED = ctypes.c_void_p(-1).value
 
@@ -73,13 +77,116 @@ _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
+class Workload:
+    """A running workload child (launched with this interpreter) and its ready line."""
+
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"workload {args} exited with status {self.proc.wait()}")
+        self.info = json.loads(line)
+        self.pid: int = self.info["pid"]
+        self.address: int = self.info["address"]
+        self.size: int = self.info["size_bytes"]
+        self.end: int = self.address + self.size
+        self.page_size: int = self.info["page_size"]
+
+    def pages(self, offset: int = 0, length: int | None = None) -> list[int]:
+        """Addresses of the buffer's pages in [offset, offset + length)."""
+        stop = self.size if length is None else offset + length
+        return list(range(self.address + offset, self.address + stop, self.page_size))
+
+    def next_event(self) -> dict:
+        return json.loads(self.proc.stdout.readline())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+
+
+# --- helpers the hardware tests share ---------------------------------------------
+
+def memory_nodes() -> tuple[int, ...]:
+    """Nodes with memory, from /sys/devices/system/node/has_memory."""
+    p = Path("/sys/devices/system/node/has_memory")
+    return parse_list(p.read_text()) if p.exists() else ()
+
+
+class numa_balancing:
+    """Context manager: set kernel.numa_balancing, restore it on exit.
+
+    The hardware tests turn the kernel's balancer off so that pages move
+    only when the test moves them.
+    """
+
+    PATH = Path("/proc/sys/kernel/numa_balancing")
+
+    def __init__(self, value: int):
+        self.value = value
+        self.saved: str | None = None
+
+    def __enter__(self):
+        if self.PATH.exists():
+            self.saved = self.PATH.read_text().strip()
+            self.PATH.write_text(str(self.value))
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            self.PATH.write_text(self.saved)
+
+
+def thread_cpus(pid: int) -> dict[int, str]:
+    """Cpus_allowed_list of every thread of `pid`, read from /proc directly."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            text = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except FileNotFoundError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                out[int(tid)] = line.split(":", 1)[1].strip()
+    return out
+
+
+def thread_last_cpu(pid: int) -> dict[int, int]:
+    """The CPU each thread last ran on: field 39 of /proc/<pid>/task/<tid>/stat."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except FileNotFoundError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        out[int(tid)] = int(fields[39 - 3])  # fields after "pid (comm)" start at 3
+    return out
+
+
+def anon_huge_kib(pid: int, address: int) -> int:
+    """AnonHugePages of the mapping starting at `address` (/proc/<pid>/smaps)."""
+    current = None
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split(" ", 1)[0]
+        if "-" in head and ":" not in head:
+            current = int(head.split("-")[0], 16)
+        elif line.startswith("AnonHugePages:") and current == address:
+            return int(line.split()[1])
+    return 0
+
+
 def _check(ok: bool, what: str) -> None:
     if not ok:
         e = ctypes.get_errno()
         raise OSError(e, f"{what}: {os.strerror(e)}")
 
 
-def map_buffer(size: int, *, thp: bool, hugetlb: bool, shared: bool) -> int:
+def map_buffer(size: int, *, thp: bool, hugetlb: bool, shared: bool, no_thp: bool = False) -> int:
     """mmap an anonymous buffer; returns its address (THP-aligned with --thp)."""
     flags = (MAP_SHARED if shared else MAP_PRIVATE) | MAP_ANONYMOUS | MAP_NORESERVE
     if hugetlb:
@@ -97,6 +204,8 @@ def map_buffer(size: int, *, thp: bool, hugetlb: bool, shared: bool) -> int:
             _libc.munmap(aligned + size, tail)
         addr = aligned
         _check(_libc.madvise(addr, size, MADV_HUGEPAGE) == 0, "madvise(MADV_HUGEPAGE)")
+    elif no_thp and not hugetlb:
+        _check(_libc.madvise(addr, size, MADV_NOHUGEPAGE) == 0, "madvise(MADV_NOHUGEPAGE)")
     return addr
 
 
@@ -122,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--touch-interval-s", type=float, default=0.2,
                     help="seconds between touch sweeps (0: as fast as possible)")
     ap.add_argument("--thp", action="store_true", help="2 MiB-aligned with MADV_HUGEPAGE")
+    ap.add_argument("--no-thp", action="store_true",
+                    help="MADV_NOHUGEPAGE: base pages only, even where THP is 'always'")
     ap.add_argument("--hugetlb", action="store_true", help="MAP_HUGETLB (2 MiB pages)")
     ap.add_argument("--shared-child", action="store_true",
                     help="MAP_SHARED and fork a child that maps it too")
@@ -142,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.node is not None:
         set_mempolicy(MPOL_BIND, [a.node])
 
-    addr = map_buffer(size, thp=a.thp, hugetlb=a.hugetlb, shared=a.shared_child)
+    addr = map_buffer(size, thp=a.thp, hugetlb=a.hugetlb, shared=a.shared_child, no_thp=a.no_thp)
     buf = (ctypes.c_char * size).from_address(addr)
     view = memoryview(buf).cast("B")
     t0 = time.perf_counter()
@@ -156,12 +267,21 @@ def main(argv: list[str] | None = None) -> int:
 
     child_pid = None
     if a.shared_child:
+        # fork() copies no page-table entries for a MAP_SHARED mapping (the
+        # child would fault them in later), so the child reads every page
+        # itself: only then is each page mapped twice. It reports over a
+        # pipe when done, holds the mapping, and dies with its parent.
+        ready_r, ready_w = os.pipe()
         child_pid = os.fork()
         if child_pid == 0:
-            # The child only holds the mapping, and dies with its parent.
             _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            bytes(view[:touched:page_size])
+            os.write(ready_w, b"1")
             while True:
                 signal.pause()
+        os.close(ready_w)
+        os.read(ready_r, 1)
+        os.close(ready_r)
 
     workers = max(1, a.threads)
     shares = [view[touched * i // workers // page_size * page_size:
@@ -175,10 +295,20 @@ def main(argv: list[str] | None = None) -> int:
             if a.touch_interval_s:
                 stop.wait(a.touch_interval_s)
 
-    threads = [threading.Thread(target=keep_touching, args=(s,), daemon=True)
+    worker_tids: list[int] = []
+    workers_started = threading.Barrier(a.threads + 1) if a.threads else None
+
+    def worker(share: memoryview) -> None:
+        worker_tids.append(threading.get_native_id())
+        workers_started.wait()
+        keep_touching(share)
+
+    threads = [threading.Thread(target=worker, args=(s,), daemon=True)
                for s in (shares if a.threads else [])]
     for t in threads:
         t.start()
+    if workers_started:
+        workers_started.wait()
 
     def spawn_thread() -> None:
         started = threading.Event()
@@ -206,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         "pid": os.getpid(), "address": addr, "size_bytes": size, "page_size": page_size,
         "touched_bytes": touched, "zero_bytes": zero, "node": a.node,
         "tids": sorted(int(t) for t in os.listdir("/proc/self/task")),
+        # The threads that keep touching memory (the main one with --threads 0).
+        "worker_tids": sorted(worker_tids) if a.threads else [threading.get_native_id()],
         "child_pid": child_pid, "touch_s": round(touch_s, 4),
     }
     print(json.dumps(ready), flush=True)
