@@ -29,6 +29,8 @@ from autonumad.errors import AccessDenied, HostError, ProcessGone
 # mm was torn down while the directory still existed).
 _GONE_ERRNOS = {errno.ENOENT, errno.ESRCH}
 _DENIED_ERRNOS = {errno.EACCES, errno.EPERM}
+# One read(2) of a host file; most /proc and sysfs files fit in one.
+_READ_CHUNK_BYTES = 65536
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,15 @@ class Host:
 
     is_fake = False
 
+    # Bytes per page in /proc/<pid>/statm. A fake tree is captured from, or
+    # modelled on, an x86-64 kernel; LinuxHost asks the running kernel.
+    page_size_bytes = 4096
+
     def __init__(self, root: str | os.PathLike[str] = "/"):
         self.root = Path(root)
+        # Reads build plain strings: a daemon pass opens thousands of /proc
+        # files, and pathlib's parsing and joining cost more than the read.
+        self._prefix = os.fspath(self.root).rstrip("/")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.root)!r})"
@@ -71,12 +80,28 @@ class Host:
         """Map an absolute host path ("/proc/vmstat") into this host's tree."""
         return self.root / host_path.lstrip("/")
 
+    def _fs_path(self, host_path: str) -> str:
+        """`path()` as a plain string, for the read path."""
+        return self._prefix + "/" + host_path.lstrip("/")
+
     def exists(self, host_path: str) -> bool:
-        return self.path(host_path).exists()
+        return os.path.exists(self._fs_path(host_path))
 
     def read_text(self, host_path: str) -> str:
-        with open(self.path(host_path), "r", encoding="utf-8", errors="surrogateescape") as f:
-            return f.read()
+        # Bytes decoded once, no text layer: kernel files are ASCII except
+        # for names (comm, file paths), which surrogateescape keeps byte-exact.
+        # Binary mode also means no newline translation: a "\r" in a file
+        # name on a numa_maps line stays in the name instead of ending the line.
+        fd = os.open(self._fs_path(host_path), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            # /proc files report size 0 and seq_file hands out what fits the
+            # buffer, so read until EOF rather than trusting one read().
+            chunks = []
+            while chunk := os.read(fd, _READ_CHUNK_BYTES):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        return b"".join(chunks).decode("utf-8", "surrogateescape")
 
     def read_text_or_none(self, host_path: str) -> str | None:
         """Read an optional file: None if it does not exist (kernels differ)."""
@@ -89,7 +114,7 @@ class Host:
 
     def listdir(self, host_path: str) -> list[str]:
         try:
-            return os.listdir(self.path(host_path))
+            return os.listdir(self._fs_path(host_path))
         except FileNotFoundError:
             return []
 
@@ -102,7 +127,7 @@ class Host:
         """Thread ids of a process; raises ProcessGone if it has exited."""
         p = f"/proc/{pid}/task"
         try:
-            return sorted(int(n) for n in os.listdir(self.path(p)) if n.isdigit())
+            return sorted(int(n) for n in os.listdir(self._fs_path(p)) if n.isdigit())
         except OSError as e:
             raise _process_error(pid, p, e) from None
 
@@ -145,6 +170,7 @@ class LinuxHost(Host):
 
     def __init__(self, root: str | os.PathLike[str] = "/"):
         super().__init__(root)
+        self.page_size_bytes = os.sysconf("SC_PAGE_SIZE")
 
     def move_pages(self, pid: int, start: int, end: int, page_size: int,
                    target_node: int, max_pages: int | None = None) -> MoveResult:
