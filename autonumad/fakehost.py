@@ -378,7 +378,7 @@ def numa_maps_line(v: VmaSpec) -> str:
 
 
 def write_process(root: Path, p: ProcessSpec, *, all_cpus: Sequence[int], all_nodes: Sequence[int]) -> None:
-    """Write /proc/<pid>/{status,stat,numa_maps,maps,cgroup,task/*} for one process."""
+    """Write /proc/<pid>/{status,statm,stat,numa_maps,maps,cgroup,task/*} for one process."""
     cpus = p.cpus_allowed if p.cpus_allowed is not None else tuple(all_cpus)
     mems = p.mems_allowed if p.mems_allowed is not None else tuple(all_nodes)
     base = f"/proc/{p.pid}"
@@ -408,6 +408,7 @@ def write_process(root: Path, p: ProcessSpec, *, all_cpus: Sequence[int], all_no
         return _join_stat(f)
 
     _write(root, f"{base}/status", status(cpus))
+    _write(root, f"{base}/statm", _statm(p, rss_kb))
     total = ThreadSpec(p.pid, threads[0].cpu, sum(t.utime_ticks for t in threads), sum(t.stime_ticks for t in threads))
     _write(root, f"{base}/stat", stat(p.pid, total))
     _write(root, f"{base}/cgroup", f"0::{p.cgroup}\n")
@@ -421,6 +422,17 @@ def write_process(root: Path, p: ProcessSpec, *, all_cpus: Sequence[int], all_no
     for t in threads:
         _write(root, f"{base}/task/{t.tid}/stat", stat(t.tid, t))
         _write(root, f"{base}/task/{t.tid}/status", status(cpus))
+
+
+def _statm(p: ProcessSpec, rss_kb: int) -> str:
+    """/proc/<pid>/statm in base pages, consistent with the VmSize/VmRSS written to status."""
+    if p.kernel_thread:
+        return "0 0 0 0 0 0 0\n"  # no mm: the kernel prints zeros
+    pages = BASE_PAGE_BYTES // 1024
+    size, resident = (rss_kb + 4096) // pages, rss_kb // pages
+    # size resident shared text lib data dt: anonymous memory only, so no
+    # shared (file) pages; lib and dt are always 0.
+    return f"{size} {resident} 0 1 0 {resident} 0\n"
 
 
 def _maps_line(v: VmaSpec) -> str:
