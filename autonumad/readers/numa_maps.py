@@ -49,6 +49,8 @@ mmap lock: callers should read it only for processes worth it.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -109,21 +111,139 @@ class Vma:
 
 
 @dataclass(frozen=True, slots=True)
+class NumaMapsTotals:
+    """Sums over a numa_maps file: what the balancer needs without the VMA rows.
+
+    Every field is a sum of one contribution per line, so the totals of a
+    file that changed since the last pass follow from the old totals and
+    the changed lines alone (`reparse_numa_maps`). Zero sums are left out,
+    so equal files always give equal totals however they were computed.
+    """
+
+    vma_count: int
+    # sorted (node, page_size_bytes, huge, pages): resident pages in the
+    # VMAs' own page size, split by whether the VMA is hugetlbfs.
+    pages: tuple[tuple[int, int, bool, int], ...]
+    policy_vmas: tuple[tuple[str, int], ...]  # sorted (policy mode, number of VMAs)
+
+
+class _TotalsBuilder:
+    """Adds (or, for lines that went away, subtracts) VMAs into totals."""
+
+    __slots__ = ("vma_count", "pages", "policy_vmas")
+
+    def __init__(self, start: NumaMapsTotals | None = None):
+        self.vma_count = start.vma_count if start else 0
+        self.pages = {(n, size, huge): c for n, size, huge, c in start.pages} if start else {}
+        self.policy_vmas = dict(start.policy_vmas) if start else {}
+
+    def add(self, policy: str, page_size_bytes: int, huge: bool, pages_by_node: tuple[tuple[int, int], ...],
+            times: int = 1) -> None:
+        """Count one VMA `times` times (negative: take it out again)."""
+        self.vma_count += times
+        pages = self.pages
+        for node, count in pages_by_node:
+            key = (node, page_size_bytes, huge)
+            pages[key] = pages.get(key, 0) + count * times
+        self.policy_vmas[policy] = self.policy_vmas.get(policy, 0) + times
+
+    def add_fields(self, fields: tuple, times: int = 1) -> None:
+        """`add` for a line parsed by _parse_fields."""
+        self.add(fields[_F_POLICY], fields[_F_PAGE_SIZE], fields[_F_HUGE], fields[_F_PAGES_BY_NODE], times)
+
+    def totals(self) -> NumaMapsTotals:
+        return NumaMapsTotals(
+            self.vma_count,
+            tuple(sorted((n, size, huge, c) for (n, size, huge), c in self.pages.items() if c)),
+            tuple(sorted((mode, c) for mode, c in self.policy_vmas.items() if c)))
+
+
+class VmaLines(Sequence[Vma]):
+    """The VMAs of a numa_maps file, parsed from its text when read.
+
+    `parse_numa_maps` checks every line and keeps the text instead of one
+    `Vma` object per line: a daemon watching 150,000 VMAs holds about 75
+    bytes of text per VMA instead of about 400 bytes of objects. Iterating
+    parses the lines again (a few microseconds each); the daemon's hot path
+    uses the totals and never does. Immutable, like the text.
+    """
+
+    __slots__ = ("text", "_count")
+
+    def __init__(self, text: str, count: int):
+        self.text = text  # already checked by parse_numa_maps: every line parses
+        self._count = count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Vma]:
+        for line in self.text.split("\n"):
+            if line:
+                yield _parse_vma(line)
+
+    def __getitem__(self, index):
+        return tuple(self)[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, VmaLines) and other.text == self.text:
+            return True
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return len(other) == self._count and tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"VmaLines({tuple(self)!r})"
+
+
+@dataclass(frozen=True, slots=True)
 class NumaMaps:
-    vmas: tuple[Vma, ...]
+    """A parsed numa_maps file: its VMAs and their totals.
+
+    `vmas` is a tuple when built by hand, a `VmaLines` view of the text
+    when parsed; `totals` is computed from `vmas` when not given.
+    """
+
+    vmas: Sequence[Vma]
+    totals: NumaMapsTotals = None  # type: ignore[assignment]  # filled in by __post_init__
+
+    def __post_init__(self) -> None:
+        if self.totals is None:
+            acc = _TotalsBuilder()
+            for vma in self.vmas:
+                acc.add(vma.policy, vma.page_size_bytes, vma.huge, vma.pages_by_node)
+            object.__setattr__(self, "totals", acc.totals())
 
     def pages_by_node(self, base_page_size: int = 4096) -> dict[int, int]:
         """Resident memory per node over all VMAs, in `base_page_size`-byte pages."""
         total: dict[int, int] = {}
-        for vma in self.vmas:
-            scale = vma.page_size_bytes
-            for node, pages in vma.pages_by_node:
-                total[node] = total.get(node, 0) + pages * scale // base_page_size
+        if any(size % base_page_size for _, size, _, _ in self.totals.pages):
+            # VMA pages smaller than the unit: round down per VMA, as a VMA
+            # cannot hold part of a unit-sized page. Never the case for the
+            # default 4 KiB unit.
+            for vma in self.vmas:
+                scale = vma.page_size_bytes
+                for node, pages in vma.pages_by_node:
+                    total[node] = total.get(node, 0) + pages * scale // base_page_size
+        else:
+            for node, size, _, pages in self.totals.pages:
+                total[node] = total.get(node, 0) + pages * (size // base_page_size)
         return dict(sorted(total.items()))
+
+    def movable_bytes_off_node(self, node: int) -> int:
+        """Bytes on nodes other than `node` in VMAs that are not hugetlbfs.
+
+        What moving this process's memory to `node` would copy: hugetlbfs
+        pages belong to their pool and are not moved (see policy.py).
+        """
+        return sum(size * pages for n, size, huge, pages in self.totals.pages if n != node and not huge)
 
     def policies(self) -> set[str]:
         """The distinct policy modes of this process's VMAs."""
-        return {vma.policy for vma in self.vmas}
+        return {mode for mode, _ in self.totals.policy_vmas}
 
     def has_explicit_policy(self) -> bool:
         """True if any VMA has a policy other than `default` or `local`.
@@ -132,7 +252,16 @@ class NumaMaps:
         touches it, which is what the balancer arranges anyway (see
         _NON_EXPLICIT_POLICIES).
         """
-        return any(vma.policy not in _NON_EXPLICIT_POLICIES for vma in self.vmas)
+        return any(mode not in _NON_EXPLICIT_POLICIES for mode, _ in self.totals.policy_vmas)
+
+    def first_explicit_policy(self) -> str | None:
+        """The policy mode of the first VMA (by address) with an explicit policy, or None."""
+        explicit = [mode for mode, _ in self.totals.policy_vmas if mode not in _NON_EXPLICIT_POLICIES]
+        if len(explicit) < 2:
+            return explicit[0] if explicit else None
+        # Several explicit modes (rare: such a process is left alone anyway):
+        # which comes first needs the rows.
+        return next(v.policy for v in self.vmas if v.policy not in _NON_EXPLICIT_POLICIES)
 
 
 @lru_cache(maxsize=512)
@@ -159,21 +288,30 @@ def _parse_policy(text: str) -> tuple[str, str, tuple[int, ...]]:
     return mode, flags, nodes
 
 
-def _count(key: str, value: str) -> int:
-    # isdecimal() rejects the signs, underscores and whitespace int() would
-    # accept: the kernel prints these with %lu.
-    if not value.isdecimal():
-        raise ParseError(f"{key}: bad count {value[:30]!r}")
-    return int(value)
-
-
 def _unescape_path(path: str) -> str:
     # Only the four characters seq_path() was asked to escape (see module doc).
     return (path.replace("\\040", " ").replace("\\011", "\t")
             .replace("\\012", "\n").replace("\\075", "="))
 
 
+# Tokens counted in pages, and where _parse_fields keeps them.
+_COUNT_SLOTS = {"anon": 0, "dirty": 1, "mapped": 2, "mapmax": 3, "swapcache": 4, "writeback": 5, "active": 6}
+
+# Positions in the tuple _parse_fields returns (Vma's field order) that the
+# totals read.
+_F_POLICY, _F_HUGE, _F_PAGE_SIZE, _F_PAGES_BY_NODE = 1, 7, 8, 9
+
+
 def _parse_vma(line: str) -> Vma:
+    return Vma(*_parse_fields(line))
+
+
+def _parse_fields(line: str) -> tuple:
+    """One numa_maps line as the tuple of Vma's fields, in order.
+
+    A tuple rather than a Vma: building a frozen dataclass costs a quarter
+    of the parse, and the totals need only four of the sixteen fields.
+    """
     # Split on " " only: the kernel separates fields with single spaces, and
     # str.split() would also break file names containing other Unicode
     # whitespace (form feed, U+00A0, U+2028, ...), which seq_path leaves raw.
@@ -197,74 +335,108 @@ def _parse_vma(line: str) -> Vma:
 
     path: str | None = None
     is_file = huge = False
-    anon = dirty = mapped = mapmax = swapcache = writeback = 0
-    active: int | None = None
+    # anon, dirty, mapped, mapmax, swapcache, writeback, active (None: not printed)
+    counts: list[int | None] = [0, 0, 0, 0, 0, 0, None]
     page_size_bytes = 4096
     by_node: dict[int, int] = {}
-    # Ordered by how often each token occurs: N<node> and kernelpagesize_kB
-    # are on every populated line.
-    for token in tokens[rest:]:
-        key, eq, value = token.partition("=")
-        if not eq:
-            if token == "heap":
-                path = "[heap]"
-            elif token == "stack":
-                path = "[stack]"
-            elif token == "huge":
-                huge = True
-            # Anything else is a flag word from a newer kernel (or an empty
-            # token from doubled spaces): ignored.
-            continue
-        if key[:1] == "N" and key[1:].isdecimal():
-            # _count() inlined on the two tokens every line has.
-            if not value.isdecimal():
-                raise ParseError(f"{key}: bad count {value[:30]!r}")
-            node = int(key[1:])
-            by_node[node] = by_node.get(node, 0) + int(value)
-        elif key == "kernelpagesize_kB":
-            page_size_bytes = int(value) * 1024 if value.isdecimal() else 0
-            if not page_size_bytes:
-                raise ParseError(f"{key}: bad page size {value[:30]!r}")
-        elif key == "file":
-            path = _unescape_path(value) if "\\" in value else value
-            is_file = True
-        elif key == "anon":
-            anon = _count(key, value)
-        elif key == "dirty":
-            dirty = _count(key, value)
-        elif key == "mapped":
-            mapped = _count(key, value)
-        elif key == "mapmax":
-            mapmax = _count(key, value)
-        elif key == "active":
-            active = _count(key, value)
-        elif key == "swapcache":
-            swapcache = _count(key, value)
-        elif key == "writeback":
-            writeback = _count(key, value)
-        # Unknown key=value tokens are tolerated.
+    # Ordered by how often each token occurs: N<node> is on every populated
+    # line, then the counts, then kernelpagesize_kB once per line.
+    try:
+        for token in tokens[rest:]:
+            key, eq, value = token.partition("=")
+            if not eq:
+                if token == "heap":
+                    path = "[heap]"
+                elif token == "stack":
+                    path = "[stack]"
+                elif token == "huge":
+                    huge = True
+                # Anything else is a flag word from a newer kernel (or an empty
+                # token from doubled spaces): ignored.
+                continue
+            # isdecimal() rejects the signs, underscores and whitespace int()
+            # would accept: the kernel prints these with %lu.
+            if key[:1] == "N" and key[1:].isdecimal():
+                if not value.isdecimal():
+                    raise ParseError(f"{key}: bad count {value[:30]!r}")
+                node = int(key[1:])
+                by_node[node] = by_node.get(node, 0) + int(value)
+                continue
+            slot = _COUNT_SLOTS.get(key)
+            if slot is not None:
+                if not value.isdecimal():
+                    raise ParseError(f"{key}: bad count {value[:30]!r}")
+                counts[slot] = int(value)
+            elif key == "kernelpagesize_kB":
+                page_size_bytes = int(value) * 1024 if value.isdecimal() else 0
+                if not page_size_bytes:
+                    raise ParseError(f"{key}: bad page size {value[:30]!r}")
+            elif key == "file":
+                path = _unescape_path(value) if "\\" in value else value
+                is_file = True
+            # Unknown key=value tokens are tolerated.
+    except ValueError:
+        # int() refuses decimal strings of thousands of digits; %lu never
+        # prints more than 20.
+        raise ParseError(f"number too long in {line[:60]!r}") from None
 
-    # Positional, in field order: keyword construction of a frozen dataclass
-    # costs a third of the whole line's parse time.
-    return Vma(start, policy, policy_nodes, path, anon, dirty, mapped, huge,
-               page_size_bytes,
-               # The kernel prints nodes in ascending order; sorting keeps
-               # hand-written or rewritten (fake host) files canonical too.
-               tuple(sorted(by_node.items())) if len(by_node) > 1 else tuple(by_node.items()),
-               is_file, policy_flags, mapmax, swapcache, active, writeback)
+    anon, dirty, mapped, mapmax, swapcache, writeback, active = counts
+    return (start, policy, policy_nodes, path, anon, dirty, mapped, huge, page_size_bytes,
+            # The kernel prints nodes in ascending order; sorting keeps
+            # hand-written or rewritten (fake host) files canonical too.
+            tuple(sorted(by_node.items())) if len(by_node) > 1 else tuple(by_node.items()),
+            is_file, policy_flags, mapmax, swapcache, active, writeback)
 
 
 def parse_numa_maps(text: str) -> NumaMaps:
     """Parse a whole numa_maps file; any malformed line raises ParseError."""
-    vmas = []
+    acc = _TotalsBuilder()
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if line:
+            acc.add_fields(_parse_line(lineno, line))
+    return NumaMaps(VmaLines(text, acc.vma_count), acc.totals())
+
+
+def reparse_numa_maps(text: str, previous_text: str, previous: NumaMaps) -> NumaMaps:
+    """`parse_numa_maps(text)`, given `previous == parse_numa_maps(previous_text)`.
+
+    A pass sees the same numa_maps again with a few lines changed (counts
+    of the VMAs the process touched, a new mapping). Lines that were in the
+    previous text are already in its totals: only lines added and lines gone
+    are parsed, the first added and the second subtracted. Lines are matched
+    as a multiset, so moved or repeated lines are handled too. When most
+    lines changed, a plain parse is cheaper and is what this does.
+    """
+    if text == previous_text:
+        return previous
+    unmatched = Counter(line for line in previous_text.split("\n") if line)
+    added: list[tuple[int, str]] = []
+    count = 0
     for lineno, line in enumerate(text.split("\n"), 1):
         if not line:
             continue
-        try:
-            vmas.append(_parse_vma(line))
-        except ParseError as e:
-            raise ParseError(f"line {lineno}: {e}") from None
-    return NumaMaps(tuple(vmas))
+        count += 1
+        if unmatched[line]:
+            unmatched[line] -= 1
+        else:
+            added.append((lineno, line))
+    gone = [(line, n) for line, n in unmatched.items() if n]
+    if len(added) + len(gone) >= count:
+        return parse_numa_maps(text)
+    acc = _TotalsBuilder(previous.totals)
+    for lineno, line in added:
+        acc.add_fields(_parse_line(lineno, line))
+    for line, n in gone:
+        # Parsed before, so it parses again (the parser is pure).
+        acc.add_fields(_parse_fields(line), -n)
+    return NumaMaps(VmaLines(text, acc.vma_count), acc.totals())
+
+
+def _parse_line(lineno: int, line: str) -> tuple:
+    try:
+        return _parse_fields(line)
+    except ParseError as e:
+        raise ParseError(f"line {lineno}: {e}") from None
 
 
 def read_numa_maps(host, pid: int) -> NumaMaps:
