@@ -14,6 +14,7 @@ outcomes, not exceptions: one process never fails a pass.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_right
 import threading
 import time
 from dataclasses import dataclass, field
@@ -121,13 +122,14 @@ class Executor:
 
     def _migrate(self, a: Action, deadline_s: float) -> Outcome:
         try:
-            ends = {m.start: m.end for m in read_maps(self.host, a.pid)}
+            maps = read_maps(self.host, a.pid)
         except MalformedProcFile as e:
             return Outcome(a, "failed", str(e))
+        ends = {m.start: m.end for m in maps}
         out = Outcome(a, "done")
         budget_left = a.bytes
         for v in a.vmas:
-            end = ends.get(v.start)
+            end = ends.get(v.start) if v.end is None else _range_end(maps, v.start, v.end)
             if end is None:
                 continue  # unmapped since the snapshot
             pos = v.start
@@ -175,3 +177,11 @@ class Executor:
             out.moved_from[node] = out.moved_from.get(node, 0) + n * scale
         for name, n in r.failed.items():
             out.failures[name] = out.failures.get(name, 0) + n
+
+
+def _range_end(maps, start: int, end: int) -> int | None:
+    """End of [start, end) clipped to the mapping that contains `start`; None if none does."""
+    i = bisect_right([m.start for m in maps], start) - 1
+    if i < 0 or maps[i].end <= start:
+        return None
+    return min(end, maps[i].end)

@@ -77,6 +77,9 @@ class VmaMove:
     start: int
     page_size_bytes: int
     pages: int  # pages of this VMA not on the target node (VMA page units)
+    # None: the whole VMA from `start`. Set: just [start, end) within the
+    # VMA containing `start` (tiering moves address ranges, not VMAs).
+    end: int | None = None
 
 
 class VmaMoves(Sequence[VmaMove]):

@@ -280,3 +280,14 @@ def make_tracker(host: Host, tiering, runtime_dir: str | Path,
     t = AutoTracker(softdirty(), softdirty)
     t.why_fallback = "no /sys/kernel/mm/damon/admin"
     return t
+
+
+def read_vma_ends(host: Host, pids: Iterable[int]) -> dict[int, dict[int, int]]:
+    """pid -> {VMA start: end} from /proc/<pid>/maps, for the tiering policy's estimates."""
+    out = {}
+    for pid in pids:
+        try:
+            out[pid] = {m.start: m.end for m in read_maps(host, pid)}
+        except (ProcessError, OSError):
+            continue
+    return out

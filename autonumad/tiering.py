@@ -1,0 +1,560 @@
+"""The tiering policy: a pure function from a snapshot and hotness to page moves with reasons.
+
+    decide_tiering(snapshot, hotness, history, config, now_s, ...) -> TieringDecision
+
+Like policy.decide(), nothing here touches the host: the daemon's executor
+moves the address ranges it returns (Action kind "migrate" with explicit
+range ends, rules "promote-hot" and "demote-cold"), and `explain` prints
+the same verdicts.
+
+Tiers. The fast nodes are the first (fastest) memory tier and the slow
+nodes the others, from /sys/devices/virtual/memory_tiering or the
+CPU-less fallback (readers/memtiers.py); `tiering.fast_nodes` and
+`tiering.slow_nodes` override them. Each fast node's demotion target is
+`tiering.demotion_targets`' entry or else its nearest slow node by SLIT
+distance (ties: the lower id). A host with one tier has nothing to tier.
+
+Rules, per process, in order:
+
+1. Selection and explicit placement exactly as in the balancing policy:
+   excluded pids, commands and cgroups are left alone, and so is any process
+   with a non-default memory policy on a VMA (its owner placed it).
+2. Ping-pong: a process whose ranges went back and forth (promoted after a
+   demotion within `promote_cooldown_s`) backs off, doubling each time.
+3. Promote hot: ranges the tracker saw accessed in at least
+   `hot_access_fraction` of its samples, that lie in VMAs with pages on a
+   slow node, move to the fast node where the process's threads run (the
+   node running most of them; it must be in Mems_allowed_list). Hottest
+   first. Promotion may use a fast node's free memory down to its *floor*:
+   the larger of `headroom_min` and the zone's `promo` watermark, so a
+   promotion never itself pushes the kernel into reclaim.
+4. Demote cold: when a fast node's free memory is below its headroom
+   target, ranges not accessed (fraction 0) for at least `cold_age_s`, in
+   VMAs with pages on that node, move to its demotion target, oldest first,
+   until the target is met. A range promoted within `promote_cooldown_s` is
+   not demoted (hysteresis).
+
+Budget: promotion gets `promote_share` of the pass's bytes, demotion the
+rest; a side that needs less than its share leaves the remainder to the
+other, so neither starves the other and neither idles the mover. Both run
+through the daemon's one token bucket, so balancing and tiering together
+never exceed `balance.migrate_rate_mib_s`.
+
+The adaptive headroom, per fast node. The target starts at
+`tiering.headroom` and stays within [headroom_min, headroom_max]. Each pass
+looks at what the last pass saw:
+
+- *Promotion was blocked for lack of room* when any of: a promotion to the
+  node failed with ENOMEM; the bytes wanting promotion exceeded the bytes
+  promoted while the node had no room above its floor (so room, not the
+  budget, was the limit); the node's free pages sat below its `promo`
+  watermark while promotions were waiting. Then the target widens, by a
+  quarter or by the bytes that were blocked, whichever is more: demotion
+  makes room ahead of demand rather than after it.
+- *Fast memory sat idle* when nothing wanted promotion and free memory was
+  at or above the target. Then the target narrows by a tenth of its
+  distance to headroom_min per pass: slowly, so a lull does not throw away
+  the room the next burst will need.
+- Otherwise it holds.
+
+Widening fast and narrowing slowly (multiplicative increase, geometric
+decrease) settles at the smallest headroom that keeps promotions flowing.
+With `adaptive_headroom = false` the target is `tiering.headroom`.
+
+Kernel coexistence (kernel.numa_balancing bit 1 = NUMA_BALANCING_MEMORY_TIERING,
+/sys/kernel/mm/numa/demotion_enabled):
+
+- tiering mode off: the daemon promotes and demotes;
+- tiering mode on: the kernel promotes on hint faults; the daemon does not
+  promote (rule "kernel-promotes") and only keeps the headroom by demoting,
+  which is exactly the room kernel promotion lacks under pressure;
+- demotion_enabled on: the kernel also demotes during reclaim; the daemon's
+  proactive demotion keeps reclaim from being reached at all on fast
+  nodes, and the two never conflict (both move cold pages down).
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+from autonumad.history import ProcKey
+from autonumad.policy import Action, BalancePolicyConfig, Verdict, VmaMove, _cgroup_under
+from autonumad.readers.nodes import Topology
+from autonumad.readers.numa_maps import Vma
+from autonumad.readers.zoneinfo import node_watermarks
+from autonumad.snapshot import BASE_PAGE_BYTES, HostSnapshot, ProcessView
+from autonumad.tracker import Region
+
+NUMA_BALANCING_MEMORY_TIERING = 2
+WIDEN_FACTOR = 1.25
+NARROW_FRACTION = 0.1
+PINGPONG_BACKOFF_MAX_S = 3600.0
+RULE_PROMOTE = "promote-hot"
+RULE_DEMOTE = "demote-cold"
+
+
+# -- tiers -------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class TierPlan:
+    fast_nodes: tuple[int, ...]
+    slow_nodes: tuple[int, ...]
+    demotion_targets: Mapping[int, int]  # fast node -> slow node
+    source: str  # "config" or the topology's tier source
+
+
+def plan_tiers(topology: Topology, config) -> TierPlan | None:
+    """Fast and slow nodes and demotion targets; None when the host has a single tier."""
+    mem = set(topology.memory_nodes)
+    if config.fast_nodes or config.slow_nodes:
+        fast = tuple(n for n in config.fast_nodes if n in mem) or tuple(
+            n for n in topology.tiers[0].nodes if n in mem and n not in config.slow_nodes)
+        slow = tuple(n for n in config.slow_nodes if n in mem) or tuple(
+            sorted(mem - set(fast)))
+        source = "config"
+    else:
+        if len(topology.tiers) < 2:
+            return None
+        fast = tuple(n for n in topology.tiers[0].nodes if n in mem)
+        slow = tuple(sorted(n for t in topology.tiers[1:] for n in t.nodes if n in mem))
+        source = topology.tier_source
+    if not fast or not slow:
+        return None
+    targets = {}
+    for f in fast:
+        want = config.demotion_target(f)
+        if want is not None and want in slow:
+            targets[f] = want
+            continue
+        dist = topology.node(f).distances
+        targets[f] = min(slow, key=lambda s: (dist.get(s, 255), s))
+    return TierPlan(fast, slow, targets, source)
+
+
+# -- state carried between passes -------------------------------------------------------------
+
+@dataclass
+class _ProcTiering:
+    promoted: list[tuple[int, int, float]] = field(default_factory=list)  # (start, end, when)
+    demoted: list[tuple[int, int, float]] = field(default_factory=list)
+    pingpongs: int = 0
+    backoff_until_s: float = 0.0
+
+
+@dataclass
+class TieringHistory:
+    """What tiering remembers between passes: headroom targets, recent moves, last pass's signals."""
+
+    headroom_target_bytes: dict[int, int] = field(default_factory=dict)
+    processes: dict[ProcKey, _ProcTiering] = field(default_factory=dict)
+    # Of the last pass, per fast node: bytes that wanted promotion, bytes
+    # promoted, pages that failed with ENOMEM, and whether room was short.
+    last_candidate_bytes: dict[int, int] = field(default_factory=dict)
+    last_promoted_bytes: dict[int, int] = field(default_factory=dict)
+    last_enomem_pages: dict[int, int] = field(default_factory=dict)
+    last_room_short: dict[int, bool] = field(default_factory=dict)
+    # Totals for metrics: (source node, target node) -> base pages / bytes.
+    moved_pages: dict[tuple[str, int, int], int] = field(default_factory=dict)  # (rule, src, dst)
+    moved_bytes: dict[tuple[str, int, int], int] = field(default_factory=dict)
+    blocked_promotions: int = 0
+    pingpongs_total: int = 0
+
+    def record_decision(self, d: "TieringDecision") -> None:
+        """Before executing: keep the new headroom targets and this pass's demand."""
+        for node, h in d.headroom.items():
+            self.headroom_target_bytes[node] = h.target_bytes
+        self.last_candidate_bytes = {n: h.candidate_bytes for n, h in d.headroom.items()}
+        self.last_room_short = {n: h.room_short for n, h in d.headroom.items()}
+        self.last_promoted_bytes = {n: 0 for n in d.headroom}
+        self.last_enomem_pages = {n: 0 for n in d.headroom}
+        live = {(p.pid, p.start_ticks) for p in d.processes_seen}
+        for key in list(self.processes):
+            if key not in live:
+                del self.processes[key]
+
+    def record_outcome(self, outcome, now_s: float, cooldown_s: float) -> None:
+        """After executing one tiering action (an executor Outcome)."""
+        a = outcome.action
+        if a.rule not in (RULE_PROMOTE, RULE_DEMOTE):
+            return
+        dst = a.target_node
+        for src, pages in outcome.moved_from.items():
+            k = (a.rule, src, dst)
+            self.moved_pages[k] = self.moved_pages.get(k, 0) + pages
+            self.moved_bytes[k] = self.moved_bytes.get(k, 0) + pages * BASE_PAGE_BYTES
+        if a.rule == RULE_PROMOTE:
+            self.last_promoted_bytes[dst] = self.last_promoted_bytes.get(dst, 0) + outcome.moved_bytes
+            enomem = outcome.failures.get("ENOMEM", 0)
+            if enomem:
+                self.last_enomem_pages[dst] = self.last_enomem_pages.get(dst, 0) + enomem
+                self.blocked_promotions += 1
+        if not outcome.moved_bytes:
+            return
+        h = self.processes.setdefault(a.key, _ProcTiering())
+        ranges = [(v.start, v.end or v.start) for v in a.vmas]
+        if a.rule == RULE_PROMOTE:
+            # Promoting what we demoted within the cool-down: ping-pong.
+            if any(_overlaps(s, e, ds, de) and now_s - t < cooldown_s
+                   for s, e in ranges for ds, de, t in h.demoted):
+                h.pingpongs += 1
+                self.pingpongs_total += 1
+                h.backoff_until_s = now_s + min(PINGPONG_BACKOFF_MAX_S, max(cooldown_s, 1.0) * 2 ** h.pingpongs)
+            h.promoted = [x for x in h.promoted if now_s - x[2] < cooldown_s] + [(s, e, now_s) for s, e in ranges]
+        else:
+            h.demoted = [x for x in h.demoted if now_s - x[2] < cooldown_s] + [(s, e, now_s) for s, e in ranges]
+
+
+def _overlaps(a0: int, a1: int, b0: int, b1: int) -> bool:
+    return a0 < b1 and b0 < a1
+
+
+# -- the decision ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class NodeHeadroom:
+    """One fast node's free room this pass, for the policy, status and metrics."""
+
+    node: int
+    demotion_target: int
+    total_bytes: int
+    free_bytes: int
+    target_bytes: int  # the (adaptive) headroom demotion maintains
+    floor_bytes: int  # promotions stop here: max(headroom_min, promo watermark)
+    hot_bytes: int  # estimated, from the tracker's regions and numa_maps
+    cold_bytes: int
+    candidate_bytes: int  # hot bytes on slow nodes wanting this node
+    room_short: bool  # candidates exceeded the room above the floor
+    change: str  # "widened: ...", "narrowed: ...", "held", "fixed"
+
+
+@dataclass(frozen=True, slots=True)
+class TieringDecision:
+    plan: TierPlan | None
+    actions: tuple[Action, ...]
+    verdicts: Mapping[int, Verdict]
+    headroom: Mapping[int, NodeHeadroom]
+    note: str  # one line: why tiering is idle, or what it runs with
+    processes_seen: tuple[ProcessView, ...] = ()
+
+
+@dataclass
+class _Candidate:
+    p: ProcessView
+    region: Region
+    vmas: list[Vma]
+    est_bytes: int
+    node: int  # promotion target, or the fast node it is demoted from
+
+
+def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region]], history: TieringHistory,
+                   config, now_s: float, *, balance: BalancePolicyConfig = BalancePolicyConfig(),
+                   budget_bytes: int = 1 << 62,
+                   vma_ends: Mapping[int, Mapping[int, int]] | None = None) -> TieringDecision:
+    """Plan this pass's promotions and demotions (see the module docstring for the rules).
+
+    `hotness` is the tracker's sample, `budget_bytes` what the mover may
+    move this pass, `vma_ends` pid -> {VMA start: end} from /proc/<pid>/maps.
+    """
+    if not config.enabled:
+        return TieringDecision(None, (), {}, {}, "tiering is disabled in the config")
+    plan = plan_tiers(snapshot.topology, config)
+    if plan is None:
+        return TieringDecision(None, (), {}, {}, "the host has a single memory tier: nothing to tier")
+    topo = snapshot.topology
+    fast, slow = set(plan.fast_nodes), set(plan.slow_nodes)
+    nb = int(snapshot.knobs.as_json().get("numa_balancing") or 0)
+    kernel_promotes = bool(nb & NUMA_BALANCING_MEMORY_TIERING)
+    wmarks = node_watermarks(snapshot.zones)
+    comm_exclude = tuple(re.compile(x) for x in balance.exclude_comm)
+    comm_include = tuple(re.compile(x) for x in balance.include_comm)
+
+    verdicts: dict[int, Verdict] = {}
+    promos: list[_Candidate] = []
+    colds: list[_Candidate] = []
+    hot_bytes = {n: 0 for n in topo.memory_nodes}
+    cold_bytes = dict(hot_bytes)
+    for p in snapshot.processes:
+        skip = _selection(p, balance, comm_exclude, comm_include)
+        if skip is not None:
+            verdicts[p.pid] = Verdict(p.pid, p.comm, *skip)
+            continue
+        regions = hotness.get(p.pid)
+        if regions is None:
+            verdicts[p.pid] = Verdict(p.pid, p.comm, "not-tracked", "no hotness sample for it yet")
+            continue
+        h = history.processes.get((p.pid, p.start_ticks))
+        index = _VmaIndex(p, (vma_ends or {}).get(p.pid))
+        home = _fast_home(p, topo, plan)
+        for r in regions:
+            by_node = index.bytes_by_node(r)
+            if r.accesses_fraction >= config.hot_access_fraction:
+                for n, b in by_node.items():
+                    hot_bytes[n] = hot_bytes.get(n, 0) + b
+                on_slow = sum(b for n, b in by_node.items() if n in slow)
+                if on_slow and home is not None:
+                    promos.append(_Candidate(p, r, index.overlapping(r), on_slow, home))
+            elif r.accesses_fraction == 0 and r.age_s >= config.cold_age_s:
+                for n, b in by_node.items():
+                    cold_bytes[n] = cold_bytes.get(n, 0) + b
+                    if n in fast and b:
+                        if h and any(_overlaps(r.start, r.end, s, e) and now_s - t < config.promote_cooldown_s
+                                     for s, e, t in h.promoted):
+                            continue
+                        colds.append(_Candidate(p, r, index.overlapping(r), b, n))
+        if h and h.backoff_until_s > now_s:
+            promos = [c for c in promos if c.p is not p]
+            colds = [c for c in colds if c.p is not p]
+            verdicts[p.pid] = Verdict(p.pid, p.comm, "pingpong-backoff",
+                                      f"its ranges went back and forth {h.pingpongs} time(s); backing off for "
+                                      f"{h.backoff_until_s - now_s:.0f} s")
+
+    # Headroom per fast node.
+    headroom: dict[int, NodeHeadroom] = {}
+    candidate_by_node = {n: 0 for n in plan.fast_nodes}
+    if not kernel_promotes:
+        for c in promos:
+            candidate_by_node[c.node] = candidate_by_node.get(c.node, 0) + c.est_bytes
+    free = {n.id: n.memory_free_bytes for n in topo.nodes}
+    for n in plan.fast_nodes:
+        node = topo.node(n)
+        total = node.memory_total_bytes
+        lo = config.headroom_min.resolve_bytes(total)
+        hi = max(lo, config.headroom_max.resolve_bytes(total))
+        wm = wmarks.get(n)
+        promo_wm = (wm.promo_pages or wm.high_pages) * BASE_PAGE_BYTES if wm else 0
+        floor = max(lo, promo_wm)
+        target, change = _adapt(history, config, n, total, lo, hi, free[n], wm)
+        room = free[n] - floor
+        headroom[n] = NodeHeadroom(n, plan.demotion_targets[n], total, free[n], target, floor,
+                                   hot_bytes.get(n, 0), cold_bytes.get(n, 0), candidate_by_node.get(n, 0),
+                                   candidate_by_node.get(n, 0) > max(0, room), change)
+
+    # Budget split.
+    promote_need = 0 if kernel_promotes else sum(c.est_bytes for c in promos)
+    demote_need = sum(max(0, h.target_bytes - h.free_bytes) + min(h.candidate_bytes, budget_bytes)
+                      for h in headroom.values())
+    promote_budget, demote_budget = _split_budget(budget_bytes, config.promote_share, promote_need, demote_need)
+
+    actions: list[Action] = []
+    planned: dict[int, list[Action]] = {}
+    # Demotions: refill each fast node's headroom, plus room for what waits to be promoted.
+    slow_free = {n: free[n] for n in plan.slow_nodes}
+    for n, hr in headroom.items():
+        want = max(0, hr.target_bytes - hr.free_bytes)
+        if hr.room_short:
+            want = max(want, hr.candidate_bytes - max(0, hr.free_bytes - hr.floor_bytes))
+        dst = hr.demotion_target
+        for c in sorted((c for c in colds if c.node == n), key=lambda c: (-c.region.age_s, c.p.pid, c.region.start)):
+            if want <= 0 or demote_budget <= 0:
+                break
+            if dst not in c.p.status.mems_allowed:
+                continue
+            room_dst = slow_free.get(dst, 0) - _slow_reserve(topo, dst)
+            take = min(c.est_bytes, want, demote_budget, max(0, room_dst))
+            if take <= 0:
+                continue
+            a = _range_action(c, dst, RULE_DEMOTE, take,
+                              f"node {n} has {_mib(hr.free_bytes)} free, below its headroom target of "
+                              f"{_mib(hr.target_bytes)}; {_mib(c.region.size_bytes)} at {c.region.start:#x} "
+                              f"unused for {c.region.age_s:.0f} s (cold after {config.cold_age_s:g} s) moves "
+                              f"to node {dst}")
+            actions.append(a)
+            planned.setdefault(c.p.pid, []).append(a)
+            want -= take
+            demote_budget -= take
+            slow_free[dst] = slow_free.get(dst, 0) - take
+            free[n] += take
+
+    # Promotions: hottest first, into the room above each node's floor.
+    if kernel_promotes:
+        for c in promos:
+            verdicts.setdefault(c.p.pid, Verdict(c.p.pid, c.p.comm, "kernel-promotes",
+                                                 "kernel.numa_balancing tiering mode is on: the kernel promotes "
+                                                 "hot pages; autonumad only keeps the headroom by demoting"))
+    else:
+        for c in sorted(promos, key=lambda c: (-c.region.accesses_fraction, -c.est_bytes, c.p.pid, c.region.start)):
+            hr = headroom[c.node]
+            if c.node not in c.p.status.mems_allowed:
+                verdicts.setdefault(c.p.pid, Verdict(c.p.pid, c.p.comm, "home-not-allowed",
+                                                     f"node {c.node} is not in its Mems_allowed_list"))
+                continue
+            room = free[c.node] - hr.floor_bytes
+            take = min(c.est_bytes, promote_budget, max(0, room))
+            if take <= 0:
+                verdicts.setdefault(c.p.pid, Verdict(
+                    c.p.pid, c.p.comm, "fast-tier-full" if room <= 0 else "budget",
+                    f"hot memory waits on the slow tier: node {c.node} has {_mib(free[c.node])} free against a "
+                    f"floor of {_mib(hr.floor_bytes)}" if room <= 0 else
+                    "hot memory waits on the slow tier: this pass's promotion budget is spent"))
+                continue
+            a = _range_action(c, c.node, RULE_PROMOTE, take,
+                              f"{_mib(c.region.size_bytes)} at {c.region.start:#x} accessed in "
+                              f"{c.region.accesses_fraction:.0%} of samples (hot from "
+                              f"{config.hot_access_fraction:.0%}) has {_mib(c.est_bytes)} on the slow tier; its "
+                              f"threads run on node {c.node}")
+            actions.append(a)
+            planned.setdefault(c.p.pid, []).append(a)
+            promote_budget -= take
+            free[c.node] -= take
+
+    for pid, acts in planned.items():
+        p = acts[0]
+        rules = sorted({a.rule for a in acts})
+        verdicts[pid] = Verdict(pid, p.comm, "+".join(rules),
+                                "; ".join(a.reason for a in acts[:3]) + (f"; and {len(acts) - 3} more range(s)"
+                                                                          if len(acts) > 3 else ""), tuple(acts))
+    for p in snapshot.processes:
+        verdicts.setdefault(p.pid, Verdict(p.pid, p.comm, "in-place",
+                                           "no hot memory on the slow tier and no cold memory a fast node "
+                                           "needs to shed"))
+    # Demotions first: they make the room promotions land in.
+    actions.sort(key=lambda a: a.rule != RULE_DEMOTE)
+    note = (f"fast {_nodes(plan.fast_nodes)}, slow {_nodes(plan.slow_nodes)} ({plan.source})"
+            + ("; kernel promotes (numa_balancing tiering mode)" if kernel_promotes else ""))
+    return TieringDecision(plan, tuple(actions), verdicts, headroom, note, snapshot.processes)
+
+
+def _selection(p: ProcessView, cfg: BalancePolicyConfig, comm_exclude, comm_include) -> tuple[str, str] | None:
+    """The balancing policy's selection and explicit-placement rules (policy.py rules 1-2)."""
+    if p.pid in cfg.exclude_pids:
+        return "excluded-pid", f"pid {p.pid} is in balance.exclude_pids"
+    for rx in comm_exclude:
+        if rx.search(p.comm):
+            return "excluded-comm", f"command {p.comm!r} matches balance.exclude_comm {rx.pattern!r}"
+    if comm_include and not any(rx.search(p.comm) for rx in comm_include):
+        return "not-included", f"command {p.comm!r} matches no balance.include_comm pattern"
+    for prefix in cfg.exclude_cgroup:
+        if _cgroup_under(p.cgroup, prefix):
+            return "excluded-cgroup", f"cgroup {p.cgroup} is under balance.exclude_cgroup {prefix!r}"
+    if cfg.include_cgroup and not any(_cgroup_under(p.cgroup, c) for c in cfg.include_cgroup):
+        return "not-included", f"cgroup {p.cgroup} is under no balance.include_cgroup prefix"
+    if p.policy != "default":
+        return ("explicit-memory-policy",
+                f"memory policy {p.policy!r} set by its owner (numactl/mbind): left as it is")
+    return None
+
+
+def _adapt(history: TieringHistory, config, node: int, total: int, lo: int, hi: int, free_bytes: int, wm):
+    """The headroom control law (module docstring): the new target and what changed it."""
+    base = min(hi, max(lo, config.headroom.resolve_bytes(total)))
+    if not config.adaptive_headroom:
+        return base, "fixed"
+    prev = history.headroom_target_bytes.get(node, base)
+    prev = min(hi, max(lo, prev))
+    candidates = history.last_candidate_bytes.get(node, 0)
+    promoted = history.last_promoted_bytes.get(node, 0)
+    enomem = history.last_enomem_pages.get(node, 0)
+    below_promo = wm is not None and wm.promo_pages is not None and wm.free_pages < wm.promo_pages
+    blocked = []
+    if enomem:
+        blocked.append(f"{enomem} page(s) failed with ENOMEM")
+    if candidates > promoted and history.last_room_short.get(node):
+        blocked.append(f"{_mib(candidates - promoted)} wanted promotion without room")
+    if below_promo and candidates:
+        blocked.append("free pages below the promo watermark")
+    if blocked:
+        grown = min(hi, max(int(prev * WIDEN_FACTOR), prev + max(0, candidates - promoted)))
+        return grown, "widened: " + ", ".join(blocked)
+    if candidates == 0 and free_bytes >= prev:
+        shrunk = max(lo, int(prev - (prev - lo) * NARROW_FRACTION))
+        return shrunk, "narrowed: free memory unused by promotion" if shrunk < prev else "held"
+    return prev, "held"
+
+
+def _split_budget(budget: int, share: float, promote_need: int, demote_need: int) -> tuple[int, int]:
+    """Each side's share of the pass's bytes; what one side does not need goes to the other."""
+    p, d = int(budget * share), budget - int(budget * share)
+    if promote_need < p:
+        d += p - promote_need
+        p = promote_need
+    elif demote_need < d:
+        p += d - demote_need
+        d = demote_need
+    return p, d
+
+
+def _slow_reserve(topo: Topology, node: int) -> int:
+    """Keep 1 % of a slow node free: demotion must not push it into reclaim itself."""
+    return topo.node(node).memory_total_bytes // 100
+
+
+def _fast_home(p: ProcessView, topo: Topology, plan: TierPlan) -> int | None:
+    """The fast node running most of the process's threads (ties: the lower id)."""
+    cpu_node = topo.cpu_to_node
+    counts: dict[int, int] = {}
+    for t in p.threads.values():
+        n = cpu_node.get(t.processor)
+        if n is not None and n in plan.fast_nodes:
+            counts[n] = counts.get(n, 0) + 1
+    if not counts:
+        return None
+    return min(counts, key=lambda n: (-counts[n], n))
+
+
+class _VmaIndex:
+    """A process's VMAs by start address, for estimating where a range's pages are.
+
+    numa_maps gives a VMA's start and its pages per node but not its end:
+    the end comes from /proc/<pid>/maps (`vma_ends`, read by the daemon for
+    the tracked processes) or else is taken as the start plus the resident
+    pages, capped at the next VMA's start. A VMA's pages are taken to be
+    spread evenly over it. The estimate only sizes actions; the executor
+    moves the exact range and counts what really moved.
+    """
+
+    def __init__(self, p: ProcessView, ends: Mapping[int, int] | None = None):
+        self.vmas = [v for v in p.numa_maps.vmas if not v.huge]
+        self.starts = [v.start for v in self.vmas]
+        self.ends = []
+        for i, v in enumerate(self.vmas):
+            nxt = self.vmas[i + 1].start if i + 1 < len(self.vmas) else None
+            end = (ends or {}).get(v.start)
+            if end is None:
+                end = v.start + max(1, v.total_pages) * v.page_size_bytes
+                if nxt is not None:
+                    end = min(end, nxt)
+            self.ends.append(end)
+
+    def _around(self, r: Region) -> Iterable[int]:
+        i = max(0, bisect_right(self.starts, r.start) - 1)
+        while i < len(self.vmas) and self.vmas[i].start < r.end:
+            if self.ends[i] > r.start:
+                yield i
+            i += 1
+
+    def overlapping(self, r: Region) -> list[Vma]:
+        return [self.vmas[i] for i in self._around(r)]
+
+    def bytes_by_node(self, r: Region) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for i in self._around(r):
+            v = self.vmas[i]
+            span = self.ends[i] - v.start
+            overlap = min(r.end, self.ends[i]) - max(r.start, v.start)
+            if span <= 0 or overlap <= 0:
+                continue
+            for node, pages in v.pages_by_node:
+                resident = pages * v.page_size_bytes
+                out[node] = out.get(node, 0) + min(resident, resident * overlap // span)
+        return out
+
+
+def _range_action(c: _Candidate, target: int, rule: str, nbytes: int, reason: str) -> Action:
+    """A migrate action over the region, clipped to each VMA it overlaps."""
+    moves = []
+    for v in c.vmas:
+        start = max(c.region.start, v.start)
+        moves.append(VmaMove(start, v.page_size_bytes, 0, end=c.region.end))
+    return Action("migrate", c.p.pid, c.p.start_ticks, c.p.comm, rule, reason, target_node=target,
+                  vmas=tuple(moves), bytes=int(nbytes))
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def _nodes(ns) -> str:
+    return ",".join(map(str, ns)) or "-"

@@ -1,0 +1,306 @@
+"""The tiering policy on small tiered fake hosts (nodes 0,1 fast with CPUs, node 2 slow and CPU-less)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import threading
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from autonumad.config import Amount, TieringConfig
+from autonumad.executor import Executor, TokenBucket
+from autonumad.fakehost import HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host
+from autonumad.policy import BalancePolicyConfig
+from autonumad.snapshot import take_snapshot
+from autonumad.tiering import (
+    RULE_DEMOTE, RULE_PROMOTE, TieringHistory, _split_budget, decide_tiering, plan_tiers,
+)
+from autonumad.tracker import Region, read_vma_ends
+
+GiB = 2**30
+MiB = 2**20
+P = 4096
+HOT = 0x7F0000000000  # a 64 MiB hot mapping
+COLD = 0x7F1000000000  # a 192 MiB cold mapping
+HOT_MIB, COLD_MIB = 64, 192
+
+
+def tiered(procs, free=(GiB // 2, GiB // 2, GiB), numa_balancing="0", tiers=True) -> HostSpec:
+    knobs = dict(HostSpec(nodes=()).knobs)
+    knobs["/proc/sys/kernel/numa_balancing"] = numa_balancing
+    return HostSpec(nodes=(NodeSpec((0,), GiB, free[0], (10, 20, 28)), NodeSpec((1,), GiB, free[1], (20, 10, 17)),
+                           NodeSpec((), GiB, free[2], (28, 17, 10))),
+                    processes=tuple(procs), knobs=knobs, tiers={4: (0, 1), 360: (2,)} if tiers else None)
+
+
+def proc(pid=100, comm="app", run_cpu=0, hot_on=2, cold_on=2, policy="default", mems=None, cgroup="/user.slice"):
+    return ProcessSpec(pid, comm, (ThreadSpec(pid, run_cpu),),
+                       vmas=(VmaSpec(HOT, {hot_on: HOT_MIB * MiB // P}, policy=policy),
+                             VmaSpec(COLD, {cold_on: COLD_MIB * MiB // P}, policy=policy)),
+                       mems_allowed=mems, cgroup=cgroup)
+
+
+def hotness(pid=100, cold_age_s=100.0):
+    return {pid: (Region(HOT, HOT + HOT_MIB * MiB, 1.0, 2.0),
+                  Region(COLD, COLD + COLD_MIB * MiB, 0.0, cold_age_s))}
+
+
+def decide(tmp_path, spec, cfg=TieringConfig(), hot=None, history=None, now=1000.0, **kw):
+    host = build_host(tmp_path / "root", spec)
+    snap = take_snapshot(host)
+    h = history if history is not None else TieringHistory()
+    ends = read_vma_ends(host, [p.pid for p in snap.processes])
+    return host, decide_tiering(snap, hotness() if hot is None else hot, h, cfg, now, vma_ends=ends, **kw)
+
+
+# -- tiers --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cfg,fast,slow,targets,source", [
+    (TieringConfig(), (0, 1), (2,), {0: 2, 1: 2}, "memory_tiering"),
+    (TieringConfig(fast_nodes=(0,), slow_nodes=(1, 2)), (0,), (1, 2), {0: 1}, "config"),
+    (TieringConfig(fast_nodes=(0,), slow_nodes=(1, 2), demotion_targets=((0, 2),)), (0,), (1, 2), {0: 2}, "config"),
+], ids=["sysfs-tiers", "override-nearest", "override-target"])
+def test_plan_tiers(tmp_path, cfg, fast, slow, targets, source):
+    snap = take_snapshot(build_host(tmp_path, tiered([])))
+    plan = plan_tiers(snap.topology, cfg)
+    assert (plan.fast_nodes, plan.slow_nodes, dict(plan.demotion_targets), plan.source) == \
+        (fast, slow, targets, source)
+
+
+def test_single_tier_host_has_nothing_to_tier(tmp_path):
+    spec = HostSpec(nodes=(NodeSpec((0,), GiB, GiB, (10, 21)), NodeSpec((1,), GiB, GiB, (21, 10))),
+                    tiers={4: (0, 1)})
+    _, d = decide(tmp_path, spec, hot={})
+    assert d.plan is None and d.actions == () and "single memory tier" in d.note
+
+
+def test_disabled(tmp_path):
+    _, d = decide(tmp_path, tiered([proc()]), TieringConfig(enabled=False))
+    assert d.actions == () and "disabled" in d.note
+
+
+# -- promotion and demotion -----------------------------------------------------------------
+
+def test_hot_range_on_the_slow_tier_is_promoted_to_where_the_task_runs(tmp_path):
+    _, d = decide(tmp_path, tiered([proc(run_cpu=1)]))
+    (a,) = d.actions
+    assert (a.rule, a.target_node, a.bytes) == (RULE_PROMOTE, 1, HOT_MIB * MiB)
+    assert [(v.start, v.end) for v in a.vmas] == [(HOT, HOT + HOT_MIB * MiB)]
+    assert d.verdicts[100].rule == RULE_PROMOTE and "threads run on node 1" in d.verdicts[100].reason
+
+
+def test_cold_range_is_demoted_only_while_the_fast_node_is_below_its_headroom(tmp_path):
+    spec = tiered([proc(hot_on=0, cold_on=0)], free=(10 * MiB, GiB // 2, GiB))  # target 2 % = 20 MiB
+    _, d = decide(tmp_path / "a", spec)
+    (a,) = d.actions
+    assert (a.rule, a.target_node) == (RULE_DEMOTE, 2)
+    assert a.bytes == d.headroom[0].target_bytes - 10 * MiB
+    assert [(v.start, v.end) for v in a.vmas] == [(COLD, COLD + COLD_MIB * MiB)]
+    roomy = tiered([proc(hot_on=0, cold_on=0)], free=(GiB // 2, GiB // 2, GiB))
+    _, d = decide(tmp_path / "b", roomy)
+    assert d.actions == ()
+
+
+def test_young_cold_ranges_are_not_demoted(tmp_path):
+    spec = tiered([proc(hot_on=0, cold_on=0)], free=(10 * MiB, GiB // 2, GiB))
+    _, d = decide(tmp_path, spec, hot=hotness(cold_age_s=5.0))
+    assert d.actions == ()
+
+
+def test_a_just_promoted_range_is_not_demoted_within_the_cooldown(tmp_path):
+    spec = tiered([proc(hot_on=0, cold_on=0)], free=(10 * MiB, GiB // 2, GiB))
+    host = build_host(tmp_path / "root", spec)
+    snap = take_snapshot(host)
+    h = TieringHistory()
+    key = (100, snap.process(100).start_ticks)
+    from autonumad.tiering import _ProcTiering
+    h.processes[key] = _ProcTiering(promoted=[(COLD, COLD + MiB, 990.0)])
+    cfg = TieringConfig(promote_cooldown_s=60)
+    assert decide_tiering(snap, hotness(), h, cfg, 1000.0).actions == ()
+    assert [a.rule for a in decide_tiering(snap, hotness(), h, cfg, 1100.0).actions] == [RULE_DEMOTE]
+
+
+@pytest.mark.parametrize("p,rule", [
+    (proc(policy="bind:2"), "explicit-memory-policy"),
+    (proc(comm="postgres"), "excluded-comm"),
+    (proc(cgroup="/system.slice/db.service"), "excluded-cgroup"),
+    (proc(pid=7), "excluded-pid"),
+], ids=["bind", "comm", "cgroup", "pid"])
+def test_explicit_placement_and_exclusions_are_respected(tmp_path, p, rule):
+    balance = BalancePolicyConfig(exclude_comm=("^postgres$",), exclude_cgroup=("/system.slice/db.service",),
+                                  exclude_pids=(7,))
+    _, d = decide(tmp_path, tiered([p]), hot=hotness(pid=p.pid), balance=balance)
+    assert d.actions == () and d.verdicts[p.pid].rule == rule
+
+
+def test_promotion_target_outside_mems_allowed_is_not_used(tmp_path):
+    _, d = decide(tmp_path, tiered([proc(mems=(1, 2))]))
+    assert d.actions == () and d.verdicts[100].rule == "home-not-allowed"
+
+
+def test_kernel_tiering_mode_promotes_so_the_daemon_only_demotes(tmp_path):
+    spec = tiered([proc(), proc(pid=200, hot_on=0, cold_on=0)], free=(10 * MiB, GiB // 2, GiB),
+                  numa_balancing="2")
+    hot = {**hotness(100), **hotness(200)}
+    _, d = decide(tmp_path, spec, hot=hot)
+    assert [(a.pid, a.rule) for a in d.actions] == [(200, RULE_DEMOTE)]
+    assert d.verdicts[100].rule == "kernel-promotes"
+
+
+def test_full_fast_node_withholds_promotion_and_demotes_to_make_room(tmp_path):
+    # Node 0 nearly full: pid 200's cold memory sits on it, pid 100's hot set waits on node 2.
+    spec = tiered([proc(), proc(pid=200, run_cpu=0, hot_on=0, cold_on=0)], free=(8 * MiB, GiB // 2, GiB))
+    hot = {**hotness(100), 200: (Region(COLD, COLD + COLD_MIB * MiB, 0.0, 500.0),)}
+    _, d = decide(tmp_path, spec, hot=hot)
+    hr = d.headroom[0]
+    assert hr.room_short and hr.candidate_bytes == HOT_MIB * MiB
+    demotes = [a for a in d.actions if a.rule == RULE_DEMOTE]
+    # Enough is demoted for the headroom target and the waiting hot set.
+    assert demotes and sum(a.bytes for a in demotes) >= HOT_MIB * MiB - 8 * MiB + hr.floor_bytes
+    assert d.actions[0].rule == RULE_DEMOTE  # room first, then promotion
+
+
+def test_budget_limits_and_splits_the_bytes(tmp_path):
+    spec = tiered([proc(), proc(pid=200, hot_on=0, cold_on=0)], free=(8 * MiB, GiB // 2, GiB))
+    hot = {**hotness(100), **hotness(200)}
+    _, d = decide(tmp_path, spec, hot=hot, budget_bytes=40 * MiB,
+                  cfg=TieringConfig(promote_share=0.25))
+    by_rule = {r: sum(a.bytes for a in d.actions if a.rule == r) for r in (RULE_PROMOTE, RULE_DEMOTE)}
+    assert sum(by_rule.values()) <= 40 * MiB
+    assert by_rule[RULE_DEMOTE] <= 30 * MiB + 1
+
+
+@pytest.mark.parametrize("budget,share,pneed,dneed,want", [
+    (100, 0.5, 100, 100, (50, 50)),
+    (100, 0.5, 10, 100, (10, 90)),
+    (100, 0.5, 100, 0, (100, 0)),
+    (100, 0.2, 100, 100, (20, 80)),
+], ids=["even", "promotion-needs-little", "no-demotion-needed", "share"])
+def test_split_budget(budget, share, pneed, dneed, want):
+    assert _split_budget(budget, share, pneed, dneed) == want
+
+
+# -- the adaptive headroom -----------------------------------------------------------------------
+
+def _history(target, **last):
+    h = TieringHistory(headroom_target_bytes={0: target})
+    for k, v in last.items():
+        setattr(h, k, {0: v})
+    return h
+
+
+@pytest.mark.parametrize("hist,free,want", [
+    (_history(40 * MiB, last_enomem_pages=100), GiB // 2, "widened"),
+    (_history(40 * MiB, last_candidate_bytes=64 * MiB, last_promoted_bytes=0, last_room_short=True),
+     GiB // 2, "widened"),
+    (_history(40 * MiB), GiB // 2, "narrowed"),
+    (_history(40 * MiB, last_candidate_bytes=64 * MiB, last_promoted_bytes=64 * MiB), GiB // 2, "held"),
+], ids=["enomem", "room-short", "idle", "promotions-flowing"])
+def test_headroom_control_law(tmp_path, hist, free, want):
+    spec = tiered([proc(hot_on=0, cold_on=0)], free=(free, GiB // 2, GiB))
+    _, d = decide(tmp_path, spec, hot={}, history=hist)
+    hr = d.headroom[0]
+    assert hr.change.startswith(want)
+    if want == "widened":
+        assert hr.target_bytes > 40 * MiB
+    elif want == "narrowed":
+        assert TieringConfig().headroom_min.resolve_bytes(GiB) <= hr.target_bytes < 40 * MiB
+    else:
+        assert hr.target_bytes == 40 * MiB
+
+
+def test_headroom_stays_within_its_bounds(tmp_path):
+    cfg = TieringConfig(headroom_max=Amount(bytes=50 * MiB))
+    h = _history(48 * MiB, last_enomem_pages=1)
+    _, d = decide(tmp_path, tiered([proc()]), cfg, hot={}, history=h)
+    assert d.headroom[0].target_bytes == 50 * MiB
+
+
+def test_fixed_headroom_without_adaptation(tmp_path):
+    cfg = TieringConfig(adaptive_headroom=False, headroom=Amount(bytes=30 * MiB))
+    _, d = decide(tmp_path, tiered([proc()]), cfg, hot={}, history=_history(90 * MiB, last_enomem_pages=5))
+    assert (d.headroom[0].target_bytes, d.headroom[0].change) == (30 * MiB, "fixed")
+
+
+# -- executed on the fake host, and the history it leaves -------------------------------------------
+
+def _execute(host, d, now=1000.0):
+    ex = Executor(host, TokenBucket(1 << 40), threading.Event())
+    return ex.run(d.actions, deadline_s=float("inf"))
+
+
+def test_promotion_moves_only_the_hot_mapping(tmp_path):
+    host, d = decide(tmp_path, tiered([proc()]))
+    (o,) = _execute(host, d)
+    assert o.status == "done" and o.moved_from == {2: HOT_MIB * MiB // P}
+    p = take_snapshot(host).process(100)
+    by_vma = {v.start: dict(v.pages_by_node) for v in p.numa_maps.vmas}
+    assert by_vma == {HOT: {0: HOT_MIB * MiB // P}, COLD: {2: COLD_MIB * MiB // P}}
+    h = TieringHistory()
+    h.record_decision(d)
+    h.record_outcome(o, 1000.0, 60.0)
+    assert h.moved_bytes == {(RULE_PROMOTE, 2, 0): HOT_MIB * MiB}
+    assert h.last_promoted_bytes[0] == HOT_MIB * MiB
+
+
+def test_promoting_what_was_just_demoted_counts_a_pingpong_and_backs_off(tmp_path):
+    host, d = decide(tmp_path, tiered([proc()]))
+    h = TieringHistory()
+    key = d.actions[0].key
+    from autonumad.tiering import _ProcTiering
+    h.processes[key] = _ProcTiering(demoted=[(HOT, HOT + MiB, 990.0)])
+    (o,) = _execute(host, d)
+    h.record_outcome(o, 1000.0, 60.0)
+    assert h.pingpongs_total == 1 and h.processes[key].backoff_until_s > 1000.0
+    spec = tiered([proc()])
+    snap = take_snapshot(host)
+    d2 = decide_tiering(snap, hotness(), h, TieringConfig(), 1001.0)
+    assert d2.actions == () and d2.verdicts[100].rule == "pingpong-backoff"
+    del spec
+
+
+def test_enomem_on_promotion_widens_the_headroom_next_pass(tmp_path):
+    # Node 0 has 70 MiB free, floor 5 MiB: the 64 MiB hot set fits the plan, but
+    # the fake's node fills (another allocation) before the move runs.
+    host, d = decide(tmp_path, tiered([proc()], free=(70 * MiB, GiB // 2, GiB)))
+    h = TieringHistory()
+    h.record_decision(d)
+    meminfo = host.path("/sys/devices/system/node/node0/meminfo")
+    text, n = re.subn(r"MemFree:\s+\d+ kB", f"MemFree: {16 * MiB // 1024} kB", meminfo.read_text())
+    assert n == 1
+    meminfo.write_text(text)
+    (o,) = _execute(host, d)
+    assert o.failures.get("ENOMEM")
+    h.record_outcome(o, 1000.0, 60.0)
+    d2 = decide_tiering(take_snapshot(host), hotness(), h, TieringConfig(), 1010.0)
+    assert d2.headroom[0].change.startswith("widened") and "ENOMEM" in d2.headroom[0].change
+    assert h.blocked_promotions == 1
+
+
+# -- property: any hotness, any free memory -----------------------------------------------------
+
+region_st = st.builds(
+    lambda s, n, f, age: Region(HOT + s * P, HOT + (s + n) * P, f, age),
+    st.integers(0, 70000), st.integers(1, 70000), st.sampled_from([0.0, 0.05, 0.2, 1.0]),
+    st.floats(0, 1000))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(regions=st.lists(region_st, max_size=6), free0=st.integers(0, GiB // 2),
+       budget=st.integers(0, 512 * MiB), share=st.floats(0, 1))
+def test_decisions_respect_budget_floor_and_targets(tmp_path_factory, regions, free0, budget, share):
+    root = tmp_path_factory.mktemp("h")
+    snap = take_snapshot(build_host(root, tiered([proc(hot_on=2, cold_on=0)], free=(free0, GiB // 2, GiB))))
+    cfg = TieringConfig(promote_share=share)
+    d = decide_tiering(snap, {100: tuple(regions)}, TieringHistory(), cfg, 1000.0, budget_bytes=budget)
+    assert sum(a.bytes for a in d.actions) <= budget
+    promoted = sum(a.bytes for a in d.actions if a.rule == RULE_PROMOTE)
+    demoted = sum(a.bytes for a in d.actions if a.rule == RULE_DEMOTE)
+    hr = d.headroom[0]
+    assert free0 + demoted - promoted >= min(free0, hr.floor_bytes)
+    for a in d.actions:
+        assert a.target_node == (0 if a.rule == RULE_PROMOTE else 2)
+        assert all(v.end is not None and v.end > v.start for v in a.vmas)
+    assert dataclasses.is_dataclass(hr)
