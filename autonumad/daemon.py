@@ -36,7 +36,7 @@ from autonumad.history import History
 from autonumad.host import Host
 from autonumad.policy import BalancePolicyConfig, Decision, decide, owned_from_action
 from autonumad.readers.proc_status import read_status
-from autonumad.snapshot import HostSnapshot, ScanLimits, take_snapshot
+from autonumad.snapshot import HostSnapshot, ScanLimits, SnapshotCache, take_snapshot
 
 log = logging.getLogger("autonumad")
 
@@ -72,7 +72,10 @@ class Daemon:
         self.history = History()
         self.generation = 0
         self.last_reload: dict[str, Any] = {"ok": True, "error": None}
-        self.reports: list[PassReport] = []  # only the last few are kept
+        # Only the last report is kept: metrics, state.json and the demo read
+        # the last pass, and each report holds a whole snapshot.
+        self.reports: list[PassReport] = []
+        self.snapshot_cache = SnapshotCache()
         self.knobs = None
         self._prev_cpu = None
         self._single_node_logged = False
@@ -203,7 +206,8 @@ class Daemon:
         t0 = self.clock()
         number = self.history.passes + 1
         try:
-            snap = take_snapshot(self.host, ScanLimits(min_rss_bytes=self.config.balance.min_rss_bytes))
+            snap = take_snapshot(self.host, ScanLimits(min_rss_bytes=self.config.balance.min_rss_bytes),
+                                 cache=self.snapshot_cache)
         except HostError as e:
             # A host-level file went bad mid-run (a node offlined?): skip this pass, keep serving.
             log.error("pass %d skipped: %s", number, e)
@@ -228,7 +232,7 @@ class Daemon:
             self._record(o, now)
         drifts = self._check_drift()
         report = PassReport(number, t0, self.clock() - t0, snap, decision, outcomes, drifts)
-        self.reports = (self.reports + [report])[-3:]
+        self.reports = [report]
         if self.metrics:
             self.metrics.observe_pass(report)
         self._write_state(report)

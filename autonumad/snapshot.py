@@ -9,29 +9,38 @@ Reading is two-stage because the daemon scans thousands of processes and
 `numa_maps` is expensive (the kernel walks the page tables under the
 target's mmap lock; fs/proc/task_mmu.c):
 
-1. cheap: `/proc/<pid>/status` for every process (RSS, allowed CPUs and
-   nodes, thread count); kernel threads and small processes stop here;
-2. detailed, for candidates only: the threads' `stat` (where each last
-   ran), `cgroup`, `numa_maps`.
+1. cheap, for every process: `/proc/<pid>/statm` (one line, the resident
+   size) when there is a `min_rss_bytes` to apply; kernel threads (no mm)
+   and small processes stop here;
+2. detailed, for candidates only: `status` (allowed CPUs and nodes, thread
+   count), the threads' `stat` (where each last ran), `cgroup`,
+   `numa_maps`.
 
 A process that exits or refuses us at any point is recorded in `skipped`
 and left out; it never fails the snapshot.
+
+The daemon passes a `SnapshotCache` so that a process's numa_maps is parsed
+again only where its text changed since the last pass (a large process has
+thousands of lines, and most of them do not change between passes). The
+snapshot itself stays immutable: the cache only hands back equal values.
 """
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from autonumad.errors import AccessDenied, MalformedProcFile, ProcessError, ProcessGone
+from autonumad.errors import AccessDenied, MalformedProcFile, ParseError, ProcessError, ProcessGone
 from autonumad.host import Host
 from autonumad.readers.cgroup import read_cgroup
 from autonumad.readers.knobs import Knobs, read_knobs
 from autonumad.readers.nodes import Topology, read_topology
-from autonumad.readers.numa_maps import NumaMaps, read_numa_maps
+from autonumad.readers.numa_maps import NumaMaps, parse_numa_maps, reparse_numa_maps
 from autonumad.readers.proc_stat import CpuTimes, read_proc_stat
 from autonumad.readers.proc_status import ProcStatus, read_status
+from autonumad.readers.statm import read_statm
 from autonumad.readers.task_stat import TaskStat, read_thread_stats
 from autonumad.readers.vmstat import read_vmstat
 from autonumad.readers.zoneinfo import Zone, read_zoneinfo
@@ -72,10 +81,7 @@ class ProcessView:
     @property
     def policy(self) -> str:
         """The process's memory policy: "default", or its first explicit one."""
-        for v in self.numa_maps.vmas:
-            if v.policy not in ("default", "local"):
-                return v.policy
-        return "default"
+        return self.numa_maps.first_explicit_policy() or "default"
 
     def local_fraction(self, nodes: tuple[int, ...] | None = None) -> float:
         """Fraction of its pages on `nodes` (default: where its threads run)."""
@@ -96,7 +102,7 @@ class HostSnapshot:
     cpu_times: Mapping[int, CpuTimes]
     processes: tuple[ProcessView, ...]
     skipped: tuple[Skipped, ...]
-    scanned: int  # processes whose status was read
+    scanned: int  # processes looked at (their statm or status read)
     read_duration_s: float = 0.0
 
     def process(self, pid: int) -> ProcessView | None:
@@ -115,8 +121,60 @@ class ScanLimits:
     skip_self: bool = True
 
 
+class SnapshotCache:
+    """Parsed numa_maps carried from one snapshot to the next, by process.
+
+    The daemon owns one and passes it to every `take_snapshot`; one-shot
+    views make none. An entry is keyed by (pid, start time), so a recycled
+    pid starts afresh, and holds the file's text with its parse: the same
+    text gives back the same `NumaMaps`, a changed text is re-parsed only
+    where its lines changed (`reparse_numa_maps`). Each completed snapshot
+    replaces the entries with those of the processes it read in detail, so
+    the cache never outgrows one pass; its memory is those processes'
+    numa_maps text, which their `NumaMaps` keep anyway.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[int, int], tuple[str, NumaMaps]] = {}
+        self._next: dict[tuple[int, int], tuple[str, NumaMaps]] = {}
+        # Of the last snapshot: files whose text was unchanged, changed in
+        # part, or new to the cache.
+        self.unchanged = self.changed = self.new = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def text_bytes(self) -> int:
+        """Characters of numa_maps text held (one byte each for the ASCII the kernel prints)."""
+        return sum(len(text) for text, _ in self._entries.values())
+
+    def begin(self) -> None:
+        self._next = {}
+        self.unchanged = self.changed = self.new = 0
+
+    def parse_numa_maps(self, key: tuple[int, int], text: str) -> NumaMaps:
+        """`parse_numa_maps(text)`, reusing what the last snapshot parsed for `key`."""
+        previous = self._entries.get(key)
+        if previous is None:
+            self.new += 1
+            entry = (text, parse_numa_maps(text))
+        elif previous[0] == text:
+            self.unchanged += 1
+            entry = previous  # and the new copy of the text is dropped
+        else:
+            self.changed += 1
+            entry = (text, reparse_numa_maps(text, *previous))
+        self._next[key] = entry
+        return entry[1]
+
+    def commit(self) -> None:
+        """End of a snapshot: keep only the processes it read."""
+        self._entries, self._next = self._next, {}
+
+
 def take_snapshot(host: Host, limits: ScanLimits = ScanLimits(),
-                  clock: Callable[[], float] = time.monotonic) -> HostSnapshot:
+                  clock: Callable[[], float] = time.monotonic,
+                  cache: SnapshotCache | None = None) -> HostSnapshot:
     """Read the host once. Raises HostError only for host-level files."""
     t0 = clock()
     topology = read_topology(host)
@@ -127,21 +185,25 @@ def take_snapshot(host: Host, limits: ScanLimits = ScanLimits(),
     processes: list[ProcessView] = []
     skipped: list[Skipped] = []
     scanned = 0
-    import os
-
+    if cache is not None:
+        cache.begin()
     me = os.getpid() if limits.skip_self and not host.is_fake else None
     pids = host.pids() if limits.only_pids is None else sorted(limits.only_pids)
+    # statm first only when it can rule processes out; else status alone.
+    check_size = limits.only_pids is None and limits.min_rss_bytes > 0
     for pid in pids:
         if pid == me:
             continue
         scanned += 1
         try:
+            if check_size and _too_small(host, pid, limits.min_rss_bytes):
+                continue
             status = read_status(host, pid)
             if status.vm_rss_bytes is None:
                 continue  # kernel thread: no mm, nothing to place
             if limits.only_pids is None and status.vm_rss_bytes < limits.min_rss_bytes:
                 continue
-            processes.append(_read_process(host, pid, status, topology))
+            processes.append(_read_process(host, pid, status, topology, cache))
         except ProcessGone:
             if limits.only_pids is not None:
                 skipped.append(Skipped(pid, "gone", f"pid {pid}: no such process"))
@@ -152,22 +214,45 @@ def take_snapshot(host: Host, limits: ScanLimits = ScanLimits(),
             skipped.append(Skipped(pid, "malformed", str(e)))
         except ProcessError as e:
             skipped.append(Skipped(pid, "error", str(e)))
+    if cache is not None:
+        cache.commit()
     return HostSnapshot(
         taken_monotonic_s=t0, topology=topology, knobs=knobs, vmstat=vmstat, zones=zones,
         cpu_times=cpu_times, processes=tuple(processes), skipped=tuple(skipped), scanned=scanned,
         read_duration_s=clock() - t0)
 
 
-def _read_process(host: Host, pid: int, status: ProcStatus, topology: Topology) -> ProcessView:
+def _too_small(host: Host, pid: int, min_rss_bytes: int) -> bool:
+    """The cheap first stage: is the process's resident size below the threshold?
+
+    Kernel threads and zombies print zeros, so they stop here too. A tree
+    without statm (captured before the daemon read it) answers False and
+    status decides, as it does for a process that has just exited.
+    """
+    try:
+        statm = read_statm(host, pid)
+    except ProcessGone:
+        return False  # status tells gone from missing
+    return statm.resident_bytes(host.page_size_bytes) < min_rss_bytes
+
+
+def _read_process(host: Host, pid: int, status: ProcStatus, topology: Topology,
+                  cache: SnapshotCache | None) -> ProcessView:
     threads = read_thread_stats(host, pid)
     cgroup = read_cgroup(host, pid)
-    numa_maps = read_numa_maps(host, pid)
+    leader = threads.get(pid)
+    start_ticks = leader.starttime_ticks if leader else 0
+    text = host.read_proc_text(pid, "numa_maps")
+    try:
+        numa_maps = (cache.parse_numa_maps((pid, start_ticks), text) if cache is not None
+                     else parse_numa_maps(text))
+    except ParseError as e:
+        raise MalformedProcFile(pid, f"/proc/{pid}/numa_maps", str(e)) from None
     cpu_to_node = topology.cpu_to_node
     running = tuple(sorted({cpu_to_node[t.processor] for t in threads.values() if t.processor in cpu_to_node}))
-    leader = threads.get(pid)
     return ProcessView(
         pid=pid, comm=status.name, status=status, cgroup=cgroup, threads=threads,
         numa_maps=numa_maps, running_nodes=running,
         pages_by_node=numa_maps.pages_by_node(BASE_PAGE_BYTES),
-        start_ticks=leader.starttime_ticks if leader else 0,
+        start_ticks=start_ticks,
         cpu_ticks=sum(t.utime_ticks + t.stime_ticks for t in threads.values()))
