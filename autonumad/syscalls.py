@@ -7,7 +7,7 @@ Syscall numbers (checked against the kernel's own tables):
 
 * x86_64, arch/x86/entry/syscalls/syscall_64.tbl:
   237 mbind, 238 set_mempolicy, 239 get_mempolicy, 256 migrate_pages,
-  279 move_pages (all `common`/`64`, unchanged since 2.6.18).
+  279 move_pages (a number, once assigned, never changes).
 * aarch64 (and every asm-generic architecture: riscv64, loongarch64),
   include/uapi/asm-generic/unistd.h: 235 mbind, 236 get_mempolicy,
   237 set_mempolicy, 238 migrate_pages, 239 move_pages.
@@ -46,7 +46,6 @@ _ASM_GENERIC = {"mbind": 235, "get_mempolicy": 236, "set_mempolicy": 237,
 SYSCALL_NUMBERS: dict[str, dict[str, int]] = {
     "x86_64": _X86_64,
     "aarch64": _ASM_GENERIC,
-    "arm64": _ASM_GENERIC,  # platform.machine() on some aarch64 userlands
     "riscv64": _ASM_GENERIC,
     "loongarch64": _ASM_GENERIC,
 }
@@ -77,22 +76,33 @@ MPOL_F_ADDR = 1 << 1
 NOT_REPORTED = -(2**31)
 
 # move_range's default batch: pages per move_pages(2) call. 4096 base pages
-# = 16 MiB. Measured on this project's 2-CPU host (kernel 6.18, one node;
-# a child process holding 256 MiB = 65,536 pages, all already on node 0;
-# median of 21 passes, ms per pass over all pages):
+# = 16 MiB. Two measurements:
 #
-#   batch    query-only   move-only   query+move   move_range
-#     256        3.7         18.2        23.4          7.4
-#    1024        3.1         10.0        13.9          6.7
-#    4096        3.0          7.9        10.5          6.4
-#   16384        2.9          7.1        10.2          6.3
+# 1. This project's 2-CPU host (kernel 6.18, one node): a child holding
+#    256 MiB = 65,536 pages, all already on node 0, so nothing is copied;
+#    median of 21 passes, ms per pass over all pages:
 #
-# The query is ~0.05 µs per page; each move call costs ~45 µs fixed (its
-# lru_cache_disable(), see move_range) plus ~0.11 µs per page even when
-# nothing moves. move_range queries, then skips the move call for pages
-# already placed, hence its column. Past 4096 nothing is gained, while a
-# bigger batch delays noticing an exited process, a SIGTERM and the rate
-# limiter's next decision by one more batch.
+#      batch    query-only   move-only   query+move   move_range
+#        256        3.7         18.2        23.4          7.4
+#       1024        3.1         10.0        13.9          6.7
+#       4096        3.0          7.9        10.5          6.4
+#      16384        2.9          7.1        10.2          6.3
+#
+#    The query is ~0.05 µs per page; each move call costs ~45 µs fixed (its
+#    lru_cache_disable(), see move_range) plus ~0.11 µs per page even when
+#    nothing moves. move_range queries, then skips the move call for pages
+#    already placed, hence its column.
+#
+# 2. The 2node QEMU/TCG guest (scripts/numa-vm, kernel 6.12): 64 MiB really
+#    moved between nodes 1 and 0, 8 moves per cell, median MiB/s:
+#
+#      batch (MiB)      2     4     16    64
+#      base pages      97   109   123   135
+#      THP            102   138   148   137
+#
+# Past 4096 pages nothing is gained, while a bigger batch delays noticing
+# an exited process, a SIGTERM and the rate limiter's next decision by one
+# more batch.
 DEFAULT_BATCH_PAGES = 4096
 
 _BITS_PER_LONG = ctypes.sizeof(ctypes.c_ulong) * 8
@@ -511,9 +521,26 @@ def migrate_pages(pid: int, old_nodes: Iterable[int], new_nodes: Iterable[int]) 
     the target's cpuset without CAP_SYS_NICE), OSError otherwise (EINVAL
     for a node that does not exist).
 
-    Whole-process move, measured against move_range in the 2node guest: see
-    the module's report in the hardware tests (test_hw_mover.py
-    ::test_migrate_pages_vs_move_range).
+    Whole-process moves, measured in the 2node guest (QEMU/TCG on a shared
+    2-core host, load average 4-6): a fresh 256 MiB workload first-touched
+    on node 1 moved to node 0, either by migrate_pages(pid, [1], [0]) or
+    by move_range over every VMA numa_maps shows off node 0; 15 paired runs
+    in alternating order, both moving the same pages (/proc/vmstat
+    pgmigrate_success +65,543 for either). migrate_pages was faster in 10
+    of 15 pairs; the ratio move_range/migrate_pages had a median of 1.5
+    (range 0.25-3.5), e.g. one run of 6 pairs: medians 1.62 s vs 2.16 s.
+    The gain is real but modest and noisy: one kernel pass over the page
+    tables, one folio per THP instead of 512 addresses, no per-page status.
+    What migrate_pages lacks is what the balancer's executor needs: no page
+    budget (everything in one call, under the target's mmap read lock, not
+    interruptible by our SIGTERM), no per-page outcome (only a count of
+    pages not moved), no choice of VMAs, and with CAP_SYS_NICE (which the
+    daemon has) the kernel uses MPOL_MF_MOVE_ALL, so pages shared with
+    other processes (library page cache) move too. Worth it only for a
+    whole-process move that fits one pass's budget; move_range otherwise.
+    (tests/hardware/test_hw_mover.py
+    ::test_migrate_pages_vs_move_range_for_a_whole_process checks both
+    and prints one pair of timings.)
     """
     old, maxnode = _nodemask(old_nodes)
     new, maxnode_new = _nodemask(new_nodes)

@@ -215,6 +215,18 @@ def test_parse_proc_cgroup_never_fails_otherwise(text):
         pass
 
 
+HYBRID_CGROUP = "9:name=systemd:/user.slice\n3:cpuset:/docker/ab:c\n1:cpu,cpuacct:/\n0::/user.slice\n"
+
+
+@given(st.integers(0, len(HYBRID_CGROUP)))
+def test_parse_proc_cgroup_truncated_anywhere(cut):
+    try:
+        entries = parse_proc_cgroup(HYBRID_CGROUP[:cut])
+    except ParseError:
+        return
+    assert len(entries) <= 4
+
+
 @settings(max_examples=50)
 @given(st.text(alphabet="0123456789:/,abcdey=\n", max_size=120))
 def test_parse_proc_cgroup_truncated_lines(text):
@@ -419,20 +431,20 @@ def test_zombie_is_process_gone(workload):
 
 @pytest.mark.parametrize("reap", [False, True], ids=["zombie-EINVAL", "reaped-ESRCH"])
 def test_child_exiting_between_batches_is_gone_not_an_error(workload, reap):
-    # A 16 GiB range from the child's 64 MiB buffer on, mostly unmapped
-    # (-EFAULT, cheap to query): 8192 batches of 2 MiB, about half a second
-    # here. The child is killed 20 ms in, long after the first batch.
+    # A 64 GiB range from the child's 64 MiB buffer on, mostly unmapped
+    # (-EFAULT, cheap to query): 32,768 batches of 2 MiB, about 2 s here.
+    # The child is killed 0.1 s in, long after the first batch.
     # Unreaped it is a zombie without an mm (EINVAL); reaped, its pid is
     # free (ESRCH). Either way move_range returns what it did.
     w = workload("--mib", "64", "--touch-interval-s", "30")
-    span = 16 << 30
+    span = 64 << 30
 
     def kill():
         os.kill(w.pid, signal.SIGKILL)
         if reap:
             w.proc.wait()
 
-    killer = threading.Timer(0.02, kill)
+    killer = threading.Timer(0.1, kill)
     killer.start()
     t0 = time.perf_counter()
     try:

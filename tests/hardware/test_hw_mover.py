@@ -254,22 +254,22 @@ def whole_process_move_range(pid: int, target: int) -> int:
 
 @on_2node
 def test_migrate_pages_vs_move_range_for_a_whole_process(workload):
-    # The same 256 MiB process moved node 1 -> 0 both ways, one after the
+    # The same 128 MiB process moved node 1 -> 0 both ways, one after the
     # other in fresh workloads. Both must leave nothing of the buffer on
     # node 1; the timings are printed (they are recorded in syscalls.py).
     times = {}
     for how in ("migrate_pages", "move_range"):
-        w = workload("--mib", "256", "--node", "1", "--cpunode", "1")
+        w = workload("--mib", "128", "--node", "1", "--cpunode", "1")
         before = read_numa_maps(LinuxHost(), w.pid).pages_by_node()
         if how == "migrate_pages":
             left, times[how] = timed(syscalls.migrate_pages, w.pid, [1], [0])
             assert left == 0
         else:
             moved, times[how] = timed(whole_process_move_range, w.pid, 0)
-            assert moved >= 256 * MIB
+            assert moved >= 128 * MIB
         after = read_numa_maps(LinuxHost(), w.pid).pages_by_node()
         print(f"\n{how}: {times[how]:.2f} s; pages by node {before} -> {after}")
-        assert status_nodes(w) == {0: 256 * MIB // PAGE}
+        assert status_nodes(w) == {0: 128 * MIB // PAGE}
         w.stop()
 
 
