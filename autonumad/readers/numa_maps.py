@@ -45,6 +45,15 @@ gone) is an empty `NumaMaps`.
 
 Reading numa_maps makes the kernel walk the target's page tables under its
 mmap lock: callers should read it only for processes worth it.
+
+What a parse keeps: the daemon reads numa_maps of every large process in
+every pass, tens of thousands of lines, and needs per-file sums (pages per
+node, movable bytes, policies), not per-line objects. `parse_numa_maps`
+checks every line, sums them into `NumaMapsTotals`, and keeps the text;
+`NumaMaps.vmas` parses the lines again when iterated (`VmaLines`). Totals
+are sums of per-line terms, so `reparse_numa_maps` brings last pass's
+totals up to date by parsing only the lines that changed. Zero page counts
+(never printed by the kernel) do not appear in the totals.
 """
 
 from __future__ import annotations
@@ -165,7 +174,9 @@ class VmaLines(Sequence[Vma]):
     `Vma` object per line: a daemon watching 150,000 VMAs holds about 75
     bytes of text per VMA instead of about 400 bytes of objects. Iterating
     parses the lines again (a few microseconds each); the daemon's hot path
-    uses the totals and never does. Immutable, like the text.
+    uses the totals and never does. Indexing parses the whole file each
+    time: iterate once, or take `tuple(vmas)` for random access. Immutable,
+    like the text.
     """
 
     __slots__ = ("text", "_count")
@@ -403,32 +414,42 @@ def reparse_numa_maps(text: str, previous_text: str, previous: NumaMaps) -> Numa
     A pass sees the same numa_maps again with a few lines changed (counts
     of the VMAs the process touched, a new mapping). Lines that were in the
     previous text are already in its totals: only lines added and lines gone
-    are parsed, the first added and the second subtracted. Lines are matched
-    as a multiset, so moved or repeated lines are handled too. When most
-    lines changed, a plain parse is cheaper and is what this does.
+    are parsed, the first added and the second subtracted. Any split of the
+    two texts into "kept", "gone" and "added" gives the same sums, so the
+    cheapest one that is small wins: line by line when the number of lines
+    is unchanged (a plain string compare per line), else lines matched as a
+    multiset (a VMA mapped or unmapped shifts the lines after it). When
+    most lines changed, a plain parse is cheaper and is what this does.
     """
     if text == previous_text:
         return previous
-    unmatched = Counter(line for line in previous_text.split("\n") if line)
-    added: list[tuple[int, str]] = []
-    count = 0
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if not line:
-            continue
-        count += 1
-        if unmatched[line]:
-            unmatched[line] -= 1
-        else:
-            added.append((lineno, line))
-    gone = [(line, n) for line, n in unmatched.items() if n]
-    if len(added) + len(gone) >= count:
+    new_lines = [line for line in text.split("\n") if line]
+    old_lines = [line for line in previous_text.split("\n") if line]
+    if len(new_lines) == len(old_lines):
+        changed = [i for i, (old, new) in enumerate(zip(old_lines, new_lines)) if old != new]
+        added = [new_lines[i] for i in changed]
+        gone = [old_lines[i] for i in changed]
+    else:
+        unmatched = Counter(old_lines)
+        added = []
+        for line in new_lines:
+            if unmatched[line]:
+                unmatched[line] -= 1
+            else:
+                added.append(line)
+        gone = list(unmatched.elements())
+    if len(added) + len(gone) >= len(new_lines):
         return parse_numa_maps(text)
     acc = _TotalsBuilder(previous.totals)
-    for lineno, line in added:
-        acc.add_fields(_parse_line(lineno, line))
-    for line, n in gone:
+    try:
+        for line in added:
+            acc.add_fields(_parse_fields(line))
+    except ParseError:
+        # Name the line as parse_numa_maps would: the first bad one in the file.
+        return parse_numa_maps(text)
+    for line in gone:
         # Parsed before, so it parses again (the parser is pure).
-        acc.add_fields(_parse_fields(line), -n)
+        acc.add_fields(_parse_fields(line), -1)
     return NumaMaps(VmaLines(text, acc.vma_count), acc.totals())
 
 
