@@ -237,13 +237,14 @@ class DamonSession:
     """
 
     def __init__(self, host: Host, runtime_dir: str | os.PathLike[str],
-                 attrs: MonitoringAttrs = MonitoringAttrs(), settle_s: float = 0.0):
+                 attrs: MonitoringAttrs = MonitoringAttrs(), settle_s: float = 0.0, empty_retries: int = 2):
         self.host = host
         self.owned_path = Path(runtime_dir) / OWNED_FILE_NAME
         self.attrs = attrs
         # Pause after update_schemes_tried_regions before reading, for kernels
         # that fill the directory from the kdamond asynchronously.
         self.settle_s = settle_s
+        self.empty_retries = empty_retries
         self.index: int | None = None
         self.pids: tuple[int, ...] = ()
 
@@ -394,7 +395,7 @@ class DamonSession:
         for i, pid in enumerate(pids):
             self._write(f"{c}/targets/{i}/pid_target", str(pid))
         # One stat scheme per target, each keeping only its target's regions
-        # (a `target` filter with matching N filters out every other
+        # (a `target` filter, file damon_target_idx, with matching N filters out every other
         # target's regions; core-level, 6.5+), so that tried_regions/ of
         # scheme i are exactly pid i's.
         self._write(c + "/schemes/nr_schemes", str(len(pids)))
@@ -409,7 +410,7 @@ class DamonSession:
                     self._write(s + "/filters/nr_filters", "1")
                     f = s + "/filters/0"
                     self._write(f + "/type", "target")
-                    self._write(f + "/target_idx", str(i))
+                    self._write(f + "/damon_target_idx", str(i))
                     self._write(f + "/matching", "N")
                 except OSError as e:
                     raise NotSupported(f"DAMON: no per-target scheme filter on this kernel ({e})") from None
@@ -420,11 +421,19 @@ class DamonSession:
         if self.index is None or not self.pids:
             return {}
         d = f"{KDAMONDS_DIR}/{self.index}"
-        self._write(d + "/state", "update_schemes_tried_regions")
-        if self.settle_s:
-            time.sleep(self.settle_s)
-        return {pid: read_tried_regions(self.host, f"{d}/contexts/0/schemes/{i}")
-                for i, pid in enumerate(self.pids)}
+        for attempt in range(1 + self.empty_retries):
+            self._write(d + "/state", "update_schemes_tried_regions")
+            if self.settle_s:
+                time.sleep(self.settle_s)
+            out = {pid: read_tried_regions(self.host, f"{d}/contexts/0/schemes/{i}")
+                   for i, pid in enumerate(self.pids)}
+            if any(out.values()):
+                return out
+            # Seen on 6.12: now and then the write returns before the kdamond
+            # has refilled tried_regions/, and every scheme reads empty (a
+            # live process always has regions). Ask again after an interval.
+            time.sleep(2 * self.attrs.aggr_us / 1e6)
+        return out
 
     def _write(self, path: str, value: str) -> None:
         self.host.write_text(path, value)

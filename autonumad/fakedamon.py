@@ -82,7 +82,7 @@ def _scheme(d: Path) -> None:
 
 
 def _filter(d: Path) -> None:
-    _put(d, {"type": "anon", "matching": "N", "memcg_path": "", "target_idx": "0",
+    _put(d, {"type": "anon", "matching": "N", "memcg_path": "", "damon_target_idx": "0",
              "addr_start": "0", "addr_end": "0"})
 
 
@@ -199,7 +199,7 @@ class FakeDamonHost(FakeHost):
             for fi in range(nf):
                 f = s / f"filters/{fi}"
                 if (f / "type").read_text().strip() == "target" and (f / "matching").read_text().strip() == "N":
-                    keep_idx = int((f / "target_idx").read_text())
+                    keep_idx = int((f / "damon_target_idx").read_text())
             found = []
             for ti, pid in enumerate(targets):
                 if keep_idx is not None and ti != keep_idx:

@@ -143,7 +143,7 @@ def test_monitor_configures_a_stat_scheme_that_matches_everything(tmp_path):
         for what in ("sz", "nr_accesses", "age"):
             assert int((sch / f"access_pattern/{what}/max").read_text()) > 0, what
         assert (sch / "filters/0/type").read_text().strip() == "target"
-        assert (sch / "filters/0/target_idx").read_text().strip() == str(i)
+        assert (sch / "filters/0/damon_target_idx").read_text().strip() == str(i)
     owned = parse_owned((tmp_path / "run/damon-owned.json").read_text())
     assert owned == (OwnedKdamond(0, int((d / "pid").read_text()), owned[0].daemon_pid),)
 

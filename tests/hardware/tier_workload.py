@@ -1,0 +1,125 @@
+"""A tiering workload: one process with a hot mapping and a cold mapping, first-touched on a chosen node.
+
+    python tests/hardware/tier_workload.py --hot-mib 64 --cold-mib 192 --node 2 --cpunode 0
+
+Maps two anonymous buffers (hot with MAP_NORESERVE and cold without, so
+that the kernel keeps them as two VMAs: adjacent anonymous mappings with
+equal flags merge), first-touches both under MPOL_BIND to `--node`, drops
+the policy back to MPOL_DEFAULT (the pages *landed* there; nobody placed
+them), pins itself to `--cpunode`'s CPUs, prints one JSON line
+
+    {"pid": 1234, "hot": [address, size_bytes], "cold": [address, size_bytes]}
+
+and then keeps writing one byte per page of the hot buffer, continuously.
+The cold buffer is never touched again. Exits on SIGTERM or stdin EOF.
+
+`--flush-tlb-ms N` (default 1): a thread write-protects and unprotects a
+private 1 MiB scratch mapping every N ms. Each round is a TLB flush of the
+whole mm (256 pages is above x86's tlb_single_page_flush_ceiling of 33).
+Why: DAMON and the kernel's hint-fault-free access checks read the PTE
+accessed bit after clearing it *without* a TLB flush (x86
+ptep_test_and_clear_young). Real CPUs evict TLB entries within
+microseconds, so the bit is set again on the next access; QEMU's TCG keeps
+a software TLB of up to a million entries that nothing evicts, so a
+hammered buffer reads as never accessed (measured: 64 MiB at nr_accesses 0
+while the task ran at 100 % CPU). The flushes give TCG the eviction a real
+CPU has; on hardware they are merely unnecessary. 0 disables them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from autonumad.readers.lists import parse_list  # noqa: E402
+from autonumad.syscalls import MPOL_BIND, MPOL_DEFAULT, set_mempolicy  # noqa: E402
+
+MIB = 1 << 20
+PAGE = 4096
+PROT_READ, PROT_WRITE = 1, 2
+MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE = 0x02, 0x20, 0x4000
+MADV_NOHUGEPAGE = 15
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+def _map(size: int, extra_flags: int) -> int:
+    addr = _libc.mmap(None, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | extra_flags, -1, 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    # Base pages: a THP would be promoted or demoted 2 MiB at a time, and the
+    # tests count pages per VMA.
+    _libc.madvise(addr, size, MADV_NOHUGEPAGE)
+    return addr
+
+
+def _view(addr: int, size: int) -> memoryview:
+    return memoryview((ctypes.c_char * size).from_address(addr)).cast("B")
+
+
+def _touch(view: memoryview, value: int) -> None:
+    view[::PAGE] = bytes([value]) * ((len(view) + PAGE - 1) // PAGE)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hot-mib", type=int, default=64)
+    ap.add_argument("--cold-mib", type=int, default=192)
+    ap.add_argument("--node", type=int, required=True, help="first-touch node of both buffers")
+    ap.add_argument("--cpunode", type=int, required=True, help="run on this node's CPUs")
+    ap.add_argument("--flush-tlb-ms", type=float, default=1.0)
+    a = ap.parse_args()
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    cpus = parse_list(Path(f"/sys/devices/system/node/node{a.cpunode}/cpulist").read_text())
+    os.sched_setaffinity(0, cpus)
+    hot_size, cold_size = a.hot_mib * MIB, a.cold_mib * MIB
+    hot = _map(hot_size, MAP_NORESERVE)
+    cold = _map(cold_size, 0)
+    hot_view, cold_view = _view(hot, hot_size), _view(cold, cold_size)
+    set_mempolicy(MPOL_BIND, [a.node])
+    _touch(hot_view, 1)
+    _touch(cold_view, 1)
+    set_mempolicy(MPOL_DEFAULT)
+
+    if a.flush_tlb_ms > 0:
+        scratch_size = MIB
+        scratch = _map(scratch_size, 0)
+        _touch(_view(scratch, scratch_size), 1)
+
+        def flusher() -> None:
+            while not stop.wait(a.flush_tlb_ms / 1000):
+                _libc.mprotect(scratch, scratch_size, PROT_READ)
+                _libc.mprotect(scratch, scratch_size, PROT_READ | PROT_WRITE)
+
+        threading.Thread(target=flusher, daemon=True).start()
+
+    def watch_stdin() -> None:
+        sys.stdin.buffer.read()
+        stop.set()
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    print(json.dumps({"pid": os.getpid(), "hot": [hot, hot_size], "cold": [cold, cold_size]}), flush=True)
+    value = 2
+    while not stop.is_set():
+        _touch(hot_view, value)
+        value = value % 250 + 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
