@@ -339,7 +339,11 @@ def move_range(pid: int, start: int, end: int, page_size: int, target_node: int,
       cut up to the next unit boundary are queried again, and those that
       moved with it are counted as `moved` (and examined). So `moved` can
       exceed `max_pages` by up to one THP less one base page (511 pages),
-      and the count says so.
+      and the count says so;
+    * so bound a partial move with `max_pages`, not with a shorter `end`:
+      an `end` inside a THP moves the whole THP but counts only the pages
+      before `end` (the rest show up as `already` on the next call). A
+      VMA's own end is always safe: a THP never crosses a VMA boundary.
 
     Outcomes that are values, never exceptions:
     * the process exits after the first call → `gone=True`, with the counts

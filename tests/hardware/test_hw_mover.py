@@ -254,22 +254,26 @@ def whole_process_move_range(pid: int, target: int) -> int:
 
 @on_2node
 def test_migrate_pages_vs_move_range_for_a_whole_process(workload):
-    # The same 128 MiB process moved node 1 -> 0 both ways, one after the
+    # The same 64 MiB process moved node 1 -> 0 both ways, one after the
     # other in fresh workloads. Both must leave nothing of the buffer on
-    # node 1; the timings are printed (they are recorded in syscalls.py).
+    # node 1; one pair of timings is printed (the comparison over 15 pairs
+    # of 256 MiB is recorded in syscalls.migrate_pages).
     times = {}
     for how in ("migrate_pages", "move_range"):
-        w = workload("--mib", "128", "--node", "1", "--cpunode", "1")
+        w = workload("--mib", "64", "--node", "1", "--cpunode", "1")
         before = read_numa_maps(LinuxHost(), w.pid).pages_by_node()
         if how == "migrate_pages":
             left, times[how] = timed(syscalls.migrate_pages, w.pid, [1], [0])
             assert left == 0
         else:
             moved, times[how] = timed(whole_process_move_range, w.pid, 0)
-            assert moved >= 128 * MIB
+            assert moved >= 64 * MIB
         after = read_numa_maps(LinuxHost(), w.pid).pages_by_node()
         print(f"\n{how}: {times[how]:.2f} s; pages by node {before} -> {after}")
-        assert status_nodes(w) == {0: 128 * MIB // PAGE}
+        assert status_nodes(w) == {0: 64 * MIB // PAGE}
+        if how == "migrate_pages":
+            # All of the process, shared pages included (root: MPOL_MF_MOVE_ALL).
+            assert after.get(1, 0) == 0
         w.stop()
 
 
