@@ -10,12 +10,10 @@ in tests/hardware/ (the 2node guest).
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
