@@ -37,6 +37,7 @@ from autonumad.host import Host
 from autonumad.policy import BalancePolicyConfig, Decision, decide, owned_from_action
 from autonumad.readers.proc_status import read_status
 from autonumad.snapshot import HostSnapshot, ScanLimits, SnapshotCache, take_snapshot
+from autonumad.tiering_step import TieringStep
 
 log = logging.getLogger("autonumad")
 
@@ -52,6 +53,8 @@ class PassReport:
     decision: Decision
     outcomes: list[Outcome]
     drifts: list[Any] = field(default_factory=list)
+    tiering: Any = None  # tiering.TieringDecision, when tiering ran
+    tiering_outcomes: list[Outcome] = field(default_factory=list)
 
 
 class Daemon:
@@ -79,6 +82,7 @@ class Daemon:
         self.knobs = None
         self._prev_cpu = None
         self._single_node_logged = False
+        self.tiering = TieringStep(host, clock)
         self._build_from_config()
 
     # -- configuration ---------------------------------------------------------
@@ -230,13 +234,26 @@ class Daemon:
         now = self.clock()
         for o in outcomes:
             self._record(o, now)
+        tiering, tiering_outcomes = self._tiering_pass(snap, deadline, t0, outcomes)
         drifts = self._check_drift()
-        report = PassReport(number, t0, self.clock() - t0, snap, decision, outcomes, drifts)
+        report = PassReport(number, t0, self.clock() - t0, snap, decision, outcomes, drifts, tiering,
+                            tiering_outcomes)
         self.reports = [report]
         if self.metrics:
             self.metrics.observe_pass(report)
         self._write_state(report)
         return report
+
+    def _tiering_pass(self, snap: HostSnapshot, deadline: float, t0: float, outcomes: list[Outcome]):
+        """Tiering after balancing, in the bytes of this pass's budget that balancing left."""
+        budget = int(self.config.balance.migrate_rate_mib_s * 2**20 * (deadline - t0))
+        budget -= sum(o.moved_bytes for o in outcomes)
+        decision, tiering_outcomes = self.tiering.run(snap, self.config, self.executor, deadline, t0, budget)
+        for o in tiering_outcomes:
+            a = o.action
+            log.info("%s pid %d (%s): %s: %s%s", a.rule, a.pid, a.comm, a.reason, o.status,
+                     f" ({o.detail})" if o.detail else "")
+        return decision, tiering_outcomes
 
     def _record(self, o: Outcome, now: float) -> None:
         a = o.action
@@ -284,6 +301,7 @@ class Daemon:
 
     def _shutdown(self) -> None:
         self._notify("stopping")
+        self.tiering.close()
         if self.config.daemon.restore_affinity_on_exit:
             self.restore_owned_affinities()
         if self.manage_knobs and self.knobs is not None and self.config.kernel.restore_on_exit:

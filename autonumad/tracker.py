@@ -23,8 +23,9 @@ Implementations:
   pages. Fraction = written pages / present pages in the granule since the
   last sample; age = time since the granule was last written. Sees writes
   only, so read-mostly hot data looks cold: promotion under this tracker is
-  conservative, and demotion of read-hot pages is possible (documented in
-  the operations guide's tiering section).
+  conservative, and demotion of read-hot pages is possible. Clearing the
+  bits is visible to any other soft-dirty user of the same process (CRIU's
+  incremental dumps), so "auto" prefers DAMON.
 
 `make_tracker(host, tiering_config, runtime_dir)` chooses by
 `tiering.tracker`: "auto" is DAMON where /sys/kernel/mm/damon/admin exists
@@ -170,6 +171,11 @@ class SoftDirtyTracker:
                 out.pop(pid, None)
         self.cost_s += self.clock() - t0
         return out
+
+    def close(self) -> None:
+        # Nothing held in the kernel: soft-dirty bits are per page and cost
+        # nothing when nobody reads them.
+        self.state.clear()
 
     def _sample_one(self, pid: int, g: _Granules, now: float) -> tuple[Region, ...]:
         regions: list[Region] = []

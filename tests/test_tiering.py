@@ -304,3 +304,57 @@ def test_decisions_respect_budget_floor_and_targets(tmp_path_factory, regions, f
         assert a.target_node == (0 if a.rule == RULE_PROMOTE else 2)
         assert all(v.end is not None and v.end > v.start for v in a.vmas)
     assert dataclasses.is_dataclass(hr)
+
+
+# -- wired into the daemon ----------------------------------------------------------------------------
+
+def _daemon(tmp_path, spec, regions, **tiering):
+    from autonumad.config import compile_config
+    from autonumad.daemon import Daemon
+    from autonumad.fakedamon import FakeDamonHost, install_damon
+
+    build_host(tmp_path / "root", spec)
+    install_damon(tmp_path / "root")
+    host = FakeDamonHost(tmp_path / "root", regions)
+    # Balancing off: on its own it would move the whole process to the fast node.
+    cfg = compile_config({"daemon": {"runtime_dir": str(tmp_path / "run"), "interval_s": 1.0},
+                          "balance": {"enabled": False}, "metrics": {"listen": ""}, "tiering": tiering})
+    return host, Daemon(host, cfg, manage_knobs=False)
+
+
+def test_daemon_pass_promotes_through_damon_and_cleans_up_at_exit(tmp_path):
+    regions = {100: [(HOT, HOT + HOT_MIB * MiB, 20, 5), (COLD, COLD + COLD_MIB * MiB, 0, 9000)]}
+    host, d = _daemon(tmp_path, tiered([proc()]), regions)
+    report = d.run_pass()
+    assert d.tiering.tracker_name == "damon"
+    assert [(o.action.rule, o.status, o.moved_from) for o in report.tiering_outcomes] == \
+        [(RULE_PROMOTE, "done", {2: HOT_MIB * MiB // P})]
+    assert report.outcomes == []  # balancing is off
+    assert report.tiering.headroom[0].free_bytes == GiB // 2
+    assert (tmp_path / "run/damon-owned.json").exists()
+    d._shutdown()
+    from autonumad.damon import read_slots
+    assert read_slots(host) == () and not (tmp_path / "run/damon-owned.json").exists()
+
+
+def test_daemon_dry_run_decides_tiering_but_moves_nothing(tmp_path):
+    regions = {100: [(HOT, HOT + HOT_MIB * MiB, 20, 5)]}
+    host, d = _daemon(tmp_path, tiered([proc()]), regions)
+    d.dry_run_override = True
+    before = host.path("/proc/100/numa_maps").read_text()
+    report = d.run_pass()
+    assert [o.status for o in report.tiering_outcomes] == ["dry-run"]
+    assert host.path("/proc/100/numa_maps").read_text() == before
+    d._shutdown()
+
+
+def test_daemon_tiers_by_the_cpuless_fallback_and_no_tracker_when_disabled(tmp_path):
+    host, d = _daemon(tmp_path, tiered([proc()], tiers=False), {})
+    fallback = d.run_pass().tiering
+    # Without memory_tiering sysfs, the CPU-less node 2 is the slow tier (fallback).
+    assert fallback.plan is not None and fallback.plan.slow_nodes == (2,)
+    host2, d2 = _daemon(tmp_path / "off", tiered([proc()]), {}, enabled=False)
+    r = d2.run_pass()
+    assert "disabled" in r.tiering.note and d2.tiering.tracker is None
+    d._shutdown()
+    d2._shutdown()

@@ -1,0 +1,108 @@
+"""The daemon's tiering step: track, sample, decide (tiering.decide_tiering), execute, remember.
+
+Runs once per pass after the balancing decision has been executed, when
+`tiering.enabled` and the host has more than one memory tier. It owns the
+hotness tracker (started on the first pass that needs it, closed at exit or
+when tiering is switched off by a reload) and the TieringHistory.
+
+The tracker follows the largest `MAX_TRACKED` processes the selection rules
+allow (DAMON gives each one a scheme; the soft-dirty fallback reads its
+pagemap every pass). The moves share the executor, and so the token bucket,
+with the balancing loop; the bytes left in this pass's budget after
+balancing are what tiering may move.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Callable
+
+from autonumad.errors import HostError, NotSupported
+from autonumad.policy import BalancePolicyConfig
+from autonumad.snapshot import HostSnapshot
+from autonumad.tiering import TieringDecision, TieringHistory, _selection, decide_tiering, plan_tiers
+from autonumad.tracker import describe, make_tracker, read_vma_ends
+
+log = logging.getLogger("autonumad")
+
+MAX_TRACKED = 64
+
+
+class TieringStep:
+    def __init__(self, host, clock: Callable[[], float] = time.monotonic):
+        self.host = host
+        self.clock = clock
+        self.tracker = None
+        self.tracker_error: str | None = None
+        self.history = TieringHistory()
+        self.last: TieringDecision | None = None
+        self.last_outcomes: list = []
+
+    @property
+    def tracker_name(self) -> str:
+        if self.tracker is not None:
+            return describe(self.tracker)
+        return f"none ({self.tracker_error})" if self.tracker_error else "none"
+
+    @property
+    def tracker_cost_s(self) -> float:
+        return self.tracker.cost_s if self.tracker is not None else 0.0
+
+    def run(self, snap: HostSnapshot, config, executor, deadline_s: float, now_s: float,
+            budget_bytes: int) -> tuple[TieringDecision, list]:
+        t = config.tiering
+        balance = BalancePolicyConfig.from_config(config.balance)
+        if not t.enabled or plan_tiers(snap.topology, t) is None:
+            self.close()
+            self.last = decide_tiering(snap, {}, self.history, t, now_s, balance=balance)
+            self.last_outcomes = []
+            return self.last, []
+        tracker = self._tracker(config)
+        hot = {}
+        if tracker is not None:
+            pids = self._candidates(snap, balance)
+            try:
+                tracker.track(pids)
+                hot = tracker.sample()
+            except (NotSupported, HostError, OSError) as e:
+                log.warning("hotness tracker %s failed: %s", tracker.name, e)
+        ends = read_vma_ends(self.host, hot)
+        d = decide_tiering(snap, hot, self.history, t, now_s, balance=balance, budget_bytes=max(0, budget_bytes),
+                           vma_ends=ends)
+        self.history.record_decision(d)
+        outcomes = executor.run(d.actions, deadline_s) if d.actions else []
+        done = self.clock()
+        for o in outcomes:
+            self.history.record_outcome(o, done, t.promote_cooldown_s)
+        self.last, self.last_outcomes = d, outcomes
+        return d, outcomes
+
+    def _tracker(self, config):
+        if self.tracker is None and self.tracker_error is None:
+            try:
+                self.tracker = make_tracker(self.host, config.tiering, Path(config.daemon.runtime_dir), self.clock)
+                log.info("tiering: hotness tracker %s", describe(self.tracker))
+            except (NotSupported, HostError, OSError) as e:
+                self.tracker_error = str(e)
+                log.warning("tiering: no hotness tracker: %s", e)
+        return self.tracker
+
+    @staticmethod
+    def _candidates(snap: HostSnapshot, balance: BalancePolicyConfig) -> list[int]:
+        ex = tuple(re.compile(x) for x in balance.exclude_comm)
+        inc = tuple(re.compile(x) for x in balance.include_comm)
+        ok = [p for p in snap.processes if _selection(p, balance, ex, inc) is None and p.total_pages]
+        ok.sort(key=lambda p: (-p.total_pages, p.pid))
+        return [p.pid for p in ok[:MAX_TRACKED]]
+
+    def close(self) -> None:
+        if self.tracker is not None:
+            try:
+                self.tracker.close()
+            except (HostError, OSError) as e:
+                log.warning("tiering: closing the hotness tracker: %s", e)
+            self.tracker = None
+        self.tracker_error = None
