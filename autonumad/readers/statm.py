@@ -31,13 +31,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from autonumad.errors import MalformedProcFile, ParseError
 
 # Seven unsigned decimals separated by single spaces, then a space (more
 # fields), the newline or the end. ASCII digits only, no signs, no "_": what
-# %lu prints, where int() alone would accept more.
-_STATM = re.compile(r"(\d+) (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)(?=[ \n]|\Z)", re.ASCII)
+# %lu prints, where int() alone would accept more. At most 20 digits, as
+# many as 2**64 - 1 has (and int() refuses thousands with a ValueError).
+_COUNT = r"(\d{1,20})"
+_STATM = re.compile(" ".join([_COUNT] * 7) + r"(?=[ \n]|\Z)", re.ASCII)
 # The kernel prints these with %lu: anything wider is not from the kernel.
 _MAX_UNSIGNED_LONG = 2**64 - 1
 
@@ -58,16 +61,16 @@ class Statm:
         return self.resident_pages * page_size_bytes
 
 
+# Cached by text: the daemon reads every process's statm in every pass, and
+# an idle process -- most of them, on most hosts -- prints the same line
+# each time. Sized for a host's worth of processes; a line is ~30 bytes and
+# a Statm ~100. Pure, so a hit is the same immutable value a parse gives.
+@lru_cache(maxsize=8192)
 def parse_statm(text: str) -> Statm:
     m = _STATM.match(text)
     if m is None:
         raise ParseError(f"expected seven page counts, got {text[:60]!r}")
-    groups = m.groups()
-    # Length first: int() refuses strings of thousands of digits with a
-    # ValueError of its own, and no unsigned long has more than 20.
-    if any(len(g) > 20 for g in groups):
-        raise ParseError(f"a count is wider than an unsigned long: {text[:60]!r}")
-    values = [int(g) for g in groups]
+    values = list(map(int, m.groups()))
     if max(values) > _MAX_UNSIGNED_LONG:
         raise ParseError(f"a count is wider than an unsigned long: {text[:60]!r}")
     return Statm(*values)
