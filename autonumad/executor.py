@@ -117,7 +117,9 @@ class Executor:
 
     def _affinity(self, a: Action) -> Outcome:
         r = set_process_affinity(self.host, a.pid, a.cpus)
-        status = "done" if r.threads_set else "gone"
+        # No thread set: the process exited, or its cpuset allows none of the
+        # CPUs asked for (counted as EINVAL per thread by set_process_affinity).
+        status = "done" if r.threads_set else "failed" if r.errors else "gone"
         return Outcome(a, status, f"{r.threads_set} thread(s) set", threads_set=r.threads_set)
 
     def _migrate(self, a: Action, deadline_s: float) -> Outcome:
@@ -148,9 +150,12 @@ class Executor:
                         out.status, out.detail = "partial", "stopping"
                         return out
                     granted += self.bucket.take(chunk - granted)
-                span = max(v.page_size_bytes, int(granted) // v.page_size_bytes * v.page_size_bytes)
-                r = self.host.move_pages(a.pid, pos, min(end, pos + span), v.page_size_bytes,
-                                         a.target_node, None)
+                # Ask for the rest of the range with a page cap rather than a
+                # shorter range: a cut inside a transparent huge page would move
+                # the whole THP while counting part of it (syscalls.move_range
+                # ends batches on THP boundaries and caps what it sends).
+                max_pages = max(1, int(granted) // v.page_size_bytes)
+                r = self.host.move_pages(a.pid, pos, end, v.page_size_bytes, a.target_node, max_pages)
                 self._count(out, r)
                 # Tokens and budget pay for bytes actually moved; pages already in
                 # place or absent cost a little kernel time but no copying.
@@ -158,10 +163,15 @@ class Executor:
                 if unused > 0:
                     self.bucket.tokens = min(self.bucket.burst, self.bucket.tokens + unused)
                 budget_left -= r.moved_bytes
-                pos += span
                 if r.gone:
                     out.status, out.detail = "gone", "process exited during the move"
                     return out
+                if r.failed.get("ENOMEM"):
+                    break  # the target node is full: the rest of this range would fail too
+                if r.requested <= 0:
+                    break  # nothing examined: nothing left to move here
+                # The examined pages are a prefix of [pos, end): resume after them.
+                pos += r.requested * v.page_size_bytes
         if out.failures and not out.moved_pages:
             out.status = "failed"
         out.detail = (f"moved {out.moved_bytes / 2**20:.1f} MiB to node {a.target_node}"
