@@ -58,8 +58,8 @@ limited executor spends its budget where it matters most.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from autonumad.history import History, OwnedAffinity, ProcKey
 from autonumad.readers.numa_maps import NumaMaps
