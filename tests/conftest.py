@@ -1,0 +1,12 @@
+"""Shared test settings.
+
+Hypothesis' per-example deadline (200 ms by default) measures wall time, which
+on a 2-core CI machine also running QEMU guests says more about the machine
+than about the parsers: property tests check behaviour, benchmarks under
+scripts/ check speed. The example counts stay hypothesis' defaults.
+"""
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("autonumad", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("autonumad")
