@@ -63,7 +63,7 @@ PREFIX = "autonumad_"
 # kernel defines in these families, whatever else a kernel adds to vmstat.
 NUMA_COUNTER_PREFIXES = ("numa_", "pgpromote_", "pgdemote_", "pgmigrate_")
 
-# A pass reads /proc/<pid>/status of every process and numa_maps of the
+# A pass reads /proc/<pid>/statm of every process and numa_maps of the
 # candidates: a few ms on an idle box, seconds on a big one; the daemon cuts
 # a pass at 80 % of the interval (10 s by default), so the buckets span
 # 5 ms .. 60 s.
