@@ -140,6 +140,10 @@ def plan_tiers(topology: Topology, config) -> TierPlan | None:
 class _ProcTiering:
     promoted: list[tuple[int, int, float]] = field(default_factory=list)  # (start, end, when)
     demoted: list[tuple[int, int, float]] = field(default_factory=list)
+    # Ranges whose move found nothing to move (the numa_maps estimate spreads
+    # a VMA's pages evenly, so an already-moved range can look movable):
+    # not tried again within the cool-down.
+    futile: list[tuple[int, int, float]] = field(default_factory=list)
     pingpongs: int = 0
     backoff_until_s: float = 0.0
 
@@ -191,10 +195,12 @@ class TieringHistory:
             if enomem:
                 self.last_enomem_pages[dst] = self.last_enomem_pages.get(dst, 0) + enomem
                 self.blocked_promotions += 1
-        if not outcome.moved_bytes:
-            return
         h = self.processes.setdefault(a.key, _ProcTiering())
         ranges = [(v.start, v.end or v.start) for v in a.vmas]
+        if not outcome.moved_bytes:
+            if outcome.status in ("done", "failed") and not outcome.failures:
+                h.futile = [x for x in h.futile if now_s - x[2] < cooldown_s] + [(s, e, now_s) for s, e in ranges]
+            return
         if a.rule == RULE_PROMOTE:
             # Promoting what we demoted within the cool-down: ping-pong.
             if any(_overlaps(s, e, ds, de) and now_s - t < cooldown_s
@@ -288,7 +294,10 @@ def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region
         h = history.processes.get((p.pid, p.start_ticks))
         index = _VmaIndex(p, (vma_ends or {}).get(p.pid))
         home = _fast_home(p, topo, plan)
+        futile = [(s, e) for s, e, t in (h.futile if h else ()) if now_s - t < config.promote_cooldown_s]
         for r in regions:
+            if any(_overlaps(r.start, r.end, s, e) for s, e in futile):
+                continue
             by_node = index.bytes_by_node(r)
             if r.accesses_fraction >= config.hot_access_fraction:
                 for n, b in by_node.items():

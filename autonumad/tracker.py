@@ -51,6 +51,9 @@ log = logging.getLogger("autonumad")
 # Soft-dirty granule: 64 pages (256 KiB). Fine enough that a 64 MiB hot
 # set is 256 granules; coarse enough that a 1 GiB process is 4,096 regions.
 GRANULE_PAGES = 64
+# DAMON reports nothing for this many aggregation intervals after a
+# (re)start: 2 s at the default 100 ms.
+WARMUP_AGGREGATIONS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,12 @@ class DamonTracker:
         self.clock = clock
         self.session = DamonSession(host, runtime_dir, attrs, settle_s=settle_s)
         self.cost_s = 0.0
+        # A kdamond's first reports are its initial, coarse regions (a hot
+        # mapping merged with its cold neighbours: seen promoting 40 MiB of
+        # cold memory on the first pass). Its adaptive splitting needs a few
+        # dozen aggregation intervals; nothing is reported before that.
+        self.warmup_s = WARMUP_AGGREGATIONS * attrs.aggr_us / 1e6
+        self.started_s: float | None = None
         cleaned = self.session.recover()
         if cleaned:
             log.warning("stopped DAMON kdamond(s) %s left running by a previous autonumad that did not exit "
@@ -95,16 +104,21 @@ class DamonTracker:
         t0 = self.clock()
         try:
             live = [p for p in pids if self.host.exists(f"/proc/{p}")]
+            before = self.session.pids
             try:
                 self.session.monitor(live)
             except HostError:
                 # A target exited between listing and starting: once more without it.
                 self.session.monitor([p for p in live if self.host.exists(f"/proc/{p}")])
+            if self.session.pids != before:
+                self.started_s = self.clock()
         finally:
             self.cost_s += self.clock() - t0
 
     def sample(self) -> Mapping[int, tuple[Region, ...]]:
         t0 = self.clock()
+        if self.started_s is None or t0 - self.started_s < self.warmup_s:
+            return {}
         try:
             raw = self.session.regions()
         except (OSError, HostError) as e:

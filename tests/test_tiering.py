@@ -325,8 +325,10 @@ def _daemon(tmp_path, spec, regions, **tiering):
 def test_daemon_pass_promotes_through_damon_and_cleans_up_at_exit(tmp_path):
     regions = {100: [(HOT, HOT + HOT_MIB * MiB, 20, 5), (COLD, COLD + COLD_MIB * MiB, 0, 9000)]}
     host, d = _daemon(tmp_path, tiered([proc()]), regions)
+    first = d.run_pass()
+    assert first.tiering_outcomes == [] and d.tiering.tracker_name == "damon"  # DAMON warming up
+    d.tiering.tracker.active.started_s -= 10  # as if 10 s had passed
     report = d.run_pass()
-    assert d.tiering.tracker_name == "damon"
     assert [(o.action.rule, o.status, o.moved_from) for o in report.tiering_outcomes] == \
         [(RULE_PROMOTE, "done", {2: HOT_MIB * MiB // P})]
     assert report.outcomes == []  # balancing is off
@@ -342,6 +344,8 @@ def test_daemon_dry_run_decides_tiering_but_moves_nothing(tmp_path):
     host, d = _daemon(tmp_path, tiered([proc()]), regions)
     d.dry_run_override = True
     before = host.path("/proc/100/numa_maps").read_text()
+    d.run_pass()
+    d.tiering.tracker.active.started_s -= 10
     report = d.run_pass()
     assert [o.status for o in report.tiering_outcomes] == ["dry-run"]
     assert host.path("/proc/100/numa_maps").read_text() == before
@@ -358,3 +362,14 @@ def test_daemon_tiers_by_the_cpuless_fallback_and_no_tracker_when_disabled(tmp_p
     assert "disabled" in r.tiering.note and d2.tiering.tracker is None
     d._shutdown()
     d2._shutdown()
+
+
+def test_a_range_that_moved_nothing_is_not_tried_again_within_the_cooldown(tmp_path):
+    from autonumad.executor import Outcome
+    host, d = decide(tmp_path, tiered([proc()]))
+    (a,) = d.actions
+    h = TieringHistory()
+    h.record_outcome(Outcome(a, "done"), 1000.0, 60.0)  # every page was already there
+    snap = take_snapshot(host)
+    assert decide_tiering(snap, hotness(), h, TieringConfig(promote_cooldown_s=60), 1010.0).actions == ()
+    assert len(decide_tiering(snap, hotness(), h, TieringConfig(promote_cooldown_s=60), 1100.0).actions) == 1

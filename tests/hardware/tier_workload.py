@@ -2,9 +2,9 @@
 
     python tests/hardware/tier_workload.py --hot-mib 64 --cold-mib 192 --node 2 --cpunode 0
 
-Maps two anonymous buffers (hot with MAP_NORESERVE and cold without, so
-that the kernel keeps them as two VMAs: adjacent anonymous mappings with
-equal flags merge), first-touches both under MPOL_BIND to `--node`, drops
+Maps two anonymous buffers with VMA flags of their own (hot: MAP_NORESERVE
+and MADV_DONTDUMP, cold: MADV_DONTFORK), so that the kernel keeps each one
+VMA: adjacent anonymous mappings with equal flags merge. First-touches both under MPOL_BIND to `--node`, drops
 the policy back to MPOL_DEFAULT (the pages *landed* there; nobody placed
 them), pins itself to `--cpunode`'s CPUs, prints one JSON line
 
@@ -46,7 +46,7 @@ MIB = 1 << 20
 PAGE = 4096
 PROT_READ, PROT_WRITE = 1, 2
 MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE = 0x02, 0x20, 0x4000
-MADV_NOHUGEPAGE = 15
+MADV_DONTFORK, MADV_NOHUGEPAGE, MADV_DONTDUMP = 10, 15, 16
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -55,14 +55,17 @@ _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
-def _map(size: int, extra_flags: int) -> int:
+def _map(size: int, extra_flags: int, no_thp: bool = True, advice: int | None = None) -> int:
     addr = _libc.mmap(None, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | extra_flags, -1, 0)
     if addr in (None, ctypes.c_void_p(-1).value):
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
     # Base pages: a THP would be promoted or demoted 2 MiB at a time, and the
     # tests count pages per VMA.
-    _libc.madvise(addr, size, MADV_NOHUGEPAGE)
+    if no_thp:
+        _libc.madvise(addr, size, MADV_NOHUGEPAGE)
+    if advice is not None:
+        _libc.madvise(addr, size, advice)
     return addr
 
 
@@ -88,8 +91,10 @@ def main() -> int:
     cpus = parse_list(Path(f"/sys/devices/system/node/node{a.cpunode}/cpulist").read_text())
     os.sched_setaffinity(0, cpus)
     hot_size, cold_size = a.hot_mib * MIB, a.cold_mib * MIB
-    hot = _map(hot_size, MAP_NORESERVE)
-    cold = _map(cold_size, 0)
+    # A VMA flag of its own on each (VM_DONTDUMP, VM_DONTCOPY): thread stacks
+    # are NOHUGEPAGE too (MAP_STACK, 6.7+) and would merge with a neighbour.
+    hot = _map(hot_size, MAP_NORESERVE, advice=MADV_DONTDUMP)
+    cold = _map(cold_size, 0, advice=MADV_DONTFORK)
     hot_view, cold_view = _view(hot, hot_size), _view(cold, cold_size)
     set_mempolicy(MPOL_BIND, [a.node])
     _touch(hot_view, 1)
@@ -98,7 +103,8 @@ def main() -> int:
 
     if a.flush_tlb_ms > 0:
         scratch_size = MIB
-        scratch = _map(scratch_size, 0)
+        # Without MADV_NOHUGEPAGE, so that it never merges with the cold mapping.
+        scratch = _map(scratch_size, 0, no_thp=False)
         _touch(_view(scratch, scratch_size), 1)
 
         def flusher() -> None:

@@ -1,0 +1,167 @@
+"""Tiering on the real kernel (tiered guest: nodes 0,1 fast with a CPU each, node 2 CPU-less and slower).
+
+The daemon's tiering step (autonumad.tiering_step.TieringStep: DAMON
+tracker, decide_tiering, the executor's move_pages) runs pass after pass
+on LinuxHost, with kernel NUMA balancing off so that only it moves pages.
+Workloads are tests/hardware/tier_workload.py: one process with a hot and
+a cold mapping. Checked from numa_maps, per mapping:
+
+- promotion moves the hot mapping to the node its task runs on and leaves
+  the cold one on the slow node, with DAMON and with the soft-dirty
+  fallback tracker;
+- with node 0 nearly full of another process's cold memory, demotion frees
+  the headroom target on node 0 and holds it, moving that cold memory (not
+  the other process's hot memory) to node 2.
+
+Run with -s to see each pass's numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from autonumad.config import compile_config
+from autonumad.damon import damon_available, read_slots
+from autonumad.executor import Executor, TokenBucket
+from autonumad.host import LinuxHost
+from autonumad.readers.numa_maps import read_numa_maps
+from autonumad.snapshot import ScanLimits, take_snapshot
+from autonumad.tiering import RULE_DEMOTE, RULE_PROMOTE
+from autonumad.tiering_step import TieringStep
+from hardware.workload import numa_balancing
+
+pytestmark = [pytest.mark.hardware, pytest.mark.topology("tiered")]
+
+MIB = 1 << 20
+ROOT = Path(__file__).resolve().parents[2]
+RATE_MIB_S = 256
+
+
+class TierWorkload:
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests/hardware/tier_workload.py"), *args],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.info = json.loads(self.proc.stdout.readline())
+        self.pid = self.info["pid"]
+        self.hot, self.cold = self.info["hot"][0], self.info["cold"][0]
+
+    def nodes(self, start: int) -> dict[int, int]:
+        """Pages per node of the mapping at `start` (numa_maps); it must be a VMA of its own."""
+        vmas = read_numa_maps(LinuxHost(), self.pid).vmas
+        for v in vmas:
+            if v.start == start:
+                return dict(v.pages_by_node)
+        raise AssertionError(f"no VMA starts at {start:#x} in pid {self.pid} (merged with a neighbour?): "
+                             + " ".join(f"{v.start:#x}" for v in vmas))
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+
+
+@pytest.fixture
+def host():
+    h = LinuxHost()
+    if not damon_available(h):
+        pytest.skip("this kernel has no DAMON sysfs")
+    with numa_balancing(0):
+        yield h
+    assert read_slots(h) == (), "the tiering step left a kdamond behind"
+
+
+@pytest.fixture
+def workloads():
+    started = []
+
+    def start(*args):
+        w = TierWorkload(*args)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+def _run(host, tmp_path, tiering: dict, until, timeout_s: float, pids):
+    """Passes every second until `until(decision)` holds or the time is up; returns the last decision."""
+    cfg = compile_config({"daemon": {"runtime_dir": str(tmp_path / "run")}, "balance": {"enabled": False},
+                          "tiering": tiering})
+    step = TieringStep(host)
+    ex = Executor(host, TokenBucket(RATE_MIB_S * MIB), threading.Event())
+    t0 = time.monotonic()
+    try:
+        while True:
+            now = time.monotonic()
+            snap = take_snapshot(host, ScanLimits(only_pids=frozenset(pids)))
+            d, outcomes = step.run(snap, cfg, ex, now + 0.8, now, RATE_MIB_S * MIB)
+            moved: dict = {}
+            for o in outcomes:
+                k = (o.action.rule, o.action.pid)
+                moved[k] = moved.get(k, 0) + o.moved_bytes // MIB
+            hr = d.headroom.get(0)
+            print(f"{now - t0:5.1f} s tracker {step.tracker_name} (cost {step.tracker_cost_s:.2f} s): moved MiB {moved}; node 0 free "
+                  f"{hr.free_bytes // MIB} MiB, target {hr.target_bytes // MIB} MiB ({hr.change})")
+            if until(d) or now - t0 > timeout_s:
+                return d, step
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - now)))
+    finally:
+        step.close()
+
+
+@pytest.mark.parametrize("tracker", ["damon", "softdirty"])
+def test_promotion_moves_the_hot_mapping_and_leaves_the_cold_one(host, tmp_path, workloads, tracker):
+    # softdirty: the fallback for kernels without DAMON, on the same kernel.
+    w = workloads("--hot-mib", "64", "--cold-mib", "192", "--node", "2", "--cpunode", "0",
+                  *(["--flush-tlb-ms", "0"] if tracker == "softdirty" else []))
+    hot_pages, cold_pages = 64 * MIB // 4096, 192 * MIB // 4096
+    assert w.nodes(w.hot).get(2, 0) == hot_pages and w.nodes(w.cold).get(2, 0) == cold_pages
+
+    def hot_on_fast(_d) -> bool:
+        return w.nodes(w.hot).get(0, 0) >= 0.99 * hot_pages
+
+    _, step = _run(host, tmp_path, {"tracker": tracker}, hot_on_fast, 90, [w.pid])
+    assert step.history.moved_bytes.get((RULE_PROMOTE, 2, 0), 0) >= 0.99 * 64 * MIB
+    hot, cold = w.nodes(w.hot), w.nodes(w.cold)
+    print(f"hot mapping pages by node {hot}; cold mapping {cold}")
+    assert hot.get(0, 0) >= 0.99 * hot_pages
+    assert cold.get(0, 0) + cold.get(1, 0) < 0.05 * cold_pages
+
+
+def test_demotion_frees_and_holds_the_headroom(host, tmp_path, workloads):
+    free0 = take_snapshot(host, ScanLimits(only_pids=frozenset())).topology.node(0).memory_free_bytes
+    headroom = 96 * MIB
+    # Fill node 0 to 32 MiB free with another process's cold memory (a small hot part stays in use).
+    filler_mib = max(64, (free0 - 32 * MIB) // MIB - 8)
+    f = workloads("--hot-mib", "8", "--cold-mib", str(filler_mib), "--node", "0", "--cpunode", "0")
+    cold_pages = filler_mib * MIB // 4096
+    start_free = take_snapshot(host, ScanLimits(only_pids=frozenset())).topology.node(0).memory_free_bytes
+    print(f"node 0 free {free0 // MIB} MiB before, {start_free // MIB} MiB with the filler")
+    assert start_free < headroom
+
+    held = []
+
+    def headroom_held(d) -> bool:
+        hr = d.headroom[0]
+        held.append(hr.free_bytes >= 0.9 * headroom)
+        return len(held) >= 3 and all(held[-3:])
+
+    tiering = {"headroom": "96MiB", "adaptive_headroom": False, "cold_age_s": 5}
+    d, step = _run(host, tmp_path, tiering, headroom_held, 120, [f.pid])
+    assert all(held[-3:]), "node 0's free memory did not reach and stay at the headroom target"
+    assert step.history.moved_bytes.get((RULE_DEMOTE, 0, 2), 0) >= (headroom - start_free) * 0.9
+    assert not any(k[0] == RULE_PROMOTE for k in step.history.moved_bytes)
+    hot, cold = f.nodes(f.hot), f.nodes(f.cold)
+    print(f"filler hot mapping by node {hot}; cold mapping {cold}")
+    assert hot.get(2, 0) == 0, "hot memory was demoted"
+    assert cold.get(2, 0) >= (headroom - start_free) // 4096 * 0.9
+    assert cold.get(2, 0) < cold_pages  # demotion stopped at the target, not at everything cold
