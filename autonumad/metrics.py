@@ -161,6 +161,7 @@ class PassCollector:
         yield from self._nodes(snap)
         yield from self._kernel(snap)
         yield from self._processes(report)
+        yield from self._tiering(getattr(report, "tiering", None))
 
     def _nodes(self, snap: HostSnapshot) -> Iterator[Metric]:
         topo = snap.topology
@@ -262,6 +263,50 @@ class PassCollector:
                 remote.add_metric(labels, (p.total_pages - local_pages(p)) * BASE_PAGE_BYTES)
                 local_fraction.add_metric(labels, p.local_fraction())
             yield from (remote, local_fraction)
+
+
+    @staticmethod
+    def _tiering(t) -> Iterator[Metric]:
+        """Tiering (issue 6): headroom per fast node, moves by node pair, blocked promotions, tracker cost."""
+        if t is None or t.decision.plan is None:
+            return
+        target = GaugeMetricFamily(f"{PREFIX}tiering_headroom_target_bytes",
+                                   "Free memory tiering keeps on each fast node (the adaptive headroom)." + _AS_OF,
+                                   labels=["node"])
+        free = GaugeMetricFamily(f"{PREFIX}tiering_headroom_free_bytes",
+                                 "Free memory on each fast node when tiering decided." + _AS_OF, labels=["node"])
+        hot = GaugeMetricFamily(f"{PREFIX}tiering_hot_bytes",
+                                "Resident bytes the hotness tracker saw hot, by node (estimated)." + _AS_OF,
+                                labels=["node"])
+        cold = GaugeMetricFamily(f"{PREFIX}tiering_cold_bytes",
+                                 "Resident bytes unused for tiering.cold_age_s, by node (estimated)." + _AS_OF,
+                                 labels=["node"])
+        for n, h in sorted(t.headroom.items()):
+            target.add_metric([str(n)], h.target_bytes)
+            free.add_metric([str(n)], h.free_bytes)
+        seen = {}
+        for h in t.headroom.values():
+            seen[h.node] = (h.hot_bytes, h.cold_bytes)
+        for n, (hb, cb) in sorted(seen.items()):
+            hot.add_metric([str(n)], hb)
+            cold.add_metric([str(n)], cb)
+        pages = CounterMetricFamily(f"{PREFIX}tiering_moved_pages",
+                                    "Base pages promoted (rule promote-hot) or demoted (demote-cold), by node pair."
+                                    + _AS_OF, labels=["rule", "from_node", "to_node"])
+        nbytes = CounterMetricFamily(f"{PREFIX}tiering_moved_bytes",
+                                     "Bytes promoted or demoted, by node pair." + _AS_OF,
+                                     labels=["rule", "from_node", "to_node"])
+        for (rule, src, dst), n in sorted(t.moved_pages.items()):
+            pages.add_metric([rule, str(src), str(dst)], n)
+            nbytes.add_metric([rule, str(src), str(dst)], t.moved_bytes.get((rule, src, dst), 0))
+        blocked = CounterMetricFamily(f"{PREFIX}tiering_blocked_promotions",
+                                      "Promotion moves that failed for lack of room (ENOMEM)." + _AS_OF)
+        blocked.add_metric([], t.blocked_promotions)
+        cost = CounterMetricFamily(f"{PREFIX}tiering_tracker_seconds",
+                                   "Wall time the hotness tracker spent starting, re-targeting and sampling."
+                                   + _AS_OF)
+        cost.add_metric([], t.tracker_cost_s)
+        yield from (target, free, hot, cold, pages, nbytes, blocked, cost)
 
 
 class _OnlyOurs:

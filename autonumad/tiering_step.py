@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from autonumad.errors import HostError, NotSupported
 from autonumad.policy import BalancePolicyConfig
@@ -31,6 +32,27 @@ log = logging.getLogger("autonumad")
 MAX_TRACKED = 64
 
 
+@dataclass(frozen=True, slots=True)
+class TieringReport:
+    """One pass of tiering, for PassReport, metrics and views: the decision and the totals so far."""
+
+    decision: TieringDecision
+    tracker: str  # "damon", "softdirty (DAMON unavailable: ...)", "none (...)"
+    tracker_cost_s: float  # cumulative wall time in track() and sample()
+    moved_pages: Mapping[tuple[str, int, int], int]  # (rule, from node, to node) -> base pages, cumulative
+    moved_bytes: Mapping[tuple[str, int, int], int]
+    blocked_promotions: int  # promotion moves that met ENOMEM, cumulative
+    pingpongs: int
+
+    @property
+    def headroom(self):
+        return self.decision.headroom
+
+    @property
+    def note(self) -> str:
+        return self.decision.note
+
+
 class TieringStep:
     def __init__(self, host, clock: Callable[[], float] = time.monotonic):
         self.host = host
@@ -38,7 +60,7 @@ class TieringStep:
         self.tracker = None
         self.tracker_error: str | None = None
         self.history = TieringHistory()
-        self.last: TieringDecision | None = None
+        self.last: TieringReport | None = None
         self.last_outcomes: list = []
 
     @property
@@ -52,14 +74,13 @@ class TieringStep:
         return self.tracker.cost_s if self.tracker is not None else 0.0
 
     def run(self, snap: HostSnapshot, config, executor, deadline_s: float, now_s: float,
-            budget_bytes: int) -> tuple[TieringDecision, list]:
+            budget_bytes: int) -> tuple[TieringReport, list]:
         t = config.tiering
         balance = BalancePolicyConfig.from_config(config.balance)
         if not t.enabled or plan_tiers(snap.topology, t) is None:
             self.close()
-            self.last = decide_tiering(snap, {}, self.history, t, now_s, balance=balance)
             self.last_outcomes = []
-            return self.last, []
+            return self._report(decide_tiering(snap, {}, self.history, t, now_s, balance=balance)), []
         tracker = self._tracker(config)
         hot = {}
         if tracker is not None:
@@ -77,8 +98,14 @@ class TieringStep:
         done = self.clock()
         for o in outcomes:
             self.history.record_outcome(o, done, t.promote_cooldown_s)
-        self.last, self.last_outcomes = d, outcomes
-        return d, outcomes
+        self.last_outcomes = outcomes
+        return self._report(d), outcomes
+
+    def _report(self, d: TieringDecision) -> TieringReport:
+        h = self.history
+        self.last = TieringReport(d, self.tracker_name, self.tracker_cost_s, dict(h.moved_pages),
+                                  dict(h.moved_bytes), h.blocked_promotions, h.pingpongs_total)
+        return self.last
 
     def _tracker(self, config):
         if self.tracker is None and self.tracker_error is None:

@@ -333,6 +333,7 @@ def test_daemon_pass_promotes_through_damon_and_cleans_up_at_exit(tmp_path):
         [(RULE_PROMOTE, "done", {2: HOT_MIB * MiB // P})]
     assert report.outcomes == []  # balancing is off
     assert report.tiering.headroom[0].free_bytes == GiB // 2
+    assert report.tiering.moved_bytes == {(RULE_PROMOTE, 2, 0): HOT_MIB * MiB}
     assert (tmp_path / "run/damon-owned.json").exists()
     d._shutdown()
     from autonumad.damon import read_slots
@@ -356,7 +357,7 @@ def test_daemon_tiers_by_the_cpuless_fallback_and_no_tracker_when_disabled(tmp_p
     host, d = _daemon(tmp_path, tiered([proc()], tiers=False), {})
     fallback = d.run_pass().tiering
     # Without memory_tiering sysfs, the CPU-less node 2 is the slow tier (fallback).
-    assert fallback.plan is not None and fallback.plan.slow_nodes == (2,)
+    assert fallback.decision.plan is not None and fallback.decision.plan.slow_nodes == (2,)
     host2, d2 = _daemon(tmp_path / "off", tiered([proc()]), {}, enabled=False)
     r = d2.run_pass()
     assert "disabled" in r.tiering.note and d2.tiering.tracker is None
@@ -373,3 +374,25 @@ def test_a_range_that_moved_nothing_is_not_tried_again_within_the_cooldown(tmp_p
     snap = take_snapshot(host)
     assert decide_tiering(snap, hotness(), h, TieringConfig(promote_cooldown_s=60), 1010.0).actions == ()
     assert len(decide_tiering(snap, hotness(), h, TieringConfig(promote_cooldown_s=60), 1100.0).actions) == 1
+
+
+def test_metrics_show_headroom_and_moves_by_node_pair(tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from autonumad.metrics import DaemonMetrics
+
+    regions = {100: [(HOT, HOT + HOT_MIB * MiB, 20, 5)]}
+    host, d = _daemon(tmp_path, tiered([proc()]), regions)
+    d.metrics = DaemonMetrics()
+    d.run_pass()
+    d.tiering.tracker.active.started_s -= 10
+    d.run_pass()
+    d._shutdown()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(d.metrics.exposition().decode()) for s in f.samples}
+    pair = (("from_node", "2"), ("rule", RULE_PROMOTE), ("to_node", "0"))
+    assert samples[("autonumad_tiering_moved_bytes_total", pair)] == HOT_MIB * MiB
+    assert samples[("autonumad_tiering_moved_pages_total", pair)] == HOT_MIB * MiB // P
+    assert samples[("autonumad_tiering_headroom_free_bytes", (("node", "0"),))] == GiB // 2
+    assert samples[("autonumad_tiering_headroom_target_bytes", (("node", "0"),))] > 0
+    assert ("autonumad_tiering_blocked_promotions_total", ()) in samples

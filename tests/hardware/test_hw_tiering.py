@@ -112,7 +112,7 @@ def _run(host, tmp_path, tiering: dict, until, timeout_s: float, pids):
             print(f"{now - t0:5.1f} s tracker {step.tracker_name} (cost {step.tracker_cost_s:.2f} s): moved MiB {moved}; node 0 free "
                   f"{hr.free_bytes // MIB} MiB, target {hr.target_bytes // MIB} MiB ({hr.change})")
             if until(d) or now - t0 > timeout_s:
-                return d, step
+                return d.decision, step
             time.sleep(max(0.0, 1.0 - (time.monotonic() - now)))
     finally:
         step.close()
