@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only look at processes with at least this resident memory (e.g. 64MiB)")
     p.add_argument("--sample-s", type=float, default=0.2, metavar="SECONDS",
                    help="CPU use is measured over this long (default 0.2)")
+    p.add_argument("--config", metavar="PATH", default=None,
+                   help="config whose [tiering] and daemon.runtime_dir to show (default: the installed one)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("run", help="run the balancing daemon",
@@ -204,11 +206,38 @@ def cmd_status(args: argparse.Namespace) -> int:
     for s in snap.skipped:
         log.warning("left out %s", s.message)
     doc = status_doc(snap, prev, limit=args.limit or None)
+    doc["tiering"] = _tiering_status(args, host, snap)
     if args.json:
         _print_json(doc)
     else:
         render_status(doc, _console())
+        from autonumad.views import render_tiering
+
+        render_tiering(doc["tiering"], _console())
     return 0
+
+
+def _daemon_state(config) -> dict | None:
+    """The running daemon's state.json, if there is one."""
+    from pathlib import Path
+
+    try:
+        return json.loads((Path(config.daemon.runtime_dir) / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _tiering_status(args: argparse.Namespace, host, snap):
+    """Tiers, tracker and headroom for `status` (issue 6)."""
+    from autonumad.damon import damon_available
+    from autonumad.views import tiering_status_doc
+
+    config, _ = _load_config(getattr(args, "config", None))
+    t = config.tiering
+    expected = t.tracker if t.tracker != "auto" else ("damon" if damon_available(host) else "softdirty")
+    # A fake host's daemon is found only through an explicit --config.
+    state = _daemon_state(config) if not host.is_fake or getattr(args, "config", None) else None
+    return tiering_status_doc(snap, t, (state or {}).get("tiering"), expected)
 
 
 def _load_config(path: str | None, *, fake_root: bool = False):
@@ -276,7 +305,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     doc = {"schema_version": 1, "process": process_doc(p), "rule": rule, "reason": reason,
            "actions": [{"kind": a.kind, "rule": a.rule, "reason": a.reason, "target_node": a.target_node,
                         "cpus": list(a.cpus), "bytes": a.bytes} for a in actions],
-           "kernel_numa_balancing": snap.knobs.as_json().get("numa_balancing")}
+           "kernel_numa_balancing": snap.knobs.as_json().get("numa_balancing"),
+           "tiering": _tiering_explain(args, config, host, snap, p.pid)}
     if args.json:
         _print_json(doc)
     else:
@@ -292,7 +322,29 @@ def cmd_explain(args: argparse.Namespace) -> int:
             c.print(f"would: {a['kind']} -> node {a['target_node']}: {a['reason']}")
         if not doc["actions"]:
             c.print("would: nothing")
+        tv = doc["tiering"]
+        if tv is not None:
+            c.print(f"tiering (tracker {tv['tracker']}): [bold]{tv['rule']}[/bold]: {tv['reason']}")
     return 0
+
+
+def _tiering_explain(args: argparse.Namespace, config, host, snap, pid: int) -> dict | None:
+    """The running daemon's last tiering verdict for `pid`: tiering needs the tracker's samples."""
+    from autonumad.tiering import plan_tiers
+
+    if plan_tiers(snap.topology, config.tiering) is None:
+        return None
+    status = _tiering_status(args, host, snap)
+    state = _daemon_state(config) if not host.is_fake or getattr(args, "config", None) else None
+    t = (state or {}).get("tiering")
+    if t is None:
+        return {"tracker": status["tracker"] if status else "-", "rule": "no-daemon-state",
+                "reason": "tiering decides from the hotness tracker's samples, which only the running daemon "
+                          "has; no state.json from a daemon pass was found"}
+    v = t.get("verdicts", {}).get(str(pid))
+    if v is None:
+        v = {"rule": "in-place", "reason": "the daemon's last pass had nothing to promote or demote for it"}
+    return {"tracker": t["tracker"], **v}
 
 
 def cmd_advise(args: argparse.Namespace) -> int:

@@ -37,7 +37,7 @@ from autonumad.host import Host
 from autonumad.policy import BalancePolicyConfig, Decision, decide, owned_from_action
 from autonumad.readers.proc_status import read_status
 from autonumad.snapshot import HostSnapshot, ScanLimits, SnapshotCache, take_snapshot
-from autonumad.tiering_step import TieringStep
+from autonumad.tiering_step import TieringStep, tiering_doc
 
 log = logging.getLogger("autonumad")
 
@@ -350,6 +350,7 @@ class Daemon:
                              "detail": o.detail} for o in report.outcomes],
             },
             "dry_run": self.dry_run,
+            "tiering": tiering_doc(report.tiering),
             "updated_at": time.time(),
         }
         try:

@@ -284,12 +284,10 @@ class PassCollector:
         for n, h in sorted(t.headroom.items()):
             target.add_metric([str(n)], h.target_bytes)
             free.add_metric([str(n)], h.free_bytes)
-        seen = {}
-        for h in t.headroom.values():
-            seen[h.node] = (h.hot_bytes, h.cold_bytes)
-        for n, (hb, cb) in sorted(seen.items()):
-            hot.add_metric([str(n)], hb)
-            cold.add_metric([str(n)], cb)
+        for n, b in sorted(t.decision.hot_bytes_by_node.items()):
+            hot.add_metric([str(n)], b)
+        for n, b in sorted(t.decision.cold_bytes_by_node.items()):
+            cold.add_metric([str(n)], b)
         pages = CounterMetricFamily(f"{PREFIX}tiering_moved_pages",
                                     "Base pages promoted (rule promote-hot) or demoted (demote-cold), by node pair."
                                     + _AS_OF, labels=["rule", "from_node", "to_node"])

@@ -244,6 +244,10 @@ class TieringDecision:
     headroom: Mapping[int, NodeHeadroom]
     note: str  # one line: why tiering is idle, or what it runs with
     processes_seen: tuple[ProcessView, ...] = ()
+    # Estimated resident bytes the tracker saw hot / cold (unused for
+    # cold_age_s), by node, every memory node.
+    hot_bytes_by_node: Mapping[int, int] = field(default_factory=dict)
+    cold_bytes_by_node: Mapping[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -423,7 +427,8 @@ def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region
     actions.sort(key=lambda a: a.rule != RULE_DEMOTE)
     note = (f"fast {_nodes(plan.fast_nodes)}, slow {_nodes(plan.slow_nodes)} ({plan.source})"
             + ("; kernel promotes (numa_balancing tiering mode)" if kernel_promotes else ""))
-    return TieringDecision(plan, tuple(actions), verdicts, headroom, note, snapshot.processes)
+    return TieringDecision(plan, tuple(actions), verdicts, headroom, note, snapshot.processes,
+                           hot_bytes, cold_bytes)
 
 
 def _selection(p: ProcessView, cfg: BalancePolicyConfig, comm_exclude, comm_include) -> tuple[str, str] | None:

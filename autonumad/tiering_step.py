@@ -133,3 +133,31 @@ class TieringStep:
                 log.warning("tiering: closing the hotness tracker: %s", e)
             self.tracker = None
         self.tracker_error = None
+
+
+def tiering_doc(report: TieringReport | None, max_verdicts: int = 200) -> dict | None:
+    """The JSON form of a tiering pass, for state.json (read back by `status` and `explain`)."""
+    if report is None:
+        return None
+    d = report.decision
+    plan = d.plan
+    interesting = [v for v in d.verdicts.values() if v.actions or v.rule not in ("in-place", "not-tracked")]
+    return {
+        "note": d.note,
+        "tracker": report.tracker,
+        "tracker_seconds": round(report.tracker_cost_s, 3),
+        "fast_nodes": list(plan.fast_nodes) if plan else [],
+        "slow_nodes": list(plan.slow_nodes) if plan else [],
+        "demotion_targets": {str(k): v for k, v in plan.demotion_targets.items()} if plan else {},
+        "headroom": [{"node": h.node, "target_bytes": h.target_bytes, "free_bytes": h.free_bytes,
+                      "floor_bytes": h.floor_bytes, "hot_bytes": h.hot_bytes, "cold_bytes": h.cold_bytes,
+                      "candidate_bytes": h.candidate_bytes, "change": h.change}
+                     for h in sorted(d.headroom.values(), key=lambda h: h.node)],
+        "hot_bytes_by_node": {str(n): b for n, b in sorted(d.hot_bytes_by_node.items())},
+        "cold_bytes_by_node": {str(n): b for n, b in sorted(d.cold_bytes_by_node.items())},
+        "moved_bytes": [{"rule": r, "from_node": s, "to_node": t, "bytes": b}
+                        for (r, s, t), b in sorted(report.moved_bytes.items())],
+        "blocked_promotions": report.blocked_promotions,
+        "pingpongs": report.pingpongs,
+        "verdicts": {str(v.pid): {"rule": v.rule, "reason": v.reason} for v in interesting[:max_verdicts]},
+    }

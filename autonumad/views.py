@@ -148,3 +148,69 @@ def render_status(doc: Mapping[str, Any], console: Console) -> None:
                   format_list(proc["running_nodes"]) or "-", f"[{style}]{lf:.0%}[/{style}]",
                   *(_mib(proc["pages_by_node"].get(str(i), 0) * 4096) for i in node_ids), proc["policy"])
     console.print(p)
+
+
+def tiering_status_doc(snap: HostSnapshot, tiering_config, daemon_tiering: Mapping[str, Any] | None,
+                       expected_tracker: str) -> dict[str, Any] | None:
+    """Tiers, the tracker, and per fast node the headroom target against the free room.
+
+    `daemon_tiering` is the running daemon's last pass (state.json "tiering"):
+    it has the adaptive headroom, the tracker really in use and the hot and
+    cold bytes. Without it, the configured headroom and the tracker the
+    config would choose on this kernel are shown.
+    """
+    from autonumad.tiering import plan_tiers
+
+    plan = plan_tiers(snap.topology, tiering_config)
+    if plan is None:
+        return None
+    live = {h["node"]: h for h in (daemon_tiering or {}).get("headroom", [])}
+    nodes = []
+    for n in plan.fast_nodes:
+        node = snap.topology.node(n)
+        h = live.get(n)
+        nodes.append({
+            "node": n,
+            "demotion_target": plan.demotion_targets[n],
+            "headroom_target_bytes": h["target_bytes"] if h else tiering_config.headroom.resolve_bytes(
+                node.memory_total_bytes),
+            "free_bytes": node.memory_free_bytes,
+            "hot_bytes": h["hot_bytes"] if h else None,
+            "cold_bytes": h["cold_bytes"] if h else None,
+        })
+    return {
+        "enabled": tiering_config.enabled,
+        "fast_nodes": list(plan.fast_nodes),
+        "slow_nodes": list(plan.slow_nodes),
+        "source": plan.source,
+        "tracker": daemon_tiering["tracker"] if daemon_tiering else expected_tracker,
+        "from_daemon": daemon_tiering is not None,
+        "nodes": nodes,
+        # Every memory node, slow ones included (from the daemon only).
+        "hot_bytes_by_node": dict((daemon_tiering or {}).get("hot_bytes_by_node", {})),
+        "cold_bytes_by_node": dict((daemon_tiering or {}).get("cold_bytes_by_node", {})),
+    }
+
+
+def render_tiering(doc: Mapping[str, Any] | None, console: Console) -> None:
+    if doc is None:
+        return
+    how = "the running daemon's last pass" if doc["from_daemon"] else "the config (no daemon state found)"
+    t = Table(title=f"Tiering ({'on' if doc['enabled'] else 'off'}): fast {format_list(doc['fast_nodes'])}, "
+                    f"slow {format_list(doc['slow_nodes'])} ({doc['source']}); tracker {doc['tracker']}; "
+                    f"from {how}", title_justify="left")
+    for col in ("fast node", "demotes to", "headroom target", "free", "hot", "cold"):
+        t.add_column(col, justify="right")
+    for n in doc["nodes"]:
+        short = n["free_bytes"] < n["headroom_target_bytes"]
+        free = _mib(n["free_bytes"])
+        t.add_row(str(n["node"]), str(n["demotion_target"]), _mib(n["headroom_target_bytes"]),
+                  f"[yellow]{free}[/yellow]" if short else free,
+                  "-" if n["hot_bytes"] is None else _mib(n["hot_bytes"]),
+                  "-" if n["cold_bytes"] is None else _mib(n["cold_bytes"]))
+    console.print(t)
+    if doc["hot_bytes_by_node"] or doc["cold_bytes_by_node"]:
+        nodes = sorted(set(doc["hot_bytes_by_node"]) | set(doc["cold_bytes_by_node"]), key=int)
+        console.print("hot/cold by node: " + ", ".join(
+            f"N{n} {_mib(doc['hot_bytes_by_node'].get(n, 0))}/{_mib(doc['cold_bytes_by_node'].get(n, 0))}"
+            for n in nodes))

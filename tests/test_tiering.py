@@ -396,3 +396,42 @@ def test_metrics_show_headroom_and_moves_by_node_pair(tmp_path):
     assert samples[("autonumad_tiering_headroom_free_bytes", (("node", "0"),))] == GiB // 2
     assert samples[("autonumad_tiering_headroom_target_bytes", (("node", "0"),))] > 0
     assert ("autonumad_tiering_blocked_promotions_total", ()) in samples
+
+
+# -- status and explain -------------------------------------------------------------------------------
+
+def _cli_json(capsys, *argv):
+    import json
+
+    from autonumad.cli import main
+
+    assert main(list(argv)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_status_and_explain_show_tracker_headroom_and_the_daemons_verdict(tmp_path, capsys):
+    import os
+
+    regions = {100: [(HOT, HOT + HOT_MIB * MiB, 20, 5), (COLD, COLD + COLD_MIB * MiB, 0, 9000)]}
+    host, d = _daemon(tmp_path, tiered([proc()]), regions)
+    d.run_pass()
+    d.tiering.tracker.active.started_s -= 10
+    d.run_pass()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[daemon]\nruntime_dir = "{tmp_path}/run"\n')
+    os.chmod(cfg, 0o644)
+    root = str(tmp_path / "root")
+    st = _cli_json(capsys, "status", "--root", root, "--config", str(cfg), "--json")["tiering"]
+    assert (st["tracker"], st["fast_nodes"], st["slow_nodes"], st["from_daemon"]) == ("damon", [0, 1], [2], True)
+    node0 = st["nodes"][0]
+    assert node0["node"] == 0 and node0["demotion_target"] == 2 and node0["free_bytes"] == GiB // 2 - HOT_MIB * MiB
+    assert node0["headroom_target_bytes"] == d.tiering.history.headroom_target_bytes[0]
+    assert st["cold_bytes_by_node"]["2"] == COLD_MIB * MiB
+    ex = _cli_json(capsys, "explain", "100", "--root", root, "--config", str(cfg), "--json")["tiering"]
+    assert ex["tracker"] == "damon" and ex["rule"] == RULE_PROMOTE and "node 0" in ex["reason"]
+    d._shutdown()
+    # Without a daemon: the configured headroom and the tracker this kernel would get.
+    st = _cli_json(capsys, "status", "--root", root, "--json")["tiering"]
+    assert (st["tracker"], st["from_daemon"], st["nodes"][0]["hot_bytes"]) == ("damon", False, None)
+    ex = _cli_json(capsys, "explain", "100", "--root", root, "--json")["tiering"]
+    assert ex["rule"] == "no-daemon-state"
