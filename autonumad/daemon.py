@@ -37,7 +37,7 @@ from autonumad.host import Host
 from autonumad.policy import BalancePolicyConfig, Decision, decide, owned_from_action
 from autonumad.readers.proc_status import read_status
 from autonumad.snapshot import HostSnapshot, ScanLimits, SnapshotCache, take_snapshot
-from autonumad.tiering_step import TieringStep, tiering_doc
+from autonumad.tiering_step import TieringStep, leave_slow_tier_to_tiering, tiering_doc
 
 log = logging.getLogger("autonumad")
 
@@ -224,6 +224,7 @@ class Daemon:
                 self._single_node_logged = True
         self.history.observe(snap, t0)
         decision = decide(snap, self.history, self.policy_cfg, t0, self._prev_cpu)
+        decision = leave_slow_tier_to_tiering(snap, decision, self.config, self.host)
         self._prev_cpu = snap.cpu_times
         for a in decision.actions:
             log.info("%s pid %d (%s): %s%s", a.kind.replace("_", " "), a.pid, a.comm, a.reason,

@@ -161,3 +161,52 @@ def tiering_doc(report: TieringReport | None, max_verdicts: int = 200) -> dict |
         "pingpongs": report.pingpongs,
         "verdicts": {str(v.pid): {"rule": v.rule, "reason": v.reason} for v in interesting[:max_verdicts]},
     }
+
+
+def leave_slow_tier_to_tiering(snap: HostSnapshot, decision, config, host):
+    """Balancing's page moves without the ones that would pull slow-tier memory up wholesale.
+
+    The balancing policy moves every page of a process that is off its home
+    node; on a tiered host that would promote a process's cold memory along
+    with its hot memory. While tiering runs (enabled, more than one tier),
+    a balancing migration whose off-home pages sit mostly on slow nodes is
+    dropped and its verdict says tiering owns them; migrations between fast
+    nodes and every affinity action stand. Only processes tiering can see
+    are claimed: with DAMON on the host, or a readable /proc/<pid>/pagemap
+    for the soft-dirty fallback (a captured host tree has neither, and
+    there balancing keeps moving slow-tier memory as before).
+    """
+    from autonumad.damon import damon_available
+    from dataclasses import replace
+
+    from autonumad.policy import Decision, Verdict
+
+    plan = plan_tiers(snap.topology, config.tiering) if config.tiering.enabled else None
+    if plan is None:
+        return decision
+    slow = set(plan.slow_nodes)
+    damon = config.tiering.tracker in ("auto", "damon") and damon_available(host)
+
+    def observable(pid: int) -> bool:
+        return damon or host.exists(f"/proc/{pid}/pagemap")
+    dropped: dict[int, str] = {}
+    kept = []
+    for a in decision.actions:
+        p = snap.process(a.pid) if a.kind == "migrate" and observable(a.pid) else None
+        if p is not None:
+            off = {n: c for n, c in p.pages_by_node.items() if n != a.target_node}
+            on_slow = sum(c for n, c in off.items() if n in slow)
+            if on_slow and on_slow >= sum(off.values()) - on_slow:
+                dropped[a.pid] = (f"{on_slow * 4096 / 2**20:,.0f} MiB of its memory away from node "
+                                  f"{a.target_node} is on the slow tier ({','.join(map(str, plan.slow_nodes))}): "
+                                  "tiering promotes only what is hot there")
+                continue
+        kept.append(a)
+    if not dropped:
+        return decision
+    verdicts = dict(decision.verdicts)
+    for pid, why in dropped.items():
+        v = verdicts[pid]
+        verdicts[pid] = replace(v, rule="left-to-tiering", reason=why,
+                                actions=tuple(a for a in v.actions if a.kind != "migrate"))
+    return Decision(tuple(kept), verdicts)

@@ -435,3 +435,25 @@ def test_status_and_explain_show_tracker_headroom_and_the_daemons_verdict(tmp_pa
     assert (st["tracker"], st["from_daemon"], st["nodes"][0]["hot_bytes"]) == ("damon", False, None)
     ex = _cli_json(capsys, "explain", "100", "--root", root, "--json")["tiering"]
     assert ex["rule"] == "no-daemon-state"
+
+
+def test_balancing_leaves_slow_tier_memory_to_tiering(tmp_path):
+    # Balancing on: alone it would move all 256 MiB (hot and cold) from node 2 to node 0.
+    from autonumad.config import compile_config
+    from autonumad.daemon import Daemon
+    from autonumad.fakedamon import FakeDamonHost, install_damon
+
+    build_host(tmp_path / "root", tiered([proc(), proc(pid=200, hot_on=1, cold_on=1)]))
+    install_damon(tmp_path / "root")
+    host = FakeDamonHost(tmp_path / "root", {100: [(HOT, HOT + HOT_MIB * MiB, 20, 5)]})
+    cfg = compile_config({"daemon": {"runtime_dir": str(tmp_path / "run")}, "metrics": {"listen": ""},
+                          "balance": {"cooldown_s": 0, "min_cpu_fraction": 0}})
+    d = Daemon(host, cfg, manage_knobs=False)
+    d.history.observe(take_snapshot(host), 0.0)  # where they ran in an earlier pass
+    d.history.observe(take_snapshot(host), 0.5)
+    report = d.run_pass()
+    assert report.decision.verdicts[100].rule == "left-to-tiering"
+    assert all(a.pid != 100 or a.kind != "migrate" for a in report.decision.actions)
+    # Between fast nodes, balancing still moves memory (pid 200: node 1 -> node 0).
+    assert any(a.pid == 200 and a.kind == "migrate" for a in report.decision.actions)
+    d._shutdown()
