@@ -82,6 +82,7 @@ class Daemon:
         self.knobs = None
         self._prev_cpu = None
         self._single_node_logged = False
+        self._last_rules: dict[tuple[int, int], str] = {}
         self.tiering = TieringStep(host, clock)
         self._build_from_config()
 
@@ -229,6 +230,7 @@ class Daemon:
         for a in decision.actions:
             log.info("%s pid %d (%s): %s%s", a.kind.replace("_", " "), a.pid, a.comm, a.reason,
                      " [dry run]" if self.dry_run else "")
+        self._log_verdict_changes(snap, decision)
         self.executor.dry_run = self.dry_run
         deadline = t0 + max(0.5, self.interval_s * 0.8)
         outcomes = self.executor.run(decision.actions, deadline)
@@ -255,6 +257,27 @@ class Daemon:
             log.info("%s pid %d (%s): %s: %s%s", a.rule, a.pid, a.comm, a.reason, o.status,
                      f" ({o.detail})" if o.detail else "")
         return decision, tiering_outcomes
+
+    def _log_verdict_changes(self, snap: HostSnapshot, decision: Decision) -> None:
+        """Say why a misplaced process is left alone, once per change of rule.
+
+        Actions are logged every time; a process the policy declines to touch
+        (cool-down, idle, excluded, explicit policy, ...) is logged when its
+        rule changes, and only while it is below the target locality, so an
+        operator can see why without a line per process per pass.
+        """
+        seen = {}
+        for p in snap.processes:
+            v = decision.verdicts.get(p.pid)
+            if v is None:
+                continue
+            key = (p.pid, p.start_ticks)
+            seen[key] = v.rule
+            if v.actions or self._last_rules.get(key) == v.rule:
+                continue
+            if p.local_fraction() < self.policy_cfg.target_local_fraction:
+                log.info("pid %d (%s) left alone: %s: %s", p.pid, p.comm, v.rule, v.reason)
+        self._last_rules = seen
 
     def _record(self, o: Outcome, now: float) -> None:
         a = o.action
