@@ -4,9 +4,15 @@ Hypothesis' per-example deadline (200 ms by default) measures wall time, which
 on a 2-core CI machine also running QEMU guests says more about the machine
 than about the parsers: property tests check behaviour, benchmarks under
 scripts/ check speed. The example counts stay hypothesis' defaults.
+
+Inside a numa-vm guest (hardware tests only, no property tests) hypothesis is
+not imported at all: under TCG its import alone costs seconds per guest.
 """
 
-from hypothesis import HealthCheck, settings
+import os
 
-settings.register_profile("autonumad", deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("autonumad")
+if not os.environ.get("AUTONUMAD_VM_TOPOLOGY"):
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("autonumad", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile("autonumad")
