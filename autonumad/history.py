@@ -44,6 +44,11 @@ class ProcessHistory:
     owned_affinity: OwnedAffinity | None = None
     # CPU use in cores between the last two passes (None until seen twice).
     cpu_cores: float | None = None
+    # Its allowed CPUs as last seen, and as they were when the daemon last
+    # acted: an owner's re-pin since then is new information that ends a
+    # cool-down early.
+    cpus_allowed: tuple[int, ...] = ()
+    acted_cpus: tuple[int, ...] | None = None
     last_cpu_ticks: int | None = None
     last_seen_s: float | None = None
 
@@ -68,6 +73,7 @@ class History:
             seen.add(key)
             h = self.entry(key)
             h.running_nodes.append(p.running_nodes)
+            h.cpus_allowed = tuple(p.status.cpus_allowed)
             h.local_fractions.append(p.local_fraction())
             if h.last_cpu_ticks is not None and h.last_seen_s is not None and now_s > h.last_seen_s:
                 h.cpu_cores = max(0, p.cpu_ticks - h.last_cpu_ticks) / clock_ticks_per_s / (now_s - h.last_seen_s)
@@ -82,6 +88,7 @@ class History:
         """Note a page migration; detect moves back to a node we moved away from."""
         h = self.entry(key)
         h.last_action_s = now_s
+        h.acted_cpus = h.cpus_allowed
         recent = [(t, n) for t, n in h.migrations if now_s - t < PINGPONG_WINDOW_S]
         if recent and recent[-1][1] != target and any(n == target for _, n in recent[:-1]):
             h.pingpongs += 1
@@ -94,3 +101,5 @@ class History:
         h = self.entry(key)
         h.last_action_s = now_s
         h.owned_affinity = owned
+        # The affinity this action leaves in place (what the next pass will see).
+        h.acted_cpus = tuple(sorted(owned.cpus)) if owned is not None else None

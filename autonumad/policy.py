@@ -19,7 +19,9 @@ are checked for each process:
    not page moves *to* the pinned node, which is what the owner's pin asks
    for: memory follows task.
 3. *Stability.* A process acted on within `cooldown_s`, or backing off
-   after its pages went back and forth (ping-pong, see history.py), waits.
+   after its pages went back and forth (ping-pong, see history.py), waits;
+   unless its owner re-pinned it since (its CPU affinity changed, and not
+   by us): that is a new placement, acted on at once.
    One that used less than `min_cpu_fraction` of a CPU since the last pass
    is idle: remote memory costs it little, so it is not worth the copying.
 4. *Home node.* A process is *confined* to a node when its allowed CPUs all
@@ -101,7 +103,10 @@ class VmaMoves(Sequence[VmaMove]):
     def __iter__(self) -> Iterator[VmaMove]:
         target = self.target_node
         for v in self.numa_maps.vmas:
-            if v.huge:
+            # hugetlbfs pages belong to their pool; file pages mapped by other
+            # processes too (mapmax > 1: shared libraries) fail with EACCES
+            # without MPOL_MF_MOVE_ALL (move_pages(2)) and are not ours to move.
+            if v.huge or (v.is_file and v.mapmax > 1):
                 continue
             off = sum(c for n, c in v.pages_by_node if n != target)
             if off:
@@ -289,7 +294,8 @@ def _decide_one(ctx: _Ctx, p: ProcessView) -> Verdict:
     if h and h.backoff_until_s > ctx.now_s:
         return verdict("pingpong-backoff", f"pages moved back and forth {h.pingpongs} time(s); "
                        f"backing off for {h.backoff_until_s - ctx.now_s:.0f} s")
-    if h and h.last_action_s is not None and ctx.now_s - h.last_action_s < cfg.cooldown_s:
+    repinned = h is not None and h.acted_cpus is not None and tuple(p.status.cpus_allowed) != h.acted_cpus
+    if h and h.last_action_s is not None and ctx.now_s - h.last_action_s < cfg.cooldown_s and not repinned:
         return verdict("cooldown", f"acted on {ctx.now_s - h.last_action_s:.0f} s ago "
                        f"(balance.cooldown_s = {cfg.cooldown_s:g})")
 

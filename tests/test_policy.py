@@ -207,3 +207,32 @@ def test_idle_process_is_left_alone(tmp_path):
     h.get((100, snap.process(100).start_ticks)).cpu_cores = 0.5
     assert decide(snap, h, BalancePolicyConfig(min_cpu_fraction=0.1), 1000.0).verdicts[100].rule == \
         "memory-follows-task"
+
+
+def test_owner_repin_ends_cooldown(tmp_path):
+    # Acted on while pinned to node 1; its owner re-pins it to node 0 within the cool-down.
+    spec = two_node([proc(cpus=N1, run_cpu=2, pages={0: 3000})])
+    host = build_host(tmp_path, spec)
+    h = History()
+    snap = take_snapshot(host)
+    h.observe(snap, 0.0)
+    key = (100, snap.process(100).start_ticks)
+    h.record_migration(key, 0.0, 1)
+    assert decide(snap, h, BalancePolicyConfig(), 5.0).verdicts[100].rule == "cooldown"
+    from autonumad.fakehost import FakeHost
+
+    for tid in host.tids(100):
+        FakeHost.set_thread_affinity(host, tid, N0)
+    snap2 = take_snapshot(host)
+    h.observe(snap2, 6.0)
+    v = decide(snap2, h, BalancePolicyConfig(), 6.0).verdicts[100]
+    assert v.rule != "cooldown"
+
+
+def test_shared_file_pages_are_not_moved(tmp_path):
+    from autonumad.readers.numa_maps import parse_numa_maps
+    from autonumad.policy import VmaMoves
+
+    nm = parse_numa_maps("7f0000000000 default file=/usr/lib/libc.so.6 mapped=100 mapmax=40 N1=100 kernelpagesize_kB=4\n"
+                         "7f1000000000 default anon=50 dirty=50 N1=50 kernelpagesize_kB=4\n")
+    assert [(m.start, m.pages) for m in VmaMoves(nm, 0)] == [(0x7f1000000000, 50)]
