@@ -263,8 +263,8 @@ class Daemon:
 
         Actions are logged every time; a process the policy declines to touch
         (cool-down, idle, excluded, explicit policy, ...) is logged when its
-        rule changes, and only while it is below the target locality, so an
-        operator can see why without a line per process per pass.
+        rule changes, so an operator can see why without a line per process
+        per pass; "already-local" needs no explaining.
         """
         seen = {}
         for p in snap.processes:
@@ -275,7 +275,7 @@ class Daemon:
             seen[key] = v.rule
             if v.actions or self._last_rules.get(key) == v.rule:
                 continue
-            if p.local_fraction() < self.policy_cfg.target_local_fraction:
+            if v.rule != "already-local":
                 log.info("pid %d (%s) left alone: %s: %s", p.pid, p.comm, v.rule, v.reason)
         self._last_rules = seen
 

@@ -22,8 +22,6 @@ are checked for each process:
    after its pages went back and forth (ping-pong, see history.py), waits;
    unless its owner re-pinned it since (its CPU affinity changed, and not
    by us): that is a new placement, acted on at once.
-   One that used less than `min_cpu_fraction` of a CPU since the last pass
-   is idle: remote memory costs it little, so it is not worth the copying.
 4. *Home node.* A process is *confined* to a node when its allowed CPUs all
    belong to that node (by its owner's affinity or ours), or when all its
    threads ran on that one node in each of the last passes.
@@ -31,7 +29,10 @@ are checked for each process:
      of its pages are on the home node, the rest moves there, provided the
      home node is in its Mems_allowed_list and keeps
      `node_headroom_fraction` of its memory free after the move.
-   - Not confined: choose the node that needs the FEWEST BYTES MOVED
+   - Not confined: a process that used less than `min_cpu_fraction` of a
+     CPU since the last pass is idle and left alone (a task move costs a
+     cache warm-up it would not win back). Otherwise choose the node that
+     needs the FEWEST BYTES MOVED
      among nodes that have CPU headroom for the process (idle CPU capacity
      at least its recent CPU use, measured from /proc/stat): moving a
      task costs a cache warm-up, moving memory costs copying every byte
@@ -299,10 +300,6 @@ def _decide_one(ctx: _Ctx, p: ProcessView) -> Verdict:
         return verdict("cooldown", f"acted on {ctx.now_s - h.last_action_s:.0f} s ago "
                        f"(balance.cooldown_s = {cfg.cooldown_s:g})")
 
-    if h is not None and h.cpu_cores is not None and h.cpu_cores < cfg.min_cpu_fraction:
-        return verdict("idle", f"used {h.cpu_cores:.2f} CPU since the last pass, below balance.min_cpu_fraction "
-                       f"({cfg.min_cpu_fraction:g}): remote memory costs an idle process little")
-
     pinned_by_owner = current != ctx.all_cpus and owned is None
     home = _node_of_cpus(ctx, p.status.cpus_allowed) if current != ctx.all_cpus else None
     if home is not None:
@@ -332,7 +329,11 @@ def _decide_one(ctx: _Ctx, p: ProcessView) -> Verdict:
                            f"(target {cfg.target_local_fraction:.0%})")
         return _memory_follows_task(ctx, p, home, how, h)
 
-    # Not confined.
+    # Not confined: the choice may move the task, which costs a cache warm-up
+    # that an idle process would not win back.
+    if h is not None and h.cpu_cores is not None and h.cpu_cores < cfg.min_cpu_fraction:
+        return verdict("idle", f"used {h.cpu_cores:.2f} CPU since the last pass, below balance.min_cpu_fraction "
+                       f"({cfg.min_cpu_fraction:g}): not worth a task move")
     if pinned_by_owner:
         return verdict("pinned-by-owner", "its CPU affinity spans several nodes and was set by its owner: "
                        "no task move; memory is left where it is")

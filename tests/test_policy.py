@@ -198,15 +198,18 @@ def test_actions_ordered_affinity_first_then_biggest_moves(tmp_path):
     assert [(a.kind, a.pid) for a in decision.actions] == [("set_affinity", 300), ("migrate", 200), ("migrate", 100)]
 
 
-def test_idle_process_is_left_alone(tmp_path):
+def test_idle_unpinned_process_gets_no_task_move_but_a_pinned_one_still_gets_its_memory(tmp_path):
     h = History()
-    _, _, snap = run(tmp_path, two_node([proc(cpus=N0)]), history=h)
-    h.get((100, snap.process(100).start_ticks)).cpu_cores = 0.01
+    _, _, snap = run(tmp_path, two_node([proc(pid=100, run_cpu=2, pages={0: 60000}),
+                                         proc(pid=200, cpus=N0, pages={1: 3000})]), history=h)
+    for pid in (100, 200):
+        h.get((pid, snap.process(pid).start_ticks)).cpu_cores = 0.01
     d = decide(snap, h, BalancePolicyConfig(min_cpu_fraction=0.1), 1000.0)
     assert d.verdicts[100].rule == "idle"
+    assert d.verdicts[200].rule == "memory-follows-task"
     h.get((100, snap.process(100).start_ticks)).cpu_cores = 0.5
     assert decide(snap, h, BalancePolicyConfig(min_cpu_fraction=0.1), 1000.0).verdicts[100].rule == \
-        "memory-follows-task"
+        "task-follows-memory"
 
 
 def test_owner_repin_ends_cooldown(tmp_path):
