@@ -41,6 +41,10 @@ from autonumad.tiering_step import TieringStep, leave_slow_tier_to_tiering, tier
 
 log = logging.getLogger("autonumad")
 
+# Verdicts that need no per-process line: nothing is wrong, or the reason was
+# already logged once for the whole host.
+_QUIET_RULES = frozenset({"already-local", "single-node", "disabled"})
+
 
 @dataclass
 class PassReport:
@@ -275,7 +279,7 @@ class Daemon:
             seen[key] = v.rule
             if v.actions or self._last_rules.get(key) == v.rule:
                 continue
-            if v.rule != "already-local":
+            if v.rule not in _QUIET_RULES:
                 log.info("pid %d (%s) left alone: %s: %s", p.pid, p.comm, v.rule, v.reason)
         self._last_rules = seen
 
