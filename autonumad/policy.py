@@ -65,7 +65,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from autonumad.history import History, OwnedAffinity, ProcKey
-from autonumad.readers.numa_maps import NumaMaps
+from autonumad.readers.numa_maps import NumaMaps, unmovable_vma
 from autonumad.readers.proc_stat import cpu_busy_fraction
 from autonumad.snapshot import BASE_PAGE_BYTES, HostSnapshot, ProcessView
 
@@ -104,10 +104,7 @@ class VmaMoves(Sequence[VmaMove]):
     def __iter__(self) -> Iterator[VmaMove]:
         target = self.target_node
         for v in self.numa_maps.vmas:
-            # hugetlbfs pages belong to their pool; file pages mapped by other
-            # processes too (mapmax > 1: shared libraries) fail with EACCES
-            # without MPOL_MF_MOVE_ALL (move_pages(2)) and are not ours to move.
-            if v.huge or (v.is_file and v.mapmax > 1):
+            if unmovable_vma(v.huge, v.is_file, v.mapmax):
                 continue
             off = sum(c for n, c in v.pages_by_node if n != target)
             if off:

@@ -132,10 +132,25 @@ class NumaMapsTotals:
     """
 
     vma_count: int
-    # sorted (node, page_size_bytes, huge, pages): resident pages in the
-    # VMAs' own page size, split by whether the VMA is hugetlbfs.
+    # sorted (node, page_size_bytes, unmovable, pages): resident pages in the
+    # VMAs' own page size, split by whether the balancer leaves them where
+    # they are (see `unmovable_vma`).
     pages: tuple[tuple[int, int, bool, int], ...]
     policy_vmas: tuple[tuple[str, int], ...]  # sorted (policy mode, number of VMAs)
+
+
+def unmovable_vma(huge: bool, is_file: bool, mapmax: int) -> bool:
+    """Pages the balancer does not migrate.
+
+    hugetlbfs pages belong to their pool; file pages that other processes map
+    too (mapmax > 1: shared libraries) fail with EACCES without
+    MPOL_MF_MOVE_ALL (move_pages(2)) and are not one process's to move.
+    """
+    return huge or (is_file and mapmax > 1)
+
+
+def _unmovable(fields: tuple) -> bool:
+    return unmovable_vma(fields[_F_HUGE], fields[_F_IS_FILE], fields[_F_MAPMAX])
 
 
 class _TotalsBuilder:
@@ -148,19 +163,19 @@ class _TotalsBuilder:
         self.pages = {(n, size, huge): c for n, size, huge, c in start.pages} if start else {}
         self.policy_vmas = dict(start.policy_vmas) if start else {}
 
-    def add(self, policy: str, page_size_bytes: int, huge: bool, pages_by_node: tuple[tuple[int, int], ...],
+    def add(self, policy: str, page_size_bytes: int, unmovable: bool, pages_by_node: tuple[tuple[int, int], ...],
             times: int = 1) -> None:
         """Count one VMA `times` times (negative: take it out again)."""
         self.vma_count += times
         pages = self.pages
         for node, count in pages_by_node:
-            key = (node, page_size_bytes, huge)
+            key = (node, page_size_bytes, unmovable)
             pages[key] = pages.get(key, 0) + count * times
         self.policy_vmas[policy] = self.policy_vmas.get(policy, 0) + times
 
     def add_fields(self, fields: tuple, times: int = 1) -> None:
         """`add` for a line parsed by _parse_fields."""
-        self.add(fields[_F_POLICY], fields[_F_PAGE_SIZE], fields[_F_HUGE], fields[_F_PAGES_BY_NODE], times)
+        self.add(fields[_F_POLICY], fields[_F_PAGE_SIZE], _unmovable(fields), fields[_F_PAGES_BY_NODE], times)
 
     def totals(self) -> NumaMapsTotals:
         return NumaMapsTotals(
@@ -227,7 +242,8 @@ class NumaMaps:
         if self.totals is None:
             acc = _TotalsBuilder()
             for vma in self.vmas:
-                acc.add(vma.policy, vma.page_size_bytes, vma.huge, vma.pages_by_node)
+                acc.add(vma.policy, vma.page_size_bytes, unmovable_vma(vma.huge, vma.is_file, vma.mapmax),
+                        vma.pages_by_node)
             object.__setattr__(self, "totals", acc.totals())
 
     def pages_by_node(self, base_page_size: int = 4096) -> dict[int, int]:
@@ -252,7 +268,7 @@ class NumaMaps:
         What moving this process's memory to `node` would copy: hugetlbfs
         pages belong to their pool and are not moved (see policy.py).
         """
-        return sum(size * pages for n, size, huge, pages in self.totals.pages if n != node and not huge)
+        return sum(size * pages for n, size, unmovable, pages in self.totals.pages if n != node and not unmovable)
 
     def policies(self) -> set[str]:
         """The distinct policy modes of this process's VMAs."""
@@ -312,7 +328,7 @@ _COUNT_SLOTS = {"anon": 0, "dirty": 1, "mapped": 2, "mapmax": 3, "swapcache": 4,
 
 # Positions in the tuple _parse_fields returns (Vma's field order) that the
 # totals read.
-_F_POLICY, _F_HUGE, _F_PAGE_SIZE, _F_PAGES_BY_NODE = 1, 7, 8, 9
+_F_POLICY, _F_HUGE, _F_PAGE_SIZE, _F_PAGES_BY_NODE, _F_IS_FILE, _F_MAPMAX = 1, 7, 8, 9, 10, 12
 
 
 def _parse_vma(line: str) -> Vma:
