@@ -288,7 +288,7 @@ for m in sorted(i.name for i in pkgutil.walk_packages(autonumad.__path__, "auton
         print(m, "ok")
     except Exception as e:
         print(m, type(e).__name__)
-import prometheus_client, psutil
+import prometheus_client, rich
 from autonumad import syscalls
 buf = ctypes.create_string_buffer(1 << 16)
 page = (ctypes.addressof(buf) + 4095) & ~4095
