@@ -33,7 +33,6 @@ and are None in the compiled `KernelConfig`; "no list" is an empty list.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import ipaddress
 import json
@@ -45,7 +44,7 @@ import re
 import stat
 import tomllib
 from dataclasses import dataclass, field, fields
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path

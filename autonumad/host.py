@@ -20,7 +20,7 @@ import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 from autonumad.errors import AccessDenied, HostError, ProcessGone
 

@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from autonumad.history import History, OwnedAffinity, ProcKey
 from autonumad.readers.numa_maps import NumaMaps, unmovable_vma

@@ -179,7 +179,7 @@ def leave_slow_tier_to_tiering(snap: HostSnapshot, decision, config, host):
     from autonumad.damon import damon_available
     from dataclasses import replace
 
-    from autonumad.policy import Decision, Verdict
+    from autonumad.policy import Decision
 
     plan = plan_tiers(snap.topology, config.tiering) if config.tiering.enabled else None
     if plan is None:

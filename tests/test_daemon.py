@@ -12,7 +12,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
 
 from autonumad.config import Config, load_config
 from autonumad.daemon import Daemon
