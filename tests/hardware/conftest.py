@@ -67,3 +67,33 @@ def vm_topology() -> str:
     if topology is None:
         pytest.skip(f"{TOPOLOGY_ENV} is unset: not inside a scripts/numa-vm guest")
     return topology
+
+
+@pytest.fixture
+def spawn():
+    """Start workload processes and stop every one of them after the test.
+
+    `spawn(cls, *args)` calls `cls(*args)` (a workload launcher with a
+    `stop()`, e.g. hardware.workload.Workload) and returns it.
+    """
+    started = []
+
+    def start(cls, *args):
+        w = cls(*args)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+@pytest.fixture(scope="module")
+def two_nodes_no_kernel_balancing():
+    """Two memory nodes, with the kernel's NUMA balancing off for the module."""
+    from hardware.workload import memory_nodes, numa_balancing
+
+    if len(memory_nodes()) < 2:
+        pytest.skip("needs two nodes with memory (run in scripts/numa-vm)")
+    with numa_balancing(0):
+        yield

@@ -42,17 +42,8 @@ def host():
 
 
 @pytest.fixture
-def workloads():
-    started = []
-
-    def start(*args):
-        w = Workload(*args)
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.stop()
+def workloads(spawn):
+    return lambda *args: spawn(Workload, *args)
 
 
 def _bytes(regions, lo, hi, pred):

@@ -25,7 +25,7 @@ from autonumad import syscalls
 from autonumad.host import LinuxHost
 from autonumad.readers.numa_maps import read_numa_maps
 from autonumad.syscalls import DEFAULT_BATCH_PAGES, MPOL_MF_MOVE_ALL, move_range, page_nodes
-from hardware.workload import Workload, anon_huge_kib, memory_nodes, numa_balancing
+from hardware.workload import Workload, anon_huge_kib, memory_nodes
 
 pytestmark = pytest.mark.hardware
 on_2node = pytest.mark.topology("2node")
@@ -36,25 +36,13 @@ HUGE = 2 * MIB
 
 
 @pytest.fixture(scope="module", autouse=True)
-def two_nodes():
-    if len(memory_nodes()) < 2:
-        pytest.skip("needs two nodes with memory (run in scripts/numa-vm)")
-    with numa_balancing(0):
-        yield
+def two_nodes(two_nodes_no_kernel_balancing):
+    pass
 
 
 @pytest.fixture
-def workload():
-    started: list[Workload] = []
-
-    def start(*args: str) -> Workload:
-        w = Workload(*args, "--touch-interval-s", "30")
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.stop()
+def workload(spawn):
+    return lambda *args: spawn(Workload, *args, "--touch-interval-s", "30")
 
 
 def vma_nodes(w: Workload) -> dict[int, int]:

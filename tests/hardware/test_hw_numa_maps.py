@@ -23,7 +23,7 @@ import pytest
 from autonumad.host import LinuxHost
 from autonumad.readers.numa_maps import read_numa_maps
 from autonumad.syscalls import move_pages, page_nodes
-from hardware.workload import Workload, anon_huge_kib, memory_nodes, numa_balancing
+from hardware.workload import Workload, anon_huge_kib
 
 pytestmark = [pytest.mark.hardware, pytest.mark.topology("2node")]
 
@@ -32,25 +32,13 @@ HUGE = 2 * MIB
 
 
 @pytest.fixture(scope="module", autouse=True)
-def two_nodes():
-    if len(memory_nodes()) < 2:
-        pytest.skip("needs two nodes with memory (run in scripts/numa-vm)")
-    with numa_balancing(0):
-        yield
+def two_nodes(two_nodes_no_kernel_balancing):
+    pass
 
 
 @pytest.fixture
-def workload():
-    started: list[Workload] = []
-
-    def start(*args: str) -> Workload:
-        w = Workload(*args, "--touch-interval-s", "30")
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.stop()
+def workload(spawn):
+    return lambda *args: spawn(Workload, *args, "--touch-interval-s", "30")
 
 
 def buffer_vma(pid: int, address: int):

@@ -79,17 +79,8 @@ def host():
 
 
 @pytest.fixture
-def workloads():
-    started = []
-
-    def start(*args):
-        w = TierWorkload(*args)
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.stop()
+def workloads(spawn):
+    return lambda *args: spawn(TierWorkload, *args)
 
 
 def _run(host, tmp_path, tiering: dict, until, timeout_s: float, pids):
@@ -159,7 +150,15 @@ def test_demotion_frees_and_holds_the_headroom(host, tmp_path, workloads):
     d, step = _run(host, tmp_path, tiering, headroom_held, 120, [f.pid])
     assert all(held[-3:]), "node 0's free memory did not reach and stay at the headroom target"
     assert step.history.moved_bytes.get((RULE_DEMOTE, 0, 2), 0) >= (headroom - start_free) * 0.9
-    assert not any(k[0] == RULE_PROMOTE for k in step.history.moved_bytes)
+    # Nothing went down and came back up (that would be a ping-pong) ...
+    assert step.history.pingpongs_total == 0
+    # ... and what was promoted, if anything, is small: with node 0 this full, the
+    # filler's own later allocations (its interpreter's heap) can land on the slow
+    # node, and they are hot, so promoting them once demotion made room is right
+    # (seen once in CI: 2 MiB promoted right after the headroom was reached). Its
+    # mappings themselves must stay put, checked below.
+    promoted = sum(v for k, v in step.history.moved_bytes.items() if k[0] == RULE_PROMOTE)
+    assert promoted <= 8 * MIB, f"{promoted / MIB:.1f} MiB promoted while only demoting for headroom"
     hot, cold = f.nodes(f.hot), f.nodes(f.cold)
     print(f"filler hot mapping by node {hot}; cold mapping {cold}")
     assert hot.get(2, 0) == 0, "hot memory was demoted"
