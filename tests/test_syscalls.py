@@ -44,17 +44,8 @@ MIB = 1 << 20
 # --- helpers -------------------------------------------------------------------
 
 @pytest.fixture
-def workload():
-    started: list[Workload] = []
-
-    def start(*args: str) -> Workload:
-        w = Workload(*args)
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.stop()
+def workload(spawn):
+    return lambda *args: spawn(Workload, *args)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -69,25 +69,6 @@ def vm_topology() -> str:
     return topology
 
 
-@pytest.fixture
-def spawn():
-    """Start workload processes and stop every one of them after the test.
-
-    `spawn(cls, *args)` calls `cls(*args)` (a workload launcher with a
-    `stop()`, e.g. hardware.workload.Workload) and returns it.
-    """
-    started = []
-
-    def start(cls, *args):
-        w = cls(*args)
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.stop()
-
-
 @pytest.fixture(scope="module")
 def two_nodes_no_kernel_balancing():
     """Two memory nodes, with the kernel's NUMA balancing off for the module."""
@@ -97,3 +78,22 @@ def two_nodes_no_kernel_balancing():
         pytest.skip("needs two nodes with memory (run in scripts/numa-vm)")
     with numa_balancing(0):
         yield
+
+
+@pytest.fixture
+def hugepages():
+    """16 free 2 MiB hugetlb pages on each of nodes 0 and 1, pools restored after."""
+    paths = [Path(f"/sys/devices/system/node/node{n}/hugepages/hugepages-2048kB/nr_hugepages")
+             for n in (0, 1)]
+    if not all(p.exists() for p in paths):
+        pytest.skip("no 2 MiB hugetlb pools")
+    saved = [p.read_text() for p in paths]
+    try:
+        for p in paths:
+            p.write_text("16")
+        if any(int(p.read_text()) < 16 for p in paths):
+            pytest.skip("could not reserve 16 huge pages per node")
+        yield
+    finally:
+        for p, v in zip(paths, saved):
+            p.write_text(v)

@@ -34,17 +34,8 @@ def two_cpu_nodes():
 
 
 @pytest.fixture
-def workload():
-    started: list[Workload] = []
-
-    def start(*args: str) -> Workload:
-        w = Workload(*args)
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.stop()
+def workload(spawn):
+    return lambda *args: spawn(Workload, *args)
 
 
 def wait_until(predicate, timeout_s: float = 10.0) -> bool:

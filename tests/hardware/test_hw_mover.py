@@ -173,25 +173,6 @@ def test_process_exiting_mid_move_is_gone(workload):
     assert sum(r.failed.values()) <= 512
 
 
-@pytest.fixture
-def hugepages():
-    """16 free 2 MiB hugetlb pages on each of nodes 0 and 1, pools restored after."""
-    paths = [Path(f"/sys/devices/system/node/node{n}/hugepages/hugepages-2048kB/nr_hugepages")
-             for n in (0, 1)]
-    if not all(p.exists() for p in paths):
-        pytest.skip("no 2 MiB hugetlb pools")
-    saved = [p.read_text() for p in paths]
-    try:
-        for p in paths:
-            p.write_text("16")
-        if any(int(p.read_text()) < 16 for p in paths):
-            pytest.skip("could not reserve 16 huge pages per node")
-        yield
-    finally:
-        for p, v in zip(paths, saved):
-            p.write_text(v)
-
-
 @on_2node
 def test_hugetlb_pages_are_addressed_once_each(workload, hugepages):
     w = workload("--mib", "16", "--hugetlb", "--node", "1", "--cpunode", "1")

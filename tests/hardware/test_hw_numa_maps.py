@@ -16,7 +16,6 @@ a hugetlb VMA is queried at 2 MiB steps.
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -79,25 +78,6 @@ def test_numa_maps_follows_a_partial_move(workload):
     vma = buffer_vma(w.pid, w.address)
     status = page_nodes(w.pid, w.pages())
     assert dict(vma.pages_by_node) == resident_by_node(status) == {0: len(third), 1: 8192 - len(third)}
-
-
-@pytest.fixture
-def hugepages():
-    """16 free 2 MiB hugetlb pages on each of nodes 0 and 1, pools restored after."""
-    paths = [Path(f"/sys/devices/system/node/node{n}/hugepages/hugepages-2048kB/nr_hugepages")
-             for n in (0, 1)]
-    if not all(p.exists() for p in paths):
-        pytest.skip("no 2 MiB hugetlb pools")
-    saved = [p.read_text() for p in paths]
-    try:
-        for p in paths:
-            p.write_text("16")
-        if any(int(p.read_text()) < 16 for p in paths):
-            pytest.skip("could not reserve 16 huge pages per node")
-        yield
-    finally:
-        for p, v in zip(paths, saved):
-            p.write_text(v)
 
 
 def test_numa_maps_agrees_for_hugetlb(workload, hugepages):
