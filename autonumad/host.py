@@ -129,7 +129,7 @@ class Host:
         try:
             return sorted(int(n) for n in os.listdir(self._fs_path(p)) if n.isdigit())
         except OSError as e:
-            raise _process_error(pid, p, e) from None
+            raise process_error(pid, p, e) from None
 
     def read_proc_text(self, pid: int, name: str) -> str:
         """Read /proc/<pid>/<name>, mapping errno to ProcessGone/AccessDenied."""
@@ -137,7 +137,7 @@ class Host:
         try:
             return self.read_text(p)
         except OSError as e:
-            raise _process_error(pid, p, e) from None
+            raise process_error(pid, p, e) from None
 
     # -- actuators (implemented by LinuxHost and FakeHost) ----------------------
     def move_pages(self, pid: int, start: int, end: int, page_size: int,
@@ -157,12 +157,18 @@ class Host:
         raise NotImplementedError
 
 
-def _process_error(pid: int, path: str, e: OSError) -> Exception:
+def process_error(pid: int, path: str, e: OSError) -> Exception:
+    """The typed outcome of an OSError met on a process's file or thread.
+
+    ENOENT/ESRCH: it is gone; EACCES/EPERM: access refused. Anything else
+    (EINVAL from sched_setaffinity(2) means an empty mask, not a gone
+    thread) is returned as it is, for the caller to raise.
+    """
     if e.errno in _GONE_ERRNOS:
         return ProcessGone(pid, path)
     if e.errno in _DENIED_ERRNOS:
         return AccessDenied(pid, path)
-    return ProcessGone(pid, path, os.strerror(e.errno or 0)) if e.errno == errno.EINVAL else e
+    return e
 
 
 class LinuxHost(Host):
@@ -182,13 +188,13 @@ class LinuxHost(Host):
         try:
             os.sched_setaffinity(tid, set(cpus))
         except OSError as e:
-            raise _process_error(tid, f"/proc/{tid}", e) from None
+            raise process_error(tid, f"/proc/{tid}", e) from None
 
     def thread_affinity(self, tid: int) -> frozenset[int]:
         try:
             return frozenset(os.sched_getaffinity(tid))
         except OSError as e:
-            raise _process_error(tid, f"/proc/{tid}", e) from None
+            raise process_error(tid, f"/proc/{tid}", e) from None
 
     def write_text(self, host_path: str, value: str) -> None:
         with open(self.path(host_path), "w", encoding="ascii") as f:

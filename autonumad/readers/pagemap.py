@@ -20,11 +20,11 @@ only: a page that is only read never shows as accessed.
 
 from __future__ import annotations
 
-import errno
 import os
 from dataclasses import dataclass
 
-from autonumad.errors import AccessDenied, ParseError, ProcessGone
+from autonumad.errors import ParseError
+from autonumad.host import process_error
 
 ENTRY_BYTES = 8
 SOFT_DIRTY_BIT = 1 << 55
@@ -83,11 +83,7 @@ def read_pagemap(host, pid: int, start: int, end: int, page_size: int = 4096) ->
         finally:
             os.close(fd)
     except OSError as e:
-        if e.errno in (errno.ENOENT, errno.ESRCH):
-            raise ProcessGone(pid, path) from None
-        if e.errno in (errno.EACCES, errno.EPERM):
-            raise AccessDenied(pid, path) from None
-        raise
+        raise process_error(pid, path, e) from None
     return parse_pagemap(b"".join(chunks))
 
 
@@ -97,8 +93,4 @@ def clear_soft_dirty(host, pid: int) -> None:
     try:
         host.write_text(path, CLEAR_SOFT_DIRTY)
     except OSError as e:
-        if e.errno in (errno.ENOENT, errno.ESRCH):
-            raise ProcessGone(pid, path) from None
-        if e.errno in (errno.EACCES, errno.EPERM):
-            raise AccessDenied(pid, path) from None
-        raise
+        raise process_error(pid, path, e) from None
