@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import signal
 import subprocess
 import threading
@@ -35,7 +34,7 @@ from autonumad.affinity import (
 from autonumad.errors import AccessDenied, ParseError, ProcessGone
 from autonumad.host import Host, LinuxHost
 from autonumad.readers.lists import parse_list
-from hardware.workload import Workload  # tests/hardware/workload.py: the test workload
+from hardware.workload import Workload, thread_cpus  # tests/hardware/workload.py: the test workload
 
 PAGE = 4096
 MIB = 1 << 20
@@ -57,18 +56,6 @@ def numa_syscalls_available():
     except OSError as e:
         if e.errno == errno.ENOSYS:
             pytest.skip("kernel without NUMA syscalls (ENOSYS)")
-
-
-def task_cpus(pid: int) -> dict[int, str]:
-    """Cpus_allowed_list of every thread, read from /proc directly."""
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            text = Path(f"/proc/{pid}/task/{tid}/status").read_text()
-        except FileNotFoundError:
-            continue
-        out[int(tid)] = re.search(r"^Cpus_allowed_list:\s*(\S+)", text, re.M).group(1)
-    return out
 
 
 def dead_pid() -> int:
@@ -509,20 +496,20 @@ def test_affinity_on_every_thread_of_a_child(workload):
 
     r = set_process_affinity(host, w.pid, {0})
     assert r == AffinityResult(frozenset({0}), len(tids), 0, {})
-    assert set(task_cpus(w.pid).values()) == {"0"}
+    assert set(thread_cpus(w.pid).values()) == {"0"}
     assert set(get_process_affinity(host, w.pid).values()) == {frozenset({0})}
 
     # A thread started afterwards inherits the mask from its creator.
     os.kill(w.pid, signal.SIGUSR1)
     ev = w.next_event()
     assert ev["event"] == "thread"
-    assert task_cpus(w.pid)[ev["tid"]] == "0"
+    assert thread_cpus(w.pid)[ev["tid"]] == "0"
 
     both = sorted(os.sched_getaffinity(0))[:2]
     r = set_process_affinity(host, w.pid, both)
     assert r.threads_set == len(tids) + 1 and r.threads_gone == 0
     want = f"{both[0]}-{both[1]}" if both[1] == both[0] + 1 else f"{both[0]},{both[1]}"
-    assert set(task_cpus(w.pid).values()) == {want}
+    assert set(thread_cpus(w.pid).values()) == {want}
 
 
 def test_affinity_of_missing_process():

@@ -10,7 +10,6 @@ process needs periodic TLB flushes for DAMON to see its accesses at all
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -24,6 +23,7 @@ from autonumad.damon import KDAMONDS_DIR, DamonSession, MonitoringAttrs, damon_a
 from autonumad.config import TieringConfig
 from autonumad.errors import NotSupported
 from autonumad.host import LinuxHost
+from hardware.tier_workload import TierWorkload
 from hardware.workload import Workload
 
 pytestmark = [pytest.mark.hardware, pytest.mark.topology("tiered")]
@@ -48,24 +48,6 @@ def workloads(spawn):
 
 def _bytes(regions, lo, hi, pred):
     return sum(min(r.end, hi) - max(r.start, lo) for r in regions if r.start < hi and r.end > lo and pred(r))
-
-
-class TierWorkload:
-    """tests/hardware/tier_workload.py: a hot and a cold mapping in one process (see its docstring)."""
-
-    def __init__(self, *args: str):
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests/hardware/tier_workload.py"), *args],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.info = json.loads(self.proc.stdout.readline())
-        self.pid = self.info["pid"]
-        self.hot = (self.info["hot"][0], self.info["hot"][0] + self.info["hot"][1])
-        self.cold = (self.info["cold"][0], self.info["cold"][0] + self.info["cold"][1])
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-        self.proc.stdin.close()
-        self.proc.stdout.close()
 
 
 def _histogram(regions, lo, hi):

@@ -18,12 +18,8 @@ Run with -s to see each pass's numbers.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -31,41 +27,16 @@ from autonumad.config import compile_config
 from autonumad.damon import damon_available, read_slots
 from autonumad.executor import Executor, TokenBucket
 from autonumad.host import LinuxHost
-from autonumad.readers.numa_maps import read_numa_maps
 from autonumad.snapshot import ScanLimits, take_snapshot
 from autonumad.tiering import RULE_DEMOTE, RULE_PROMOTE
 from autonumad.tiering_step import TieringStep
+from hardware.tier_workload import TierWorkload
 from hardware.workload import numa_balancing
 
 pytestmark = [pytest.mark.hardware, pytest.mark.topology("tiered")]
 
 MIB = 1 << 20
-ROOT = Path(__file__).resolve().parents[2]
 RATE_MIB_S = 256
-
-
-class TierWorkload:
-    def __init__(self, *args: str):
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests/hardware/tier_workload.py"), *args],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.info = json.loads(self.proc.stdout.readline())
-        self.pid = self.info["pid"]
-        self.hot, self.cold = self.info["hot"][0], self.info["cold"][0]
-
-    def nodes(self, start: int) -> dict[int, int]:
-        """Pages per node of the mapping at `start` (numa_maps); it must be a VMA of its own."""
-        vmas = read_numa_maps(LinuxHost(), self.pid).vmas
-        for v in vmas:
-            if v.start == start:
-                return dict(v.pages_by_node)
-        raise AssertionError(f"no VMA starts at {start:#x} in pid {self.pid} (merged with a neighbour?): "
-                             + " ".join(f"{v.start:#x}" for v in vmas))
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-        self.proc.stdin.close()
-        self.proc.stdout.close()
 
 
 @pytest.fixture

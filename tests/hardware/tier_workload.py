@@ -33,6 +33,7 @@ import ctypes
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -53,6 +54,40 @@ _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
 _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+
+class TierWorkload:
+    """Launch this script as a separate process, for the hardware tests.
+
+    `hot` and `cold` are the (start, end) address ranges of its two mappings.
+    """
+
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.info = json.loads(self.proc.stdout.readline())
+        self.pid = self.info["pid"]
+        self.hot = (self.info["hot"][0], self.info["hot"][0] + self.info["hot"][1])
+        self.cold = (self.info["cold"][0], self.info["cold"][0] + self.info["cold"][1])
+
+    def nodes(self, mapping: tuple[int, int]) -> dict[int, int]:
+        """Pages per node of `mapping` (numa_maps); it must be a VMA of its own."""
+        from autonumad.host import LinuxHost
+        from autonumad.readers.numa_maps import read_numa_maps
+
+        vmas = read_numa_maps(LinuxHost(), self.pid).vmas
+        for v in vmas:
+            if v.start == mapping[0]:
+                return dict(v.pages_by_node)
+        raise AssertionError(f"no VMA starts at {mapping[0]:#x} in pid {self.pid} (merged with a neighbour?): "
+                             + " ".join(f"{v.start:#x}" for v in vmas))
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stdin.close()
+        self.proc.stdout.close()
 
 
 def _map(size: int, extra_flags: int, no_thp: bool = True, advice: int | None = None) -> int:
