@@ -145,6 +145,14 @@ class Host:
         """Move the populated pages of [start, end) of `pid` to `target_node`."""
         raise NotImplementedError
 
+    def range_nodes(self, pid: int, ranges: list[tuple[int, int]], max_pages: int) -> list[dict[int, int]] | None:
+        """Bytes per node of each [start, end) range of `pid`, or None where the host cannot say.
+
+        A fake host has per-VMA counts only (numa_maps), so it says nothing
+        and callers estimate from those counts instead.
+        """
+        return None
+
     def set_thread_affinity(self, tid: int, cpus: Iterable[int]) -> None:
         """sched_setaffinity(2) on one thread; raises ProcessGone/AccessDenied."""
         raise NotImplementedError
@@ -183,6 +191,11 @@ class LinuxHost(Host):
         from autonumad import syscalls
 
         return syscalls.move_range(pid, start, end, page_size, target_node, max_pages)
+
+    def range_nodes(self, pid: int, ranges: list[tuple[int, int]], max_pages: int) -> list[dict[int, int]]:
+        from autonumad import syscalls
+
+        return syscalls.range_nodes(pid, ranges, self.page_size_bytes, max_pages)
 
     def set_thread_affinity(self, tid: int, cpus: Iterable[int]) -> None:
         try:

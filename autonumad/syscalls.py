@@ -211,6 +211,56 @@ def _move_pages_raw(pid: int, pages: array, nodes: array | None, flags: int) -> 
     return status, rc
 
 
+# --- where a range's pages are ---------------------------------------------------
+
+# Addresses per query call in range_nodes: 64 Ki addresses is a 512 KiB
+# array, and ~3 ms of kernel time at the ~0.05 µs per page measured above.
+_QUERY_CHUNK = 65536
+
+
+def range_nodes(pid: int, ranges: Sequence[tuple[int, int]], page_size: int,
+                max_pages: int) -> list[dict[int, int]]:
+    """Bytes per node of each [start, end) range of `pid`, from move_pages(2)'s query form.
+
+    Exact when the ranges hold at most `max_pages` pages together; beyond
+    that every k-th page is asked (k the same for all ranges, the smallest
+    that fits) and stands for the k pages from it, so the cost of a pass
+    stays bounded whatever the process's size. Pages not populated
+    (-ENOENT) and pages no move can take (-EFAULT: the shared zero page or
+    no mapping) count nowhere. Raises ProcessGone / AccessDenied as any
+    per-process call.
+    """
+    if max_pages < 1:
+        raise ValueError("max_pages must be at least 1")
+    total = sum(max(0, (e - s) // page_size) for s, e in ranges)
+    stride = max(1, -(-total // max_pages))
+    step = stride * page_size
+    addrs = array("L")
+    weights: list[tuple[int, int]] = []  # (range index, bytes each sample stands for), run-length
+    for i, (s, e) in enumerate(ranges):
+        s -= s % page_size
+        n = len(addrs)
+        addrs.extend(range(s, e, step))
+        k = len(addrs) - n
+        if k:
+            # The last sample of a range stands only for the pages left in it.
+            weights.append((i, k))
+    out: list[dict[int, int]] = [{} for _ in ranges]
+    status = array("i")
+    for off in range(0, len(addrs), _QUERY_CHUNK):
+        status.extend(_move_pages_raw(pid, addrs[off:off + _QUERY_CHUNK], None, 0)[0])
+    pos = 0
+    for i, k in weights:
+        end = ranges[i][1]
+        counts = out[i]
+        for j in range(pos, pos + k):
+            node = status[j]
+            if node >= 0:
+                counts[node] = counts.get(node, 0) + min(step, end - addrs[j])
+        pos += k
+    return out
+
+
 # --- move_range ------------------------------------------------------------------
 
 @dataclass

@@ -348,6 +348,23 @@ def test_page_nodes_of_a_child_buffer(workload):
     assert Counter(status[3072:]) == {-errno.ENOENT: 1024}       # never touched
 
 
+def test_range_nodes_counts_populated_bytes_exactly_or_by_sample(workload):
+    # 16 MiB: the first 8 written (on node 0), 4 read (zero page), 4 never touched.
+    w = workload("--mib", "16", "--touched-mib", "8", "--zero-mib", "4", "--touch-interval-s", "5")
+    whole, written, tail = (w.address, w.end), (w.address, w.address + 8 * MIB), (w.address + 12 * MIB, w.end)
+    assert syscalls.range_nodes(w.pid, [whole, written, tail], PAGE, 1 << 20) == [{0: 8 * MIB}, {0: 8 * MIB}, {}]
+    # 8,192 pages asked for with 1,000 samples: every 9th page stands for 9 (the last for what is left).
+    (sampled,) = syscalls.range_nodes(w.pid, [written], PAGE, 1000)
+    assert sampled == {0: 8 * MIB}
+    (sampled,) = syscalls.range_nodes(w.pid, [whole], PAGE, 1000)
+    assert abs(sampled[0] - 8 * MIB) <= 9 * PAGE
+
+
+def test_range_nodes_of_a_gone_process():
+    with pytest.raises(ProcessGone):
+        syscalls.range_nodes(dead_pid(), [(PAGE, 5 * PAGE)], PAGE, 100)
+
+
 def test_move_pages_to_the_node_they_are_on(workload):
     w = workload("--mib", "8", "--touch-interval-s", "5")
     pages = w.pages()
