@@ -347,11 +347,20 @@ class DamonSession:
             raise NotSupported(f"DAMON: nr_kdamonds not raised: {e}") from None
         return len(slots)
 
-    def monitor(self, pids: Iterable[int]) -> None:
-        """Monitor exactly `pids` (a kdamond is started, or re-targeted and restarted)."""
+    def monitor(self, pids: Iterable[int]) -> bool:
+        """Monitor at least `pids`; returns True when the kdamond was (re)started.
+
+        Targets that left the set stay in a running kdamond: it holds their
+        struct pid, so a reused pid number is never watched by mistake, an
+        exited target costs nothing, and the others keep their history
+        (regions and ages). New targets need a restart, which loses that
+        history for all: on 6.12 a target added online ("commit") was given
+        no regions at all (seen in the tiered guest), so that is no way
+        round it.
+        """
         pids = tuple(sorted(set(pids)))
-        if pids == self.pids and self.index is not None:
-            return
+        if self.index is not None and (pids == self.pids or (pids and set(pids) <= set(self.pids))):
+            return False
         if self.index is None:
             self.index = self._allocate()
             # Recorded before anything runs: a kill from here on leaves a trace.
@@ -366,7 +375,7 @@ class DamonSession:
         self.pids = ()
         if not pids:
             self._write(d + "/contexts/nr_contexts", "0")
-            return
+            return True
         self._configure(d, pids)
         try:
             self._write(d + "/state", "on")
@@ -376,6 +385,7 @@ class DamonSession:
         kpid = parse_signed(self.host.read_text(d + "/pid"), "pid")
         self._write_owned([OwnedKdamond(self.index, kpid, os.getpid())])
         self.pids = pids
+        return True
 
     def _configure(self, d: str, pids: tuple[int, ...]) -> None:
         a = self.attrs

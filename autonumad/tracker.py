@@ -76,6 +76,8 @@ class HotnessTracker(Protocol):
 
     def sample(self) -> Mapping[int, tuple[Region, ...]]: ...
 
+    def ready_in_s(self) -> float: ...  # seconds until sample() reports what it sees; 0 when it does
+
     def close(self) -> None: ...
 
 
@@ -83,7 +85,7 @@ class DamonTracker:
     name = "damon"
 
     def __init__(self, host: Host, runtime_dir: str | Path, attrs: MonitoringAttrs = MonitoringAttrs(),
-                 clock: Callable[[], float] = time.monotonic, settle_s: float = 0.0):
+                 clock: Callable[[], float] = time.monotonic, settle_s: float = 0.0, restart_min_s: float = 60.0):
         self.host = host
         self.attrs = attrs
         self.clock = clock
@@ -94,7 +96,15 @@ class DamonTracker:
         # cold memory on the first pass). Its adaptive splitting needs a few
         # dozen aggregation intervals; nothing is reported before that.
         self.warmup_s = WARMUP_AGGREGATIONS * attrs.aggr_us / 1e6
+        # When the kdamond started on its current targets (None: not running).
         self.started_s: float | None = None
+        # Adding a process restarts the kdamond, and every tracked process
+        # loses its regions' ages (damon.DamonSession.monitor). So new
+        # processes join at most this often: twice cold_age_s leaves ranges
+        # time to be found cold between restarts, however many processes
+        # come and go. Departures cost no restart.
+        self.restart_min_s = restart_min_s
+        self.wanted: tuple[int, ...] = ()
         cleaned = self.session.recover()
         if cleaned:
             log.warning("stopped DAMON kdamond(s) %s left running by a previous autonumad that did not exit "
@@ -104,16 +114,25 @@ class DamonTracker:
         t0 = self.clock()
         try:
             live = [p for p in pids if self.host.exists(f"/proc/{p}")]
-            before = self.session.pids
+            running = set(self.session.pids) if self.started_s is not None else set()
+            if running and set(live) - running and t0 - self.started_s < self.restart_min_s:
+                # Newcomers wait for the next restart; the rest keep their history.
+                live = [p for p in live if p in running]
             try:
-                self.session.monitor(live)
+                restarted = self.session.monitor(live)
             except HostError:
                 # A target exited between listing and starting: once more without it.
-                self.session.monitor([p for p in live if self.host.exists(f"/proc/{p}")])
-            if self.session.pids != before:
-                self.started_s = self.clock()
+                restarted = self.session.monitor([p for p in live if self.host.exists(f"/proc/{p}")])
+            if restarted:
+                self.started_s = self.clock() if self.session.pids else None
+            self.wanted = tuple(live)
         finally:
             self.cost_s += self.clock() - t0
+
+    def ready_in_s(self) -> float:
+        if self.started_s is None:
+            return 0.0
+        return max(0.0, self.started_s + self.warmup_s - self.clock())
 
     def sample(self) -> Mapping[int, tuple[Region, ...]]:
         t0 = self.clock()
@@ -125,14 +144,16 @@ class DamonTracker:
             # The kdamond stops by itself when every target has exited.
             log.info("DAMON sample failed (%s); restarting on the next track()", e)
             self.session.pids = ()
+            self.started_s = None
             return {}
         finally:
             self.cost_s += self.clock() - t0
         top = self.attrs.max_nr_accesses
         aggr_s = self.attrs.aggr_us / 1e6
+        wanted = set(self.wanted)
         return {pid: tuple(Region(r.start, r.end, min(1.0, r.nr_accesses / top), r.age_aggr * aggr_s)
                            for r in regions)
-                for pid, regions in raw.items()}
+                for pid, regions in raw.items() if pid in wanted}
 
     def close(self) -> None:
         self.session.close()
@@ -185,6 +206,11 @@ class SoftDirtyTracker:
                 out.pop(pid, None)
         self.cost_s += self.clock() - t0
         return out
+
+    def ready_in_s(self) -> float:
+        # A process's first sample (the pass after it was first tracked)
+        # already tells what was written since its bits were cleared.
+        return 0.0
 
     def close(self) -> None:
         # Nothing held in the kernel: soft-dirty bits are per page and cost
@@ -263,6 +289,9 @@ class AutoTracker:
     def sample(self) -> Mapping[int, tuple[Region, ...]]:
         return self.active.sample()
 
+    def ready_in_s(self) -> float:
+        return self.active.ready_in_s()
+
     def close(self) -> None:
         self.active.close()
 
@@ -278,6 +307,7 @@ def make_tracker(host: Host, tiering, runtime_dir: str | Path,
     """The tracker `tiering.tracker` asks for ("auto", "damon", "softdirty"; "hint-faults" is not built yet)."""
     kind = tiering.tracker
     attrs = MonitoringAttrs(sample_us=tiering.damon_sample_us, aggr_us=tiering.damon_aggr_us)
+    restart_min_s = max(60.0, 2 * tiering.cold_age_s)
 
     def softdirty() -> SoftDirtyTracker:
         return SoftDirtyTracker(host, clock, page_size=host.page_size_bytes)
@@ -289,10 +319,10 @@ def make_tracker(host: Host, tiering, runtime_dir: str | Path,
     if kind == "damon":
         if not damon_available(host):
             raise NotSupported("tiering.tracker = \"damon\" but the kernel has no DAMON sysfs interface")
-        return DamonTracker(host, runtime_dir, attrs, clock)
+        return DamonTracker(host, runtime_dir, attrs, clock, restart_min_s=restart_min_s)
     if damon_available(host):
         try:
-            return AutoTracker(DamonTracker(host, runtime_dir, attrs, clock), softdirty)
+            return AutoTracker(DamonTracker(host, runtime_dir, attrs, clock, restart_min_s=restart_min_s), softdirty)
         except (HostError, OSError) as e:
             t = AutoTracker(softdirty(), softdirty)
             t.why_fallback = str(e)

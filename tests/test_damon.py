@@ -162,12 +162,21 @@ def test_regions_are_split_by_target(tmp_path):
 def test_retargeting_restarts_with_the_new_set(tmp_path):
     root = _tree(tmp_path, pids=(101, 102, 103))
     host, s = _session(root, tmp_path, {103: [(4096, 8192, 1, 1)]})
-    s.monitor([101])
-    s.monitor([101])  # unchanged: no writes
+    assert s.monitor([101]) is True
     n = len(host.writes)
-    s.monitor([103])
+    assert s.monitor([101]) is False and len(host.writes) == n  # unchanged: no writes
+    assert s.monitor([103]) is True
     assert len(host.writes) > n
     assert s.regions() == {103: (DamonRegion(4096, 8192, 1, 1),)}
+
+
+def test_departed_targets_stay_and_cost_no_restart(tmp_path):
+    root = _tree(tmp_path, pids=(101, 102))
+    host, s = _session(root, tmp_path)
+    assert s.monitor([101, 102]) is True
+    n = len(host.writes)
+    assert s.monitor([102]) is False and len(host.writes) == n and s.pids == (101, 102)
+    assert s.monitor([]) is True and s.pids == ()  # nothing left to watch: stopped
 
 
 def test_close_stops_clears_and_restores_nr_kdamonds(tmp_path):

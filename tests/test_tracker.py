@@ -139,6 +139,9 @@ def test_softdirty_forgets_untracked_and_gone_processes(tmp_path):
 
 # -- DAMON tracker ---------------------------------------------------------------------
 
+KD0 = "/sys/kernel/mm/damon/admin/kdamonds/0"
+
+
 def _damon_host(tmp_path, regions):
     build_host(tmp_path / "root", _spec(pids=(101, 102)))
     install_damon(tmp_path / "root")
@@ -156,8 +159,20 @@ def test_damon_tracker_scales_accesses_and_age(tmp_path):
                                 Region(BASE + 2**26, BASE + 2**27, 0.0, pytest.approx(40.0)))}
     t.track([101])  # same set: no restart, no new warm-up
     assert t.sample() != {}
+    # A newcomer restarts the kdamond (every region's age with it), so it waits
+    # restart_min_s (60 s) after the last start; meanwhile 101 keeps its history.
     t.track([101, 102])
-    assert t.sample() == {}
+    assert set(t.sample()) == {101} and host.read_text(f"{KD0}/contexts/0/targets/nr_targets").strip() == "1"
+    clock.t += 60.0
+    t.track([101, 102])
+    assert t.sample() == {}  # restarted with both: warming up again
+    clock.t += 2.0
+    assert set(t.sample()) == {101, 102}
+    # A departure costs no restart: 101 is no longer reported, 102 keeps its history.
+    writes = len(host.writes)
+    t.track([102])
+    assert set(t.sample()) == {102}
+    assert not [w for w in host.writes[writes:] if w[0].endswith("/state") and w[1] in ("on", "off")]
     t.close()
     assert read_slots(host) == ()
 
