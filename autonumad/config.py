@@ -788,8 +788,12 @@ class TieringConfig:
     # tracker's samples in one aggregation window (DAMON: nr_accesses divided
     # by damon_aggr_us / damon_sample_us, i.e. 4 of 20 at the defaults).
     hot_access_fraction: float = _key(0.2, _Number(0, 1, lo_open=True))
-    # A region is cold when it has not been accessed for this long.
+    # A region is cold when it has not been accessed for this long; cold
+    # memory is demoted to keep the headroom.
     cold_age_s: float = _key(30.0, _Number(0, 86400, lo_open=True))
+    # While hot memory waits on the slow tier for room on a fast node, memory
+    # idle this long is demoted to make that room (tiering.py, rule 4).
+    exchange_age_s: float = _key(5.0, _Number(0, 86400, lo_open=True))
     # A page just promoted is not demoted again within this time (hysteresis).
     promote_cooldown_s: float = _key(60.0, _Number(0, 86400))
     # DAMON monitoring intervals (monitoring_attrs/intervals/{sample_us,aggr_us});
@@ -905,6 +909,9 @@ def _cross_checks(cfg: Config, bad: set[str]) -> list[str]:
             and t.watermark_scale_factor_min > t.watermark_scale_factor_max:
         errors.append(f"tiering.watermark_scale_factor_min: must not exceed tiering.watermark_scale_factor_max "
                       f"({t.watermark_scale_factor_max}), got {t.watermark_scale_factor_min}")
+    if ok("tiering.exchange_age_s", "tiering.cold_age_s") and t.exchange_age_s > t.cold_age_s:
+        errors.append(f"tiering.exchange_age_s: must not exceed tiering.cold_age_s ({t.cold_age_s:g}), "
+                      f"got {t.exchange_age_s:g}")
     if ok("tiering.damon_sample_us", "tiering.damon_aggr_us") and t.damon_aggr_us < t.damon_sample_us:
         errors.append(f"tiering.damon_aggr_us: must be at least tiering.damon_sample_us "
                       f"({t.damon_sample_us}), got {t.damon_aggr_us}")

@@ -44,6 +44,9 @@ log = logging.getLogger("autonumad")
 # Verdicts that need no per-process line: nothing is wrong, or the reason was
 # already logged once for the whole host.
 _QUIET_RULES = frozenset({"already-local", "single-node", "disabled"})
+# Longest sleep between watchdog pings when fast re-checks are off (the
+# unit's WatchdogSec is far longer).
+WATCHDOG_STEP_S = 5.0
 
 
 @dataclass
@@ -296,25 +299,41 @@ class Daemon:
         elif o.status not in ("dry-run", "done"):
             log.info("pid %d (%s): %s %s: %s", a.pid, a.comm, a.kind, o.status, o.detail)
 
+    def next_pass_at(self, report: PassReport) -> float:
+        """When the pass after `report` starts, on self.clock, unless a signal or a re-pin comes first.
+
+        One interval after the last start; sooner when a move stopped short
+        (the rate limit or the deadline cut it: fast_recheck_s from now) or
+        when tiering can do more then than now (its tracker's first sample,
+        idle memory old enough to exchange for waiting hot memory).
+        """
+        now = self.clock()
+        at = report.started_s + self.interval_s
+        if any(o.status == "partial" for o in (*report.outcomes, *report.tiering_outcomes)):
+            at = min(at, now + self.config.daemon.fast_recheck_s)
+        recheck = report.tiering.recheck_in_s if report.tiering is not None else None
+        if recheck is not None:
+            at = min(at, now + max(self.config.daemon.fast_recheck_s, recheck))
+        return at
+
     def _sleep_until_next_pass(self, report: PassReport) -> None:
-        """Sleep until the interval ends, waking early for signals or a re-pinned candidate."""
-        deadline = report.started_s + self.interval_s
-        partial = any(o.status == "partial" for o in report.outcomes)
-        if partial:
-            deadline = min(deadline, self.clock() + self.config.daemon.fast_recheck_s)
+        """Sleep until next_pass_at(), waking early for signals or a re-pinned candidate."""
+        deadline = self.next_pass_at(report)
         watched = {p.pid: tuple(p.status.cpus_allowed) for p in report.snapshot.processes}
         step = self.config.daemon.fast_recheck_s
         while not self.stop_event.is_set():
             left = deadline - self.clock()
             if left <= 0:
                 return
-            if self.stop_event.wait(min(step, left)):
+            # fast_recheck_s = 0 turns the re-checks off; the watchdog is still
+            # fed every WATCHDOG_STEP_S.
+            if self.stop_event.wait(min(step or WATCHDOG_STEP_S, left)):
                 return
             # The loop is alive between passes: keep systemd's watchdog fed when
             # the interval is longer than half of WatchdogSec. A wedged *pass*
             # still trips it, since nothing pings during one.
             self._notify("watchdog")
-            if self._affinity_changed(watched):
+            if step and self._affinity_changed(watched):
                 return
 
     def _affinity_changed(self, watched: dict[int, tuple[int, ...]]) -> bool:

@@ -19,8 +19,9 @@ Rules, per process, in order:
 1. Selection and explicit placement exactly as in the balancing policy:
    excluded pids, commands and cgroups are left alone, and so is any process
    with a non-default memory policy on a VMA (its owner placed it).
-2. Ping-pong: a process whose ranges went back and forth (promoted after a
-   demotion within `promote_cooldown_s`) backs off, doubling each time.
+2. Ping-pong: a process whose ranges went back and forth (a promotion
+   brought back at least a quarter of what was demoted from the same ranges
+   within `promote_cooldown_s`) backs off, doubling each time.
 3. Promote hot: ranges the tracker saw accessed in at least
    `hot_access_fraction` of its samples, that lie in VMAs with pages on a
    slow node, move to the fast node where the process's threads run (the
@@ -28,11 +29,26 @@ Rules, per process, in order:
    first. Promotion may use a fast node's free memory down to its *floor*:
    the larger of `headroom_min` and the zone's `promo` watermark, so a
    promotion never itself pushes the kernel into reclaim.
-4. Demote cold: when a fast node's free memory is below its headroom
-   target, ranges not accessed (fraction 0) for at least `cold_age_s`, in
-   VMAs with pages on that node, move to its demotion target, oldest first,
-   until the target is met. A range promoted within `promote_cooldown_s` is
-   not demoted (hysteresis).
+4. Demote cold, idlest first, to the fast node's demotion target, for two
+   reasons:
+   - *headroom*: while the node's free memory is below its headroom
+     target, ranges not accessed (fraction 0) for at least `cold_age_s`
+     move until the target is met;
+   - *exchange*: while hot memory waits on the slow tier for room on the
+     node (more of it than the room above the floor), ranges idle for at
+     least `exchange_age_s` move until that room exists. Memory seen idle
+     for seconds is worth less on the fast tier than memory accessed in a
+     fifth of all samples now; the kernel's own reclaim-driven demotion
+     asks for no idle time at all.
+   A range promoted within `promote_cooldown_s` is not demoted
+   (hysteresis).
+
+Where a region's pages are comes from the kernel (move_pages(2) in query
+form, sampled when the regions are large; tiering_step.py), so a range that
+already moved is not planned again; without that (a fake host) it is
+estimated from numa_maps, spreading each VMA's pages evenly. An action
+takes at most the bytes found where it moves them from, within the room and
+the budget left.
 
 Budget: promotion gets `promote_share` of the pass's bytes, demotion the
 rest; a side that needs less than its share leaves the remainder to the
@@ -66,8 +82,9 @@ Kernel coexistence (kernel.numa_balancing bit 1 = NUMA_BALANCING_MEMORY_TIERING,
 
 - tiering mode off: the daemon promotes and demotes;
 - tiering mode on: the kernel promotes on hint faults; the daemon does not
-  promote (rule "kernel-promotes") and only keeps the headroom by demoting,
-  which is exactly the room kernel promotion lacks under pressure;
+  promote (rule "kernel-promotes") and only demotes: for the headroom, and
+  in exchange for the hot memory it sees waiting on the slow tier, which is
+  exactly the room kernel promotion lacks under pressure;
 - demotion_enabled on: the kernel also demotes during reclaim; the daemon's
   proactive demotion keeps reclaim from being reached at all on fast
   nodes, and the two never conflict (both move cold pages down).
@@ -92,6 +109,9 @@ NUMA_BALANCING_MEMORY_TIERING = 2
 WIDEN_FACTOR = 1.25
 NARROW_FRACTION = 0.1
 PINGPONG_BACKOFF_MAX_S = 3600.0
+# A promotion is a ping-pong when it brings back at least this share of the
+# bytes demoted from the same ranges within the cool-down.
+PINGPONG_FRACTION = 0.25
 RULE_PROMOTE = "promote-hot"
 RULE_DEMOTE = "demote-cold"
 
@@ -139,11 +159,7 @@ def plan_tiers(topology: Topology, config) -> TierPlan | None:
 @dataclass
 class _ProcTiering:
     promoted: list[tuple[int, int, float]] = field(default_factory=list)  # (start, end, when)
-    demoted: list[tuple[int, int, float]] = field(default_factory=list)
-    # Ranges whose move found nothing to move (the numa_maps estimate spreads
-    # a VMA's pages evenly, so an already-moved range can look movable):
-    # not tried again within the cool-down.
-    futile: list[tuple[int, int, float]] = field(default_factory=list)
+    demoted: list[tuple[int, int, float, int]] = field(default_factory=list)  # (start, end, when, bytes moved)
     pingpongs: int = 0
     backoff_until_s: float = 0.0
 
@@ -195,22 +211,26 @@ class TieringHistory:
             if enomem:
                 self.last_enomem_pages[dst] = self.last_enomem_pages.get(dst, 0) + enomem
                 self.blocked_promotions += 1
+        if not outcome.moved_bytes:
+            return
         h = self.processes.setdefault(a.key, _ProcTiering())
         ranges = [(v.start, v.end or v.start) for v in a.vmas]
-        if not outcome.moved_bytes:
-            if outcome.status in ("done", "failed") and not outcome.failures:
-                h.futile = [x for x in h.futile if now_s - x[2] < cooldown_s] + [(s, e, now_s) for s, e in ranges]
-            return
         if a.rule == RULE_PROMOTE:
-            # Promoting what we demoted within the cool-down: ping-pong.
-            if any(_overlaps(s, e, ds, de) and now_s - t < cooldown_s
-                   for s, e in ranges for ds, de, t in h.demoted):
+            # Bringing back a good part of what was demoted within the cool-down:
+            # ping-pong. A small part is the tracker's regions being coarse (a
+            # few hot pages idle ranges held, found again): corrected, not
+            # punished. The part is an upper bound, this move's bytes against
+            # the bytes demoted from the ranges it overlaps.
+            demoted = sum(b for ds, de, t, b in h.demoted
+                          if now_s - t < cooldown_s and any(_overlaps(s, e, ds, de) for s, e in ranges))
+            if demoted and min(outcome.moved_bytes, demoted) >= PINGPONG_FRACTION * demoted:
                 h.pingpongs += 1
                 self.pingpongs_total += 1
                 h.backoff_until_s = now_s + min(PINGPONG_BACKOFF_MAX_S, max(cooldown_s, 1.0) * 2 ** h.pingpongs)
             h.promoted = [x for x in h.promoted if now_s - x[2] < cooldown_s] + [(s, e, now_s) for s, e in ranges]
         else:
-            h.demoted = [x for x in h.demoted if now_s - x[2] < cooldown_s] + [(s, e, now_s) for s, e in ranges]
+            h.demoted = [x for x in h.demoted if now_s - x[2] < cooldown_s] + [
+                (s, e, now_s, outcome.moved_bytes // len(ranges)) for s, e in ranges]
 
 
 def _overlaps(a0: int, a1: int, b0: int, b1: int) -> bool:
@@ -229,7 +249,7 @@ class NodeHeadroom:
     free_bytes: int
     target_bytes: int  # the (adaptive) headroom demotion maintains
     floor_bytes: int  # promotions stop here: max(headroom_min, promo watermark)
-    hot_bytes: int  # estimated, from the tracker's regions and numa_maps
+    hot_bytes: int  # from the tracker's regions and where their pages are
     cold_bytes: int
     candidate_bytes: int  # hot bytes on slow nodes wanting this node
     room_short: bool  # candidates exceeded the room above the floor
@@ -244,10 +264,14 @@ class TieringDecision:
     headroom: Mapping[int, NodeHeadroom]
     note: str  # one line: why tiering is idle, or what it runs with
     processes_seen: tuple[ProcessView, ...] = ()
-    # Estimated resident bytes the tracker saw hot / cold (unused for
-    # cold_age_s), by node, every memory node.
+    # Resident bytes the tracker saw hot / cold (unused for cold_age_s), by
+    # node, every memory node.
     hot_bytes_by_node: Mapping[int, int] = field(default_factory=dict)
     cold_bytes_by_node: Mapping[int, int] = field(default_factory=dict)
+    # Seconds after which a pass could do what this one could not: hot
+    # memory waits for room that idle memory will free once it has been
+    # idle for exchange_age_s. None: nothing is waiting on time.
+    recheck_in_s: float | None = None
 
 
 @dataclass
@@ -255,25 +279,37 @@ class _Candidate:
     p: ProcessView
     region: Region
     vmas: list[Vma]
-    est_bytes: int  # estimated bytes to move (numa_maps density): demand, ordering, reasons
+    # Bytes this move should take: the range's bytes on the slow tier
+    # (promotion) or on the fast node (demotion).
+    est_bytes: int
     node: int  # promotion target, or the fast node it is demoted from
-    # The most a move of this range can take: the bytes of the range inside
-    # its VMAs. Actions are capped by this (and by room and budget), not by
-    # the estimate: the estimate spreads a VMA's pages evenly, while the
-    # pages left to move are often concentrated in a few ranges, and a cap at
-    # the estimate made promotion crawl (measured: 18 MiB estimated, 0.1 MiB
-    # moved; the move_pages query skips pages already in place anyway).
-    max_bytes: int = 0
+
+
+def regions_to_place(regions: Sequence[Region], config) -> list[Region]:
+    """The regions the policy may act on, whose page locations are worth asking the kernel for.
+
+    Hot regions (promotion candidates) and regions idle long enough for
+    either demotion rule; the rest are never moved.
+    """
+    idle_s = min(config.cold_age_s, config.exchange_age_s)
+    return [r for r in regions
+            if r.accesses_fraction >= config.hot_access_fraction
+            or (r.accesses_fraction == 0 and r.age_s >= idle_s)]
 
 
 def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region]], history: TieringHistory,
                    config, now_s: float, *, balance: BalancePolicyConfig = BalancePolicyConfig(),
                    budget_bytes: int = 1 << 62,
-                   vma_ends: Mapping[int, Mapping[int, int]] | None = None) -> TieringDecision:
+                   vma_ends: Mapping[int, Mapping[int, int]] | None = None,
+                   placement: Mapping[int, Mapping[tuple[int, int], Mapping[int, int]]] | None = None,
+                   ) -> TieringDecision:
     """Plan this pass's promotions and demotions (see the module docstring for the rules).
 
     `hotness` is the tracker's sample, `budget_bytes` what the mover may
-    move this pass, `vma_ends` pid -> {VMA start: end} from /proc/<pid>/maps.
+    move this pass, `vma_ends` pid -> {VMA start: end} from /proc/<pid>/maps,
+    and `placement` pid -> {(start, end): {node: bytes}}: where the kernel
+    says a region's pages are (move_pages(2) query). A region without a
+    placement is estimated from numa_maps (its VMAs' pages spread evenly).
     """
     if not config.enabled:
         return TieringDecision(None, (), {}, {}, "tiering is disabled in the config")
@@ -287,10 +323,14 @@ def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region
     wmarks = node_watermarks(snapshot.zones)
     comm_exclude = tuple(re.compile(x) for x in balance.exclude_comm)
     comm_include = tuple(re.compile(x) for x in balance.include_comm)
+    idle_s = min(config.cold_age_s, config.exchange_age_s)
 
     verdicts: dict[int, Verdict] = {}
     promos: list[_Candidate] = []
     colds: list[_Candidate] = []
+    # Per fast node, the longest idle time of idle memory not yet old enough
+    # to be exchanged: when it will be, a pass can make room.
+    maturing_s: dict[int, float] = {}
     hot_bytes = {n: 0 for n in topo.memory_nodes}
     cold_bytes = dict(hot_bytes)
     for p in snapshot.processes:
@@ -303,40 +343,48 @@ def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region
             verdicts[p.pid] = Verdict(p.pid, p.comm, "not-tracked", "no hotness sample for it yet")
             continue
         h = history.processes.get((p.pid, p.start_ticks))
+        if h and h.backoff_until_s > now_s:
+            verdicts[p.pid] = Verdict(p.pid, p.comm, "pingpong-backoff",
+                                      f"its ranges went back and forth {h.pingpongs} time(s); backing off for "
+                                      f"{h.backoff_until_s - now_s:.0f} s")
+            continue
         index = _VmaIndex(p, (vma_ends or {}).get(p.pid))
+        placed = (placement or {}).get(p.pid, {})
         home = _fast_home(p, topo, plan)
-        futile = [(s, e) for s, e, t in (h.futile if h else ()) if now_s - t < config.promote_cooldown_s]
         for r in regions:
-            if any(_overlaps(r.start, r.end, s, e) for s, e in futile):
-                continue
-            by_node = index.bytes_by_node(r)
+            by_node = placed.get((r.start, r.end))
+            if by_node is None:
+                by_node = index.bytes_by_node(r)
             if r.accesses_fraction >= config.hot_access_fraction:
                 for n, b in by_node.items():
                     hot_bytes[n] = hot_bytes.get(n, 0) + b
                 on_slow = sum(b for n, b in by_node.items() if n in slow)
                 if on_slow and home is not None:
-                    promos.append(_Candidate(p, r, index.overlapping(r), on_slow, home, index.span_bytes(r)))
-            elif r.accesses_fraction == 0 and r.age_s >= config.cold_age_s:
+                    promos.append(_Candidate(p, r, index.overlapping(r), on_slow, home))
+                continue
+            if r.accesses_fraction != 0:
+                continue
+            if r.age_s >= config.cold_age_s:
                 for n, b in by_node.items():
                     cold_bytes[n] = cold_bytes.get(n, 0) + b
-                    if n in fast and b:
-                        if h and any(_overlaps(r.start, r.end, s, e) and now_s - t < config.promote_cooldown_s
-                                     for s, e, t in h.promoted):
-                            continue
-                        colds.append(_Candidate(p, r, index.overlapping(r), b, n, index.span_bytes(r)))
-        if h and h.backoff_until_s > now_s:
-            promos = [c for c in promos if c.p is not p]
-            colds = [c for c in colds if c.p is not p]
-            verdicts[p.pid] = Verdict(p.pid, p.comm, "pingpong-backoff",
-                                      f"its ranges went back and forth {h.pingpongs} time(s); backing off for "
-                                      f"{h.backoff_until_s - now_s:.0f} s")
+            for n, b in by_node.items():
+                if n not in fast or not b:
+                    continue
+                if h and any(_overlaps(r.start, r.end, s, e) and now_s - t < config.promote_cooldown_s
+                             for s, e, t in h.promoted):
+                    continue
+                if r.age_s >= idle_s:
+                    colds.append(_Candidate(p, r, index.overlapping(r), b, n))
+                else:
+                    maturing_s[n] = max(maturing_s.get(n, 0.0), r.age_s)
 
-    # Headroom per fast node.
+    # Headroom per fast node. Hot memory waiting on the slow tier is counted
+    # whoever promotes it: with kernel promotion on, the room the daemon
+    # makes is the room the kernel's promotion lacks.
     headroom: dict[int, NodeHeadroom] = {}
     candidate_by_node = {n: 0 for n in plan.fast_nodes}
-    if not kernel_promotes:
-        for c in promos:
-            candidate_by_node[c.node] = candidate_by_node.get(c.node, 0) + c.est_bytes
+    for c in promos:
+        candidate_by_node[c.node] = candidate_by_node.get(c.node, 0) + c.est_bytes
     free = {n.id: n.memory_free_bytes for n in topo.nodes}
     for n in plan.fast_nodes:
         node = topo.node(n)
@@ -352,41 +400,53 @@ def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region
                                    hot_bytes.get(n, 0), cold_bytes.get(n, 0), candidate_by_node.get(n, 0),
                                    candidate_by_node.get(n, 0) > max(0, room), change)
 
+    # What each fast node wants demoted: the headroom target's shortfall
+    # (served by memory idle for cold_age_s), and the room hot memory waits
+    # for (served by memory idle for exchange_age_s).
+    want_headroom = {n: max(0, hr.target_bytes - hr.free_bytes) for n, hr in headroom.items()}
+    want_exchange = {n: max(0, hr.candidate_bytes - max(0, hr.free_bytes - hr.floor_bytes))
+                     for n, hr in headroom.items()}
+
     # Budget split.
     promote_need = 0 if kernel_promotes else sum(c.est_bytes for c in promos)
-    demote_need = sum(max(0, h.target_bytes - h.free_bytes) + min(h.candidate_bytes, budget_bytes)
-                      for h in headroom.values())
+    demote_need = sum(max(want_headroom[n], want_exchange[n]) for n in headroom)
     promote_budget, demote_budget = _split_budget(budget_bytes, config.promote_share, promote_need, demote_need)
 
     actions: list[Action] = []
     planned: dict[int, list[Action]] = {}
-    # Demotions: refill each fast node's headroom, plus room for what waits to be promoted.
+    recheck: list[float] = []
+    # Demotions, idlest first.
     slow_free = {n: free[n] for n in plan.slow_nodes}
     for n, hr in headroom.items():
-        want = max(0, hr.target_bytes - hr.free_bytes)
-        if hr.room_short:
-            want = max(want, hr.candidate_bytes - max(0, hr.free_bytes - hr.floor_bytes))
         dst = hr.demotion_target
+        taken = 0
         for c in sorted((c for c in colds if c.node == n), key=lambda c: (-c.region.age_s, c.p.pid, c.region.start)):
-            if want <= 0 or demote_budget <= 0:
-                break
+            age = c.region.age_s
+            by_headroom = want_headroom[n] if age >= config.cold_age_s else 0
+            by_exchange = want_exchange[n] if age >= config.exchange_age_s else 0
+            left = max(by_headroom, by_exchange) - taken
+            if left <= 0 or demote_budget <= 0:
+                break  # sorted idlest first: no later range is eligible for more
             if dst not in c.p.status.mems_allowed:
                 continue
             room_dst = slow_free.get(dst, 0) - _slow_reserve(topo, dst)
-            take = min(max(c.est_bytes, c.max_bytes), want, demote_budget, max(0, room_dst))
+            take = min(c.est_bytes, left, demote_budget, max(0, room_dst))
             if take <= 0:
                 continue
+            why = (f"node {n} has {_mib(hr.free_bytes)} free, below its headroom target of "
+                   f"{_mib(hr.target_bytes)}" if by_headroom - taken > 0 else
+                   f"{_mib(hr.candidate_bytes)} of hot memory waits on the slow tier for room on node {n}")
             a = _range_action(c, dst, RULE_DEMOTE, take,
-                              f"node {n} has {_mib(hr.free_bytes)} free, below its headroom target of "
-                              f"{_mib(hr.target_bytes)}; {_mib(c.region.size_bytes)} at {c.region.start:#x} "
-                              f"unused for {c.region.age_s:.0f} s (cold after {config.cold_age_s:g} s) moves "
-                              f"to node {dst}")
+                              f"{why}; {_mib(c.est_bytes)} on node {n} in {_mib(c.region.size_bytes)} at "
+                              f"{c.region.start:#x}, unused for {age:.0f} s, moves to node {dst}")
             actions.append(a)
             planned.setdefault(c.p.pid, []).append(a)
-            want -= take
+            taken += take
             demote_budget -= take
             slow_free[dst] = slow_free.get(dst, 0) - take
             free[n] += take
+        if want_exchange[n] > taken and n in maturing_s:
+            recheck.append(config.exchange_age_s - maturing_s[n])
 
     # Promotions: hottest first, into the room above each node's floor.
     if kernel_promotes:
@@ -402,7 +462,7 @@ def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region
                                                      f"node {c.node} is not in its Mems_allowed_list"))
                 continue
             room = free[c.node] - hr.floor_bytes
-            take = min(max(c.est_bytes, c.max_bytes), promote_budget, max(0, room))
+            take = min(c.est_bytes, promote_budget, max(0, room))
             if take <= 0:
                 verdicts.setdefault(c.p.pid, Verdict(
                     c.p.pid, c.p.comm, "fast-tier-full" if room <= 0 else "budget",
@@ -435,7 +495,7 @@ def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region
     note = (f"fast {_nodes(plan.fast_nodes)}, slow {_nodes(plan.slow_nodes)} ({plan.source})"
             + ("; kernel promotes (numa_balancing tiering mode)" if kernel_promotes else ""))
     return TieringDecision(plan, tuple(actions), verdicts, headroom, note, snapshot.processes,
-                           hot_bytes, cold_bytes)
+                           hot_bytes, cold_bytes, min(recheck) if recheck else None)
 
 
 def _selection(p: ProcessView, cfg: BalancePolicyConfig, comm_exclude, comm_include) -> tuple[str, str] | None:
@@ -545,10 +605,6 @@ class _VmaIndex:
             if self.ends[i] > r.start:
                 yield i
             i += 1
-
-    def span_bytes(self, r: Region) -> int:
-        """Bytes of the range that lie inside the VMAs it overlaps."""
-        return sum(max(0, min(r.end, self.ends[i]) - max(r.start, self.vmas[i].start)) for i in self._around(r))
 
     def overlapping(self, r: Region) -> list[Vma]:
         return [self.vmas[i] for i in self._around(r)]

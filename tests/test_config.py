@@ -240,6 +240,8 @@ CROSS = [
      "tiering.watermark_scale_factor_min: must not exceed tiering.watermark_scale_factor_max (100), got 500"),
     ("damon-intervals", {"tiering": {"damon_sample_us": 20000, "damon_aggr_us": 10000}},
      "tiering.damon_aggr_us: must be at least tiering.damon_sample_us (20000), got 10000"),
+    ("exchange-after-cold", {"tiering": {"cold_age_s": 10, "exchange_age_s": 20}},
+     "tiering.exchange_age_s: must not exceed tiering.cold_age_s (10), got 20"),
 ]
 
 

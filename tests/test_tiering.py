@@ -250,15 +250,28 @@ def test_promoting_what_was_just_demoted_counts_a_pingpong_and_backs_off(tmp_pat
     h = TieringHistory()
     key = d.actions[0].key
     from autonumad.tiering import _ProcTiering
-    h.processes[key] = _ProcTiering(demoted=[(HOT, HOT + MiB, 990.0)])
+    h.processes[key] = _ProcTiering(demoted=[(HOT, HOT + MiB, 990.0, MiB)])
     (o,) = _execute(host, d)
     h.record_outcome(o, 1000.0, 60.0)
     assert h.pingpongs_total == 1 and h.processes[key].backoff_until_s > 1000.0
-    spec = tiered([proc()])
     snap = take_snapshot(host)
     d2 = decide_tiering(snap, hotness(), h, TieringConfig(), 1001.0)
     assert d2.actions == () and d2.verdicts[100].rule == "pingpong-backoff"
-    del spec
+
+
+def test_bringing_back_a_few_pages_of_a_large_demotion_is_no_pingpong(tmp_path):
+    # 64 MiB were demoted as one range; 2 MiB of it turn out hot and come back.
+    p = ProcessSpec(100, "app", (ThreadSpec(100, 0),),
+                    vmas=(VmaSpec(HOT, {0: 62 * MiB // P, 2: 2 * MiB // P}),))
+    host, d = decide(tmp_path, tiered([p]), hot={100: (Region(HOT, HOT + HOT_MIB * MiB, 1.0, 2.0),)})
+    (a,) = d.actions
+    from autonumad.tiering import _ProcTiering
+    h = TieringHistory()
+    h.processes[a.key] = _ProcTiering(demoted=[(HOT, HOT + HOT_MIB * MiB, 990.0, HOT_MIB * MiB)])
+    (o,) = _execute(host, d)
+    assert o.moved_bytes == 2 * MiB
+    h.record_outcome(o, 1000.0, 60.0)
+    assert h.pingpongs_total == 0 and h.processes[a.key].backoff_until_s == 0.0
 
 
 def test_enomem_on_promotion_widens_the_headroom_next_pass(tmp_path):
@@ -317,9 +330,14 @@ def _daemon(tmp_path, spec, regions, **tiering):
     install_damon(tmp_path / "root")
     host = FakeDamonHost(tmp_path / "root", regions)
     # Balancing off: on its own it would move the whole process to the fast node.
-    cfg = compile_config({"daemon": {"runtime_dir": str(tmp_path / "run"), "interval_s": 1.0},
+    cfg = compile_config({"daemon": {"runtime_dir": str(tmp_path / "run"), "interval_s": 10.0},
                           "balance": {"enabled": False}, "metrics": {"listen": ""}, "tiering": tiering})
     return host, Daemon(host, cfg, manage_knobs=False)
+
+
+def _pretend_watched_for(d, seconds):
+    """As if DAMON had been watching `seconds` longer (past its warm-up)."""
+    d.tiering.tracker.active.started_s -= seconds
 
 
 def test_daemon_pass_promotes_through_damon_and_cleans_up_at_exit(tmp_path):
@@ -327,10 +345,14 @@ def test_daemon_pass_promotes_through_damon_and_cleans_up_at_exit(tmp_path):
     host, d = _daemon(tmp_path, tiered([proc()]), regions)
     first = d.run_pass()
     assert first.tiering_outcomes == [] and d.tiering.tracker_name == "damon"  # DAMON warming up
-    d.tiering.tracker.active.started_s -= 10  # as if 10 s had passed
+    # The next pass comes when DAMON has warmed up (2 s), not a whole interval later.
+    assert 0 < first.tiering.recheck_in_s <= 2.0
+    assert d.next_pass_at(first) <= d.clock() + 2.0 < first.started_s + 10.0
+    _pretend_watched_for(d, 10.0)
     report = d.run_pass()
     assert [(o.action.rule, o.status, o.moved_from) for o in report.tiering_outcomes] == \
         [(RULE_PROMOTE, "done", {2: HOT_MIB * MiB // P})]
+    assert report.tiering.recheck_in_s is None and d.next_pass_at(report) == report.started_s + 10.0
     assert report.outcomes == []  # balancing is off
     assert report.tiering.headroom[0].free_bytes == GiB // 2
     assert report.tiering.moved_bytes == {(RULE_PROMOTE, 2, 0): HOT_MIB * MiB}
@@ -346,7 +368,7 @@ def test_daemon_dry_run_decides_tiering_but_moves_nothing(tmp_path):
     d.dry_run_override = True
     before = host.path("/proc/100/numa_maps").read_text()
     d.run_pass()
-    d.tiering.tracker.active.started_s -= 10
+    _pretend_watched_for(d, 10.0)
     report = d.run_pass()
     assert [o.status for o in report.tiering_outcomes] == ["dry-run"]
     assert host.path("/proc/100/numa_maps").read_text() == before
@@ -365,15 +387,54 @@ def test_daemon_tiers_by_the_cpuless_fallback_and_no_tracker_when_disabled(tmp_p
     d2._shutdown()
 
 
-def test_a_range_that_moved_nothing_is_not_tried_again_within_the_cooldown(tmp_path):
-    from autonumad.executor import Outcome
-    host, d = decide(tmp_path, tiered([proc()]))
+def test_the_kernels_page_locations_override_the_numa_maps_estimate(tmp_path):
+    # numa_maps puts the whole hot VMA on node 2; the kernel says 4 MiB of the region are still there.
+    region = (HOT, HOT + HOT_MIB * MiB)
+    _, d = decide(tmp_path / "a", tiered([proc()]), placement={100: {region: {0: 60 * MiB, 2: 4 * MiB}}})
     (a,) = d.actions
-    h = TieringHistory()
-    h.record_outcome(Outcome(a, "done"), 1000.0, 60.0)  # every page was already there
-    snap = take_snapshot(host)
-    assert decide_tiering(snap, hotness(), h, TieringConfig(promote_cooldown_s=60), 1010.0).actions == ()
-    assert len(decide_tiering(snap, hotness(), h, TieringConfig(promote_cooldown_s=60), 1100.0).actions) == 1
+    assert d.headroom[0].candidate_bytes == 4 * MiB and "4 MiB on the slow tier" in a.reason
+    assert a.bytes == 4 * MiB
+    # Already all on the fast tier: nothing to promote, whatever numa_maps says.
+    _, d = decide(tmp_path / "b", tiered([proc()]), placement={100: {region: {0: HOT_MIB * MiB}}})
+    assert d.actions == () and d.headroom[0].candidate_bytes == 0
+
+
+def test_room_and_budget_are_counted_in_the_bytes_expected_to_move(tmp_path):
+    # Two hot processes, 4 MiB of each still on the slow node, 40 MiB of room above the floor:
+    # both fit, although each range spans 64 MiB.
+    spec = tiered([proc(), proc(pid=200)], free=(48 * MiB, GiB // 2, GiB))
+    region = (HOT, HOT + HOT_MIB * MiB)
+    placement = {pid: {region: {0: 60 * MiB, 2: 4 * MiB}} for pid in (100, 200)}
+    _, d = decide(tmp_path, spec, hot={**hotness(100), **hotness(200)}, placement=placement)
+    assert sorted(a.pid for a in d.actions if a.rule == RULE_PROMOTE) == [100, 200]
+
+
+def _pressure(tmp_path, idle_s, waiting=True, **cfg):
+    """Node 0 with 8 MiB free; pid 200's memory on it idle for `idle_s`; pid 100's hot set on node 2."""
+    procs = [proc(pid=200, hot_on=0, cold_on=0)] + ([proc()] if waiting else [])
+    spec = tiered(procs, free=(8 * MiB, GiB // 2, GiB))
+    hot = {200: (Region(COLD, COLD + COLD_MIB * MiB, 0.0, idle_s),), **(hotness(100) if waiting else {})}
+    return decide(tmp_path, spec, hot=hot, cfg=TieringConfig(**cfg))[1]
+
+
+def test_idle_memory_is_exchanged_for_waiting_hot_memory_after_exchange_age(tmp_path):
+    d = _pressure(tmp_path, idle_s=6.0)  # idle 6 s: past exchange_age_s (5), short of cold_age_s (30)
+    demotes = [a for a in d.actions if a.rule == RULE_DEMOTE]
+    assert [a.pid for a in demotes] == [200] and "waits on the slow tier for room on node 0" in demotes[0].reason
+    assert sum(a.bytes for a in demotes) >= HOT_MIB * MiB - 8 * MiB + d.headroom[0].floor_bytes
+    assert d.recheck_in_s is None
+
+
+def test_younger_idle_memory_waits_and_the_pass_says_when_to_look_again(tmp_path):
+    d = _pressure(tmp_path / "a", idle_s=3.0)
+    assert [a.rule for a in d.actions] == [] or all(a.rule == RULE_PROMOTE for a in d.actions)
+    assert d.recheck_in_s == pytest.approx(2.0)
+    # Nothing waiting: idle memory short of cold_age_s is left alone however low the free room,
+    # and no early pass is asked for.
+    d = _pressure(tmp_path / "b", idle_s=6.0, waiting=False)
+    assert d.actions == () and d.recheck_in_s is None
+    d = _pressure(tmp_path / "c", idle_s=31.0, waiting=False)
+    assert [a.rule for a in d.actions] == [RULE_DEMOTE] and "below its headroom target" in d.actions[0].reason
 
 
 def test_metrics_show_headroom_and_moves_by_node_pair(tmp_path):
@@ -385,7 +446,7 @@ def test_metrics_show_headroom_and_moves_by_node_pair(tmp_path):
     host, d = _daemon(tmp_path, tiered([proc()]), regions)
     d.metrics = DaemonMetrics()
     d.run_pass()
-    d.tiering.tracker.active.started_s -= 10
+    _pretend_watched_for(d, 10.0)
     d.run_pass()
     d._shutdown()
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -415,7 +476,7 @@ def test_status_and_explain_show_tracker_headroom_and_the_daemons_verdict(tmp_pa
     regions = {100: [(HOT, HOT + HOT_MIB * MiB, 20, 5), (COLD, COLD + COLD_MIB * MiB, 0, 9000)]}
     host, d = _daemon(tmp_path, tiered([proc()]), regions)
     d.run_pass()
-    d.tiering.tracker.active.started_s -= 10
+    _pretend_watched_for(d, 10.0)
     d.run_pass()
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[daemon]\nruntime_dir = "{tmp_path}/run"\n')
