@@ -26,17 +26,20 @@ Rules, per process, in order:
    `hot_access_fraction` of its samples, that lie in VMAs with pages on a
    slow node, move to the fast node where the process's threads run (the
    node running most of them; it must be in Mems_allowed_list). Hottest
-   first. Promotion may use a fast node's free memory down to its *floor*:
-   the larger of `headroom_min` and the zone's `promo` watermark, so a
-   promotion never itself pushes the kernel into reclaim.
-4. Demote cold, idlest first, to the fast node's demotion target, for two
-   reasons:
-   - *headroom*: while the node's free memory is below its headroom
-     target, ranges not accessed (fraction 0) for at least `cold_age_s`
-     move until the target is met;
-   - *exchange*: while hot memory waits on the slow tier for room on the
-     node (more of it than the room above the floor), ranges idle for at
-     least `exchange_age_s` move until that room exists. Memory seen idle
+   first. Promotion may use a fast node's free memory down to its *floor*,
+   the node's summed zone `promo` watermarks (`high` on kernels without
+   one), so a promotion never itself pushes the kernel into reclaim.
+4. Demote cold, idlest first, to the fast node's demotion target. The free
+   memory demotion keeps on a fast node, its *free target*, is the floor
+   plus the (adaptive) headroom: the headroom is room above what the
+   kernel reserves, for promotions and new allocations to land in, as in
+   TPP's decoupled demotion watermark. Two reasons to demote:
+   - *headroom*: while the node's free memory is below its free target,
+     ranges not accessed (fraction 0) for at least `cold_age_s` move until
+     the target is met;
+   - *exchange*: while hot memory waits on the slow tier for the node,
+     ranges idle for at least `exchange_age_s` move until the node has
+     room for all of it and, after it, its free target. Memory seen idle
      for seconds is worth less on the fast tier than memory accessed in a
      fifth of all samples now; the kernel's own reclaim-driven demotion
      asks for no idle time at all.
@@ -56,9 +59,9 @@ other, so neither starves the other and neither idles the mover. Both run
 through the daemon's one token bucket, so balancing and tiering together
 never exceed `balance.migrate_rate_mib_s`.
 
-The adaptive headroom, per fast node. The target starts at
-`tiering.headroom` and stays within [headroom_min, headroom_max]. Each pass
-looks at what the last pass saw:
+The adaptive headroom, per fast node. It starts at `tiering.headroom` and
+stays within [headroom_min, headroom_max]. Each pass looks at what the last
+pass saw:
 
 - *Promotion was blocked for lack of room* when any of: a promotion to the
   node failed with ENOMEM; the bytes wanting promotion exceeded the bytes
@@ -68,14 +71,14 @@ looks at what the last pass saw:
   quarter or by the bytes that were blocked, whichever is more: demotion
   makes room ahead of demand rather than after it.
 - *Fast memory sat idle* when nothing wanted promotion and free memory was
-  at or above the target. Then the target narrows by a tenth of its
+  at or above the free target. Then the headroom narrows by a tenth of its
   distance to headroom_min per pass: slowly, so a lull does not throw away
   the room the next burst will need.
 - Otherwise it holds.
 
 Widening fast and narrowing slowly (multiplicative increase, geometric
 decrease) settles at the smallest headroom that keeps promotions flowing.
-With `adaptive_headroom = false` the target is `tiering.headroom`.
+With `adaptive_headroom = false` the headroom is `tiering.headroom`.
 
 Kernel coexistence (kernel.numa_balancing bit 1 = NUMA_BALANCING_MEMORY_TIERING,
 /sys/kernel/mm/numa/demotion_enabled):
@@ -168,7 +171,7 @@ class _ProcTiering:
 class TieringHistory:
     """What tiering remembers between passes: headroom targets, recent moves, last pass's signals."""
 
-    headroom_target_bytes: dict[int, int] = field(default_factory=dict)
+    headroom_bytes: dict[int, int] = field(default_factory=dict)  # the adaptive headroom, per fast node
     processes: dict[ProcKey, _ProcTiering] = field(default_factory=dict)
     # Of the last pass, per fast node: bytes that wanted promotion, bytes
     # promoted, pages that failed with ENOMEM, and whether room was short.
@@ -185,7 +188,7 @@ class TieringHistory:
     def record_decision(self, d: "TieringDecision") -> None:
         """Before executing: keep the new headroom targets and this pass's demand."""
         for node, h in d.headroom.items():
-            self.headroom_target_bytes[node] = h.target_bytes
+            self.headroom_bytes[node] = h.headroom_bytes
         self.last_candidate_bytes = {n: h.candidate_bytes for n, h in d.headroom.items()}
         self.last_room_short = {n: h.room_short for n, h in d.headroom.items()}
         self.last_promoted_bytes = {n: 0 for n in d.headroom}
@@ -247,8 +250,9 @@ class NodeHeadroom:
     demotion_target: int
     total_bytes: int
     free_bytes: int
-    target_bytes: int  # the (adaptive) headroom demotion maintains
-    floor_bytes: int  # promotions stop here: max(headroom_min, promo watermark)
+    target_bytes: int  # free memory demotion keeps: floor_bytes + headroom_bytes
+    floor_bytes: int  # promotions stop here: the node's promo watermark
+    headroom_bytes: int  # the (adaptive) headroom above the floor
     hot_bytes: int  # from the tracker's regions and where their pages are
     cold_bytes: int
     candidate_bytes: int  # hot bytes on slow nodes wanting this node
@@ -392,19 +396,18 @@ def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region
         lo = config.headroom_min.resolve_bytes(total)
         hi = max(lo, config.headroom_max.resolve_bytes(total))
         wm = wmarks.get(n)
-        promo_wm = (wm.promo_pages or wm.high_pages) * BASE_PAGE_BYTES if wm else 0
-        floor = max(lo, promo_wm)
-        target, change = _adapt(history, config, n, total, lo, hi, free[n], wm)
+        floor = floor_bytes(wm)
+        size, change = _adapt(history, config, n, total, lo, hi, free[n] - floor, wm)
         room = free[n] - floor
-        headroom[n] = NodeHeadroom(n, plan.demotion_targets[n], total, free[n], target, floor,
+        headroom[n] = NodeHeadroom(n, plan.demotion_targets[n], total, free[n], floor + size, floor, size,
                                    hot_bytes.get(n, 0), cold_bytes.get(n, 0), candidate_by_node.get(n, 0),
                                    candidate_by_node.get(n, 0) > max(0, room), change)
 
-    # What each fast node wants demoted: the headroom target's shortfall
-    # (served by memory idle for cold_age_s), and the room hot memory waits
-    # for (served by memory idle for exchange_age_s).
+    # What each fast node wants demoted: the free target's shortfall (served
+    # by memory idle for cold_age_s), and room for the hot memory waiting
+    # with the free target still met after it (memory idle exchange_age_s).
     want_headroom = {n: max(0, hr.target_bytes - hr.free_bytes) for n, hr in headroom.items()}
-    want_exchange = {n: max(0, hr.candidate_bytes - max(0, hr.free_bytes - hr.floor_bytes))
+    want_exchange = {n: max(0, hr.candidate_bytes + hr.target_bytes - hr.free_bytes) if hr.candidate_bytes else 0
                      for n, hr in headroom.items()}
 
     # Budget split.
@@ -433,7 +436,7 @@ def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region
             take = min(c.est_bytes, left, demote_budget, max(0, room_dst))
             if take <= 0:
                 continue
-            why = (f"node {n} has {_mib(hr.free_bytes)} free, below its headroom target of "
+            why = (f"node {n} has {_mib(hr.free_bytes)} free, below its free target of "
                    f"{_mib(hr.target_bytes)}" if by_headroom - taken > 0 else
                    f"{_mib(hr.candidate_bytes)} of hot memory waits on the slow tier for room on node {n}")
             a = _range_action(c, dst, RULE_DEMOTE, take,
@@ -518,12 +521,20 @@ def _selection(p: ProcessView, cfg: BalancePolicyConfig, comm_exclude, comm_incl
     return None
 
 
-def _adapt(history: TieringHistory, config, node: int, total: int, lo: int, hi: int, free_bytes: int, wm):
-    """The headroom control law (module docstring): the new target and what changed it."""
+def floor_bytes(wm) -> int:
+    """A fast node's promotion floor: its zones' promo watermarks (high where the kernel has no promo)."""
+    return (wm.promo_pages or wm.high_pages) * BASE_PAGE_BYTES if wm else 0
+
+
+def _adapt(history: TieringHistory, config, node: int, total: int, lo: int, hi: int, above_floor: int, wm):
+    """The headroom control law (module docstring): the new headroom and what changed it.
+
+    `above_floor` is the node's free memory above its floor now.
+    """
     base = min(hi, max(lo, config.headroom.resolve_bytes(total)))
     if not config.adaptive_headroom:
         return base, "fixed"
-    prev = history.headroom_target_bytes.get(node, base)
+    prev = history.headroom_bytes.get(node, base)
     prev = min(hi, max(lo, prev))
     candidates = history.last_candidate_bytes.get(node, 0)
     promoted = history.last_promoted_bytes.get(node, 0)
@@ -539,7 +550,7 @@ def _adapt(history: TieringHistory, config, node: int, total: int, lo: int, hi: 
     if blocked:
         grown = min(hi, max(int(prev * WIDEN_FACTOR), prev + max(0, candidates - promoted)))
         return grown, "widened: " + ", ".join(blocked)
-    if candidates == 0 and free_bytes >= prev:
+    if candidates == 0 and above_floor >= prev:
         shrunk = max(lo, int(prev - (prev - lo) * NARROW_FRACTION))
         return shrunk, "narrowed: free memory unused by promotion" if shrunk < prev else "held"
     return prev, "held"

@@ -178,7 +178,7 @@ def tiering_doc(report: TieringReport | None, max_verdicts: int = 200) -> dict |
         "slow_nodes": list(plan.slow_nodes) if plan else [],
         "demotion_targets": {str(k): v for k, v in plan.demotion_targets.items()} if plan else {},
         "headroom": [{"node": h.node, "target_bytes": h.target_bytes, "free_bytes": h.free_bytes,
-                      "floor_bytes": h.floor_bytes, "hot_bytes": h.hot_bytes, "cold_bytes": h.cold_bytes,
+                      "floor_bytes": h.floor_bytes, "headroom_bytes": h.headroom_bytes, "hot_bytes": h.hot_bytes, "cold_bytes": h.cold_bytes,
                       "candidate_bytes": h.candidate_bytes, "change": h.change}
                      for h in sorted(d.headroom.values(), key=lambda h: h.node)],
         "hot_bytes_by_node": {str(n): b for n, b in sorted(d.hot_bytes_by_node.items())},

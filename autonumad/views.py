@@ -159,21 +159,26 @@ def tiering_status_doc(snap: HostSnapshot, tiering_config, daemon_tiering: Mappi
     cold bytes. Without it, the configured headroom and the tracker the
     config would choose on this kernel are shown.
     """
-    from autonumad.tiering import plan_tiers
+    from autonumad.readers.zoneinfo import node_watermarks
+    from autonumad.tiering import floor_bytes, plan_tiers
 
     plan = plan_tiers(snap.topology, tiering_config)
     if plan is None:
         return None
     live = {h["node"]: h for h in (daemon_tiering or {}).get("headroom", [])}
+    wmarks = node_watermarks(snap.zones)
     nodes = []
     for n in plan.fast_nodes:
         node = snap.topology.node(n)
         h = live.get(n)
+        floor = floor_bytes(wmarks.get(n))
         nodes.append({
             "node": n,
             "demotion_target": plan.demotion_targets[n],
-            "headroom_target_bytes": h["target_bytes"] if h else tiering_config.headroom.resolve_bytes(
+            # Free memory demotion keeps: the promotion floor (promo watermark) plus the headroom.
+            "headroom_target_bytes": h["target_bytes"] if h else floor + tiering_config.headroom.resolve_bytes(
                 node.memory_total_bytes),
+            "floor_bytes": h["floor_bytes"] if h else floor,
             "free_bytes": node.memory_free_bytes,
             "hot_bytes": h["hot_bytes"] if h else None,
             "cold_bytes": h["cold_bytes"] if h else None,

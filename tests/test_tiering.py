@@ -185,7 +185,7 @@ def test_split_budget(budget, share, pneed, dneed, want):
 # -- the adaptive headroom -----------------------------------------------------------------------
 
 def _history(target, **last):
-    h = TieringHistory(headroom_target_bytes={0: target})
+    h = TieringHistory(headroom_bytes={0: target})
     for k, v in last.items():
         setattr(h, k, {0: v})
     return h
@@ -204,24 +204,26 @@ def test_headroom_control_law(tmp_path, hist, free, want):
     hr = d.headroom[0]
     assert hr.change.startswith(want)
     if want == "widened":
-        assert hr.target_bytes > 40 * MiB
+        assert hr.headroom_bytes > 40 * MiB
     elif want == "narrowed":
-        assert TieringConfig().headroom_min.resolve_bytes(GiB) <= hr.target_bytes < 40 * MiB
+        assert TieringConfig().headroom_min.resolve_bytes(GiB) <= hr.headroom_bytes < 40 * MiB
     else:
-        assert hr.target_bytes == 40 * MiB
+        assert hr.headroom_bytes == 40 * MiB
+    # The free target is the headroom above the node's promotion floor (its zones' promo watermarks).
+    assert hr.floor_bytes > 0 and hr.target_bytes == hr.floor_bytes + hr.headroom_bytes
 
 
 def test_headroom_stays_within_its_bounds(tmp_path):
     cfg = TieringConfig(headroom_max=Amount(bytes=50 * MiB))
     h = _history(48 * MiB, last_enomem_pages=1)
     _, d = decide(tmp_path, tiered([proc()]), cfg, hot={}, history=h)
-    assert d.headroom[0].target_bytes == 50 * MiB
+    assert d.headroom[0].headroom_bytes == 50 * MiB
 
 
 def test_fixed_headroom_without_adaptation(tmp_path):
     cfg = TieringConfig(adaptive_headroom=False, headroom=Amount(bytes=30 * MiB))
     _, d = decide(tmp_path, tiered([proc()]), cfg, hot={}, history=_history(90 * MiB, last_enomem_pages=5))
-    assert (d.headroom[0].target_bytes, d.headroom[0].change) == (30 * MiB, "fixed")
+    assert (d.headroom[0].headroom_bytes, d.headroom[0].change) == (30 * MiB, "fixed")
 
 
 # -- executed on the fake host, and the history it leaves -------------------------------------------
@@ -421,7 +423,8 @@ def test_idle_memory_is_exchanged_for_waiting_hot_memory_after_exchange_age(tmp_
     d = _pressure(tmp_path, idle_s=6.0)  # idle 6 s: past exchange_age_s (5), short of cold_age_s (30)
     demotes = [a for a in d.actions if a.rule == RULE_DEMOTE]
     assert [a.pid for a in demotes] == [200] and "waits on the slow tier for room on node 0" in demotes[0].reason
-    assert sum(a.bytes for a in demotes) >= HOT_MIB * MiB - 8 * MiB + d.headroom[0].floor_bytes
+    # Room for the whole hot set, with the node back at its free target after it lands.
+    assert sum(a.bytes for a in demotes) >= HOT_MIB * MiB + d.headroom[0].target_bytes - 8 * MiB
     assert d.recheck_in_s is None
 
 
@@ -434,7 +437,7 @@ def test_younger_idle_memory_waits_and_the_pass_says_when_to_look_again(tmp_path
     d = _pressure(tmp_path / "b", idle_s=6.0, waiting=False)
     assert d.actions == () and d.recheck_in_s is None
     d = _pressure(tmp_path / "c", idle_s=31.0, waiting=False)
-    assert [a.rule for a in d.actions] == [RULE_DEMOTE] and "below its headroom target" in d.actions[0].reason
+    assert [a.rule for a in d.actions] == [RULE_DEMOTE] and "below its free target" in d.actions[0].reason
 
 
 def test_metrics_show_headroom_and_moves_by_node_pair(tmp_path):
@@ -486,7 +489,7 @@ def test_status_and_explain_show_tracker_headroom_and_the_daemons_verdict(tmp_pa
     assert (st["tracker"], st["fast_nodes"], st["slow_nodes"], st["from_daemon"]) == ("damon", [0, 1], [2], True)
     node0 = st["nodes"][0]
     assert node0["node"] == 0 and node0["demotion_target"] == 2 and node0["free_bytes"] == GiB // 2 - HOT_MIB * MiB
-    assert node0["headroom_target_bytes"] == d.tiering.history.headroom_target_bytes[0]
+    assert node0["headroom_target_bytes"] == d.tiering.history.headroom_bytes[0] + node0["floor_bytes"]
     assert st["cold_bytes_by_node"]["2"] == COLD_MIB * MiB
     ex = _cli_json(capsys, "explain", "100", "--root", root, "--config", str(cfg), "--json")["tiering"]
     assert ex["tracker"] == "damon" and ex["rule"] == RULE_PROMOTE and "node 0" in ex["reason"]
