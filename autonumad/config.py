@@ -763,8 +763,8 @@ class TieringConfig:
 
     enabled: bool = _key(True, _Bool())
     # How hot and cold pages are found: "auto" picks DAMON where the kernel
-    # has it, else the fallbacks in the order softdirty, hint-faults.
-    tracker: str = _key("auto", _Choice("auto", "damon", "softdirty", "hint-faults"))
+    # has it, else soft-dirty bits (tracker.py).
+    tracker: str = _key("auto", _Choice("auto", "damon", "softdirty"))
     # Explicit tiers, overriding the memory-tier sysfs; empty: from sysfs.
     fast_nodes: tuple[int, ...] = _key((), _NodeList())
     slow_nodes: tuple[int, ...] = _key((), _NodeList())
@@ -800,12 +800,6 @@ class TieringConfig:
     # the kernel's defaults, 5 ms and 100 ms.
     damon_sample_us: int = _key(5000, _Integer(100, 10_000_000))
     damon_aggr_us: int = _key(100_000, _Integer(100, 60_000_000))
-    # Let the tiering loop set vm.watermark_scale_factor within the bounds
-    # below, so kswapd keeps the same headroom; then [kernel]
-    # watermark_scale_factor must be "keep" (one owner per knob).
-    drive_watermark_scale_factor: bool = _key(False, _Bool())
-    watermark_scale_factor_min: int = _key(10, _Integer(1, 3000))
-    watermark_scale_factor_max: int = _key(300, _Integer(1, 3000))
 
     def demotion_target(self, node: int) -> int | None:
         """The configured demotion target of `node`, or None (then: from the topology)."""
@@ -889,10 +883,6 @@ def _cross_checks(cfg: Config, bad: set[str]) -> list[str]:
             and k.scan_period_min_ms > k.scan_period_max_ms):
         errors.append(f"kernel.scan_period_min_ms: must not exceed kernel.scan_period_max_ms "
                       f"({k.scan_period_max_ms}), got {k.scan_period_min_ms}")
-    if (ok("kernel.watermark_scale_factor", "tiering.drive_watermark_scale_factor", "tiering.enabled")
-            and t.enabled and t.drive_watermark_scale_factor and k.watermark_scale_factor is not None):
-        errors.append("kernel.watermark_scale_factor: must be \"keep\" while tiering.drive_watermark_scale_factor "
-                      "is true (the tiering loop owns that knob)")
     if ok("tiering.fast_nodes", "tiering.slow_nodes"):
         both = set(t.fast_nodes) & set(t.slow_nodes)
         if both:
@@ -905,10 +895,6 @@ def _cross_checks(cfg: Config, bad: set[str]) -> list[str]:
                 errors.append(f"tiering.demotion_targets.{src}: target {dst} is not in tiering.slow_nodes")
     if ok("tiering.headroom", "tiering.headroom_min", "tiering.headroom_max"):
         errors.extend(_headroom_order(t))
-    if ok("tiering.watermark_scale_factor_min", "tiering.watermark_scale_factor_max") \
-            and t.watermark_scale_factor_min > t.watermark_scale_factor_max:
-        errors.append(f"tiering.watermark_scale_factor_min: must not exceed tiering.watermark_scale_factor_max "
-                      f"({t.watermark_scale_factor_max}), got {t.watermark_scale_factor_min}")
     if ok("tiering.exchange_age_s", "tiering.cold_age_s") and t.exchange_age_s > t.cold_age_s:
         errors.append(f"tiering.exchange_age_s: must not exceed tiering.cold_age_s ({t.cold_age_s:g}), "
                       f"got {t.exchange_age_s:g}")

@@ -304,7 +304,7 @@ def describe(tracker) -> str:
 
 def make_tracker(host: Host, tiering, runtime_dir: str | Path,
                  clock: Callable[[], float] = time.monotonic):
-    """The tracker `tiering.tracker` asks for ("auto", "damon", "softdirty"; "hint-faults" is not built yet)."""
+    """The tracker `tiering.tracker` asks for: "auto", "damon" or "softdirty"."""
     kind = tiering.tracker
     attrs = MonitoringAttrs(sample_us=tiering.damon_sample_us, aggr_us=tiering.damon_aggr_us)
     restart_min_s = max(60.0, 2 * tiering.cold_age_s)
@@ -314,8 +314,6 @@ def make_tracker(host: Host, tiering, runtime_dir: str | Path,
 
     if kind == "softdirty":
         return softdirty()
-    if kind == "hint-faults":
-        raise NotSupported("tiering.tracker = \"hint-faults\" is not implemented yet; use auto, damon or softdirty")
     if kind == "damon":
         if not damon_available(host):
             raise NotSupported("tiering.tracker = \"damon\" but the kernel has no DAMON sysfs interface")

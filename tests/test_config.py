@@ -190,7 +190,7 @@ INVALID = [
     ("textfile-suffix", {"metrics": {"textfile": "/tmp/metrics.txt"}},
      'metrics.textfile: expected an absolute path ending in .prom or "" for none, got "/tmp/metrics.txt"'),
     ("tracker", {"tiering": {"tracker": "idlepage"}},
-     'tiering.tracker: expected one of "auto", "damon", "softdirty", "hint-faults", got "idlepage"'),
+     'tiering.tracker: expected one of "auto", "damon", "softdirty", got "idlepage"'),
     ("node-list-syntax", {"tiering": {"fast_nodes": "0-"}},
      "tiering.fast_nodes: bad node list \"0-\": bad list item '0-'"),
     ("node-id-range", {"tiering": {"slow_nodes": [0, 5000]}},
@@ -221,10 +221,6 @@ def test_invalid_value_is_reported_with_path_and_reason(raw, expected):
 CROSS = [
     ("scan-period-order", {"kernel": {"scan_period_min_ms": 5000, "scan_period_max_ms": 1000}},
      "kernel.scan_period_min_ms: must not exceed kernel.scan_period_max_ms (1000), got 5000"),
-    ("wsf-two-owners", {"kernel": {"watermark_scale_factor": 100},
-                        "tiering": {"drive_watermark_scale_factor": True}},
-     'kernel.watermark_scale_factor: must be "keep" while tiering.drive_watermark_scale_factor is true '
-     "(the tiering loop owns that knob)"),
     ("fast-slow-overlap", {"tiering": {"fast_nodes": [0, 1], "slow_nodes": [1, 2]}},
      "tiering.slow_nodes: node(s) [1] are also in tiering.fast_nodes"),
     ("demotion-source-not-fast", {"tiering": {"fast_nodes": [0], "slow_nodes": [2],
@@ -236,8 +232,6 @@ CROSS = [
      "tiering.headroom_min: must not exceed tiering.headroom (0.1%), got 0.5%"),
     ("headroom-above-max-bytes", {"tiering": {"headroom": "2GiB", "headroom_max": "1GiB", "headroom_min": 0}},
      "tiering.headroom: must not exceed tiering.headroom_max (1GiB), got 2GiB"),
-    ("wsf-bounds", {"tiering": {"watermark_scale_factor_min": 500, "watermark_scale_factor_max": 100}},
-     "tiering.watermark_scale_factor_min: must not exceed tiering.watermark_scale_factor_max (100), got 500"),
     ("damon-intervals", {"tiering": {"damon_sample_us": 20000, "damon_aggr_us": 10000}},
      "tiering.damon_aggr_us: must be at least tiering.damon_sample_us (20000), got 10000"),
     ("exchange-after-cold", {"tiering": {"cold_age_s": 10, "exchange_age_s": 20}},
@@ -257,12 +251,6 @@ def test_cross_rules_allow_mixed_headroom_units_and_skip_invalid_keys():
     # A key that failed its own check is not reported a second time by a rule.
     assert errors_of({"kernel": {"scan_period_min_ms": "x", "scan_period_max_ms": 5}}) == [
         'kernel.scan_period_min_ms: expected "keep" or an integer in [1, 3600000], got "x"']
-
-
-def test_wsf_owner_rule_off_when_tiering_disabled():
-    cfg = compile_config({"kernel": {"watermark_scale_factor": 100},
-                          "tiering": {"enabled": False, "drive_watermark_scale_factor": True}})
-    assert cfg.kernel.watermark_scale_factor == 100
 
 
 def test_all_errors_reported_at_once():

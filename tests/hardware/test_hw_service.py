@@ -10,7 +10,6 @@ config; SIGTERM restores the original.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,6 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from hardware.workload import start_daemon, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 AUTONUMAD = [sys.executable, "-m", "autonumad"]
@@ -34,31 +35,13 @@ def original_mode():
     KNOB.write_text(before)
 
 
-def write_config(path: Path, text: str) -> Path:
-    path.write_text(text)
-    os.chmod(path, 0o600)
-    return path
-
-
-def start(cfg: Path, log: Path) -> subprocess.Popen:
-    state = cfg.parent / "run" / "state.json"
-    state.unlink(missing_ok=True)
-    with open(log, "a") as f:
-        p = subprocess.Popen([*AUTONUMAD, "run", "--config", str(cfg)], stderr=f, cwd=REPO)
-    deadline = time.monotonic() + 120
-    while not state.exists():
-        assert p.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.2)
-    return p
-
-
 def test_knob_held_restored_after_sigkill_and_sigterm_and_bad_reload_kept(tmp_path, original_mode):
     good = (f'[daemon]\ninterval_s = 1.0\nruntime_dir = "{tmp_path}/run"\n'
             '[kernel]\nnuma_balancing = "off"\n[metrics]\nlisten = ""\n')
     cfg = write_config(tmp_path / "autonumad.toml", good)
     log = tmp_path / "daemon.log"
 
-    first = start(cfg, log)
+    first = start_daemon(cfg, log)
     assert KNOB.read_text().strip() == "0"
     first.send_signal(signal.SIGKILL)
     first.wait(10)
@@ -67,7 +50,7 @@ def test_knob_held_restored_after_sigkill_and_sigterm_and_bad_reload_kept(tmp_pa
     saved = json.loads((tmp_path / "run" / "saved-knobs.json").read_text())
     assert saved["knobs"]["numa_balancing"]["value"] == 1
 
-    second = start(cfg, log)
+    second = start_daemon(cfg, log)
     try:
         text = log.read_text()
         assert "restored kernel knob numa_balancing to 1" in text, text

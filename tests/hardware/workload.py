@@ -111,6 +111,30 @@ class Workload:
 
 # --- helpers the hardware tests share ---------------------------------------------
 
+def write_config(path: Path, text: str) -> Path:
+    """An autonumad config file the daemon accepts (root-owned, not writable by others)."""
+    path.write_text(text)
+    os.chmod(path, 0o600)
+    return path
+
+
+def start_daemon(cfg: Path, log: Path) -> subprocess.Popen:
+    """`autonumad run --config CFG` (stderr appended to LOG), once its first pass wrote state.json.
+
+    The config's runtime_dir must be CFG's directory + "/run".
+    """
+    state = cfg.parent / "run" / "state.json"
+    state.unlink(missing_ok=True)
+    with open(log, "a") as f:
+        p = subprocess.Popen([sys.executable, "-m", "autonumad", "run", "--config", str(cfg)], stderr=f,
+                             cwd=Path(__file__).resolve().parents[2])
+    deadline = time.monotonic() + 120
+    while not state.exists():
+        assert p.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+    return p
+
+
 def memory_nodes() -> tuple[int, ...]:
     """Nodes with memory, from /sys/devices/system/node/has_memory."""
     p = Path("/sys/devices/system/node/has_memory")
