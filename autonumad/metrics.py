@@ -271,10 +271,16 @@ class PassCollector:
         if t is None or t.decision.plan is None:
             return
         target = GaugeMetricFamily(f"{PREFIX}tiering_headroom_target_bytes",
-                                   "Free memory tiering keeps on each fast node (the adaptive headroom)." + _AS_OF,
-                                   labels=["node"])
+                                   "Free memory tiering keeps on each fast node: its promotion floor plus the "
+                                   "adaptive headroom." + _AS_OF, labels=["node"])
         free = GaugeMetricFamily(f"{PREFIX}tiering_headroom_free_bytes",
                                  "Free memory on each fast node when tiering decided." + _AS_OF, labels=["node"])
+        floor = GaugeMetricFamily(f"{PREFIX}tiering_promotion_floor_bytes",
+                                  "Free memory promotion leaves on each fast node: its zones' promo watermarks."
+                                  + _AS_OF, labels=["node"])
+        waiting = GaugeMetricFamily(f"{PREFIX}tiering_hot_waiting_bytes",
+                                    "Hot bytes on the slow tier whose tasks run on this fast node (the promotion "
+                                    "backlog)." + _AS_OF, labels=["node"])
         hot = GaugeMetricFamily(f"{PREFIX}tiering_hot_bytes",
                                 "Resident bytes the hotness tracker saw hot, by node (estimated)." + _AS_OF,
                                 labels=["node"])
@@ -284,6 +290,8 @@ class PassCollector:
         for n, h in sorted(t.headroom.items()):
             target.add_metric([str(n)], h.target_bytes)
             free.add_metric([str(n)], h.free_bytes)
+            floor.add_metric([str(n)], h.floor_bytes)
+            waiting.add_metric([str(n)], h.candidate_bytes)
         for n, b in sorted(t.decision.hot_bytes_by_node.items()):
             hot.add_metric([str(n)], b)
         for n, b in sorted(t.decision.cold_bytes_by_node.items()):
@@ -300,11 +308,15 @@ class PassCollector:
         blocked = CounterMetricFamily(f"{PREFIX}tiering_blocked_promotions",
                                       "Promotion moves that failed for lack of room (ENOMEM)." + _AS_OF)
         blocked.add_metric([], t.blocked_promotions)
+        pingpongs = CounterMetricFamily(f"{PREFIX}tiering_pingpongs",
+                                        "Promotions that brought back a quarter or more of a recent demotion "
+                                        "(the process then backs off)." + _AS_OF)
+        pingpongs.add_metric([], t.pingpongs)
         cost = CounterMetricFamily(f"{PREFIX}tiering_tracker_seconds",
                                    "Wall time the hotness tracker spent starting, re-targeting and sampling."
                                    + _AS_OF)
         cost.add_metric([], t.tracker_cost_s)
-        yield from (target, free, hot, cold, pages, nbytes, blocked, cost)
+        yield from (target, free, floor, waiting, hot, cold, pages, nbytes, blocked, pingpongs, cost)
 
 
 class _OnlyOurs:

@@ -714,6 +714,16 @@ _ALERT_CASES = [
       (f'autonumad_pass_duration_seconds_bucket{{{_I}, le="10.0"}}', "0+6x40"),
       (f'autonumad_pass_duration_seconds_bucket{{{_I}, le="+Inf"}}', "0+6x40")],
      "35m", "AutonumadPassSlow", [{"severity": "warning"}]),
+    ("tiering-blocked",
+     [(f'autonumad_tiering_hot_waiting_bytes{{{_I}, node="0"}}', "67108864x30"),
+      (f'autonumad_tiering_headroom_free_bytes{{{_I}, node="0"}}', "40000000x30"),
+      (f'autonumad_tiering_promotion_floor_bytes{{{_I}, node="0"}}', "50000000x30")],
+     "20m", "AutonumadTieringPromotionBlocked", [{"severity": "warning", "node": "0"}]),
+    ("tiering-waiting-with-room",  # room above the floor: it is being promoted, not blocked
+     [(f'autonumad_tiering_hot_waiting_bytes{{{_I}, node="0"}}', "67108864x30"),
+      (f'autonumad_tiering_headroom_free_bytes{{{_I}, node="0"}}', "90000000x30"),
+      (f'autonumad_tiering_promotion_floor_bytes{{{_I}, node="0"}}', "50000000x30")],
+     "20m", "AutonumadTieringPromotionBlocked", []),
 ]
 
 

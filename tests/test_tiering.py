@@ -460,6 +460,10 @@ def test_metrics_show_headroom_and_moves_by_node_pair(tmp_path):
     assert samples[("autonumad_tiering_headroom_free_bytes", (("node", "0"),))] == GiB // 2
     assert samples[("autonumad_tiering_headroom_target_bytes", (("node", "0"),))] > 0
     assert ("autonumad_tiering_blocked_promotions_total", ()) in samples
+    assert samples[("autonumad_tiering_pingpongs_total", ())] == 0
+    assert samples[("autonumad_tiering_promotion_floor_bytes", (("node", "0"),))] > 0
+    # The backlog as the pass that promoted it saw it.
+    assert samples[("autonumad_tiering_hot_waiting_bytes", (("node", "0"),))] == HOT_MIB * MiB
 
 
 # -- status and explain -------------------------------------------------------------------------------
