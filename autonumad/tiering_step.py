@@ -10,9 +10,9 @@ allow (DAMON gives each one a scheme; the soft-dirty fallback reads its
 pagemap every pass). Before deciding, the step asks the kernel where the
 pages of the regions the policy may act on are (move_pages(2) query, at
 most `HOT_PLACEMENT_PAGES` pages of hot regions and `IDLE_PLACEMENT_PAGES`
-of idle ones a pass, sampled beyond that). The moves
-share the executor, and so the token bucket, with the balancing loop; the
-bytes left in this pass's budget after balancing are what tiering may move.
+of idle ones a pass, sampled beyond that). The moves share the executor,
+and so the token bucket, with the balancing loop; the bytes left in this
+pass's budget after balancing are what tiering may move.
 """
 
 from __future__ import annotations
@@ -189,7 +189,8 @@ def tiering_doc(report: TieringReport | None, max_verdicts: int = 200) -> dict |
         "slow_nodes": list(plan.slow_nodes) if plan else [],
         "demotion_targets": {str(k): v for k, v in plan.demotion_targets.items()} if plan else {},
         "headroom": [{"node": h.node, "target_bytes": h.target_bytes, "free_bytes": h.free_bytes,
-                      "floor_bytes": h.floor_bytes, "headroom_bytes": h.headroom_bytes, "hot_bytes": h.hot_bytes, "cold_bytes": h.cold_bytes,
+                      "floor_bytes": h.floor_bytes, "headroom_bytes": h.headroom_bytes,
+                      "hot_bytes": h.hot_bytes, "cold_bytes": h.cold_bytes,
                       "candidate_bytes": h.candidate_bytes, "change": h.change}
                      for h in sorted(d.headroom.values(), key=lambda h: h.node)],
         "hot_bytes_by_node": {str(n): b for n, b in sorted(d.hot_bytes_by_node.items())},

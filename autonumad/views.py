@@ -182,6 +182,8 @@ def tiering_status_doc(snap: HostSnapshot, tiering_config, daemon_tiering: Mappi
             "free_bytes": node.memory_free_bytes,
             "hot_bytes": h["hot_bytes"] if h else None,
             "cold_bytes": h["cold_bytes"] if h else None,
+            # Hot bytes on the slow tier whose tasks run on this node (the promotion backlog).
+            "hot_waiting_bytes": h.get("candidate_bytes") if h else None,
         })
     return {
         "enabled": tiering_config.enabled,
@@ -204,15 +206,17 @@ def render_tiering(doc: Mapping[str, Any] | None, console: Console) -> None:
     t = Table(title=f"Tiering ({'on' if doc['enabled'] else 'off'}): fast {format_list(doc['fast_nodes'])}, "
                     f"slow {format_list(doc['slow_nodes'])} ({doc['source']}); tracker {doc['tracker']}; "
                     f"from {how}", title_justify="left")
-    for col in ("fast node", "demotes to", "headroom target", "free", "hot", "cold"):
+    for col in ("fast node", "demotes to", "free target", "floor", "free", "hot", "cold", "hot waiting"):
         t.add_column(col, justify="right")
+
+    def opt(v):
+        return "-" if v is None else _mib(v)
     for n in doc["nodes"]:
         short = n["free_bytes"] < n["headroom_target_bytes"]
         free = _mib(n["free_bytes"])
         t.add_row(str(n["node"]), str(n["demotion_target"]), _mib(n["headroom_target_bytes"]),
-                  f"[yellow]{free}[/yellow]" if short else free,
-                  "-" if n["hot_bytes"] is None else _mib(n["hot_bytes"]),
-                  "-" if n["cold_bytes"] is None else _mib(n["cold_bytes"]))
+                  _mib(n["floor_bytes"]), f"[yellow]{free}[/yellow]" if short else free,
+                  opt(n["hot_bytes"]), opt(n["cold_bytes"]), opt(n["hot_waiting_bytes"]))
     console.print(t)
     if doc["hot_bytes_by_node"] or doc["cold_bytes_by_node"]:
         nodes = sorted(set(doc["hot_bytes_by_node"]) | set(doc["cold_bytes_by_node"]), key=int)
