@@ -419,7 +419,10 @@ def test_install_stages_every_file(tmp_path):
     files = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
     unit = expected_unit_dir().lstrip("/") + "/autonumad.service"
     assert files == {unit, "usr/lib/tmpfiles.d/autonumad.conf", "usr/share/doc/autonumad/operations.md",
-                     "etc/autonumad/autonumad.toml"}
+                     "usr/share/doc/autonumad/metrics.md", "usr/share/autonumad/prometheus/autonumad-rules.yml",
+                     "usr/share/autonumad/grafana/autonumad-dashboard.json", "etc/autonumad/autonumad.toml"}
+    assert (tmp_path / "usr/share/autonumad/prometheus/autonumad-rules.yml").read_bytes() == \
+        (REPO / "config/prometheus/autonumad-rules.yml").read_bytes()
     assert (tmp_path / unit).read_text() == UNIT.read_text()
     assert (tmp_path / "etc/autonumad/autonumad.toml").read_bytes() == SAMPLE.read_bytes()
     assert (tmp_path / "etc/autonumad/autonumad.toml").stat().st_mode & 0o777 == 0o644
