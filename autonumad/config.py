@@ -25,7 +25,9 @@ Each dataclass field carries its own check (`_key(default, check)`), so the
 set of keys, their defaults and their validation live in one place and the
 sample file is tested against it. `load_config()` adds the file-level rules:
 the file must be a regular file owned by root (or by the user running us)
-and not writable by group or others, since it steers a root daemon.
+and not writable by group or others, since it steers a root daemon. It also
+reads the drop-ins in `conf.d/*.toml` beside the file, in name order, each
+under the same rules; their keys override the file's.
 
 Values the kernel reads as "leave it alone" are spelled "keep" in the file
 and are None in the compiled `KernelConfig`; "no list" is an empty list.
@@ -55,6 +57,8 @@ from autonumad.readers.lists import parse_list
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = "/etc/autonumad/autonumad.toml"
+# Drop-ins, read after the file, from this directory beside it.
+DROPIN_DIR = "conf.d"
 
 # sysexits.h EX_CONFIG: a bad config at start exits with it, and the unit's
 # RestartPreventExitStatus=78 stops systemd from restarting into the same error.
@@ -1020,25 +1024,76 @@ def security_problems(st: os.stat_result, what: str, *, trusted_uids: Iterable[i
 
 def load_config(path: str | os.PathLike[str] | None = None, *, require_secure: bool = True,
                 default_path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH) -> Config:
-    """Read, check and compile the config file.
+    """Read, check and compile the config file and its drop-ins.
 
     `path` None means `default_path` (DEFAULT_CONFIG_PATH unless a test or
     a --root demo says otherwise), where a missing file gives the defaults
-    (logged); a missing file at a path given explicitly is an error. With `require_secure` (always, for the real daemon) the file and
-    its directory must be owned by root or by us and not writable by group
-    or others; `require_secure=False` is for fake-host demos and tests of
+    (logged); a missing file at a path given explicitly is an error. With
+    `require_secure` (always, for the real daemon) every file and its
+    directory must be owned by root or by us and not writable by group or
+    others; `require_secure=False` is for fake-host demos and tests of
     other modules. Everything wrong is raised as one ConfigError.
+
+    Drop-ins: every `*.toml` in `conf.d/` beside the file, in name order
+    (`10-tiering.toml` before `20-site.toml`), is read after it; a key a
+    drop-in sets replaces the value before it (lists are replaced, not
+    appended). Rules between keys apply to the merged result, and an error
+    about a key a drop-in set names that drop-in. Configuration management
+    can so own one fragment without rewriting the packaged file.
     """
     explicit = path is not None
     p = Path(default_path if path is None else path)
+    dropins = sorted(p.parent.joinpath(DROPIN_DIR).glob("*.toml"))
+    try:
+        raw = parse_toml(_read_config_file(p, require_secure))
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(["no such file"], path=p) from None
+        if not dropins:
+            log.info("no config file at %s: using the built-in defaults", p)
+            return Config()
+        raw = {}
+    except ConfigError as e:
+        raise ConfigError(e.errors, path=p) from None
+    origin: dict[str, Path] = {}  # "section.key" -> the drop-in that set it last
+    for d in dropins:
+        try:
+            part = parse_toml(_read_config_file(d, require_secure))
+        except FileNotFoundError:
+            continue  # removed since the listing
+        except ConfigError as e:
+            raise ConfigError(e.errors, path=d) from None
+        for section, table in part.items():
+            if isinstance(table, dict) and isinstance(raw.get(section), dict):
+                raw[section] = {**raw[section], **table}
+            else:
+                raw[section] = table
+            keys = table if isinstance(table, dict) else {"": None}
+            origin.update({f"{section}.{k}".rstrip("."): d for k in keys})
+    try:
+        return compile_config(raw)
+    except ConfigError as e:
+        raise ConfigError([_name_dropin(err, origin) for err in e.errors], path=p) from None
+
+
+def _name_dropin(error: str, origin: Mapping[str, Path]) -> str:
+    """'section.key...: reason' with ' (set in DROP-IN)' after the key when a drop-in set it."""
+    key, sep, reason = error.partition(": ")
+    parts = key.split(".")
+    for n in (2, 1):
+        where = origin.get(".".join(parts[:n]).split("[")[0])
+        if where is not None and sep:
+            return f"{key} (set in {where}){sep}{reason}"
+    return error
+
+
+def _read_config_file(p: Path, require_secure: bool) -> bytes:
+    """The bytes of one config file, after the checks load_config describes; FileNotFoundError as is."""
     try:
         # O_NONBLOCK: a FIFO planted at the path must not hang the daemon in open().
         fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
     except FileNotFoundError:
-        if explicit:
-            raise ConfigError(["no such file"], path=p) from None
-        log.info("no config file at %s: using the built-in defaults", p)
-        return Config()
+        raise
     except OSError as e:
         raise ConfigError([f"cannot open: {e.strerror}"], path=p) from None
     with os.fdopen(fd, "rb") as f:
@@ -1060,7 +1115,4 @@ def load_config(path: str | os.PathLike[str] | None = None, *, require_secure: b
         data = f.read(_MAX_CONFIG_BYTES + 1)
     if len(data) > _MAX_CONFIG_BYTES:
         raise ConfigError([f"larger than {_MAX_CONFIG_BYTES} bytes"], path=p)
-    try:
-        return compile_config(parse_toml(data))
-    except ConfigError as e:
-        raise ConfigError(e.errors, path=p) from None
+    return data

@@ -567,6 +567,50 @@ def test_load_errors_name_the_file(confdir):
     assert str(exc.value) == f"{p}: daemon.interval_s: expected a number in [0.5, 3600], got 0"
 
 
+def _dropin(confdir: Path, name: str, text: str, mode: int = 0o644) -> Path:
+    d = confdir / "conf.d"
+    d.mkdir(mode=0o755, exist_ok=True)
+    d.chmod(0o755)
+    return write(d / name, text, mode)
+
+
+def test_dropins_override_in_name_order(confdir):
+    p = write(confdir / "autonumad.toml", '[daemon]\ninterval_s = 2\n[balance]\nexclude_comm = ["^a$"]\n')
+    _dropin(confdir, "20-site.toml", "[daemon]\ninterval_s = 7\n")
+    _dropin(confdir, "10-tiering.toml", '[daemon]\ninterval_s = 5\nlog_level = "debug"\n'
+                                        '[balance]\nexclude_comm = ["^b$"]\n[tiering]\ncold_age_s = 60\n')
+    _dropin(confdir, "README", "not toml, not read")
+    cfg = load_config(p)
+    assert (cfg.daemon.interval_s, cfg.daemon.log_level) == (7.0, "debug")  # 20- after 10-, key by key
+    assert [rx.pattern for rx in cfg.balance.exclude_comm] == ["^b$"]  # lists are replaced, not appended
+    assert cfg.tiering.cold_age_s == 60.0
+
+
+def test_dropins_alone_at_the_default_path(confdir):
+    _dropin(confdir, "10-a.toml", "[daemon]\ninterval_s = 3\n")
+    assert load_config(default_path=confdir / "autonumad.toml").daemon.interval_s == 3.0
+
+
+def test_an_error_in_a_dropin_names_it(confdir):
+    p = write(confdir / "autonumad.toml", '[tiering]\nheadroom = "1%"\n')
+    d = _dropin(confdir, "10-tiering.toml", '[tiering]\nheadroom_min = "5%"\n')
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    assert exc.value.errors == [f"tiering.headroom_min (set in {d}): must not exceed tiering.headroom (1%), got 5%"]
+    bad = _dropin(confdir, "30-broken.toml", "[daemon\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    assert exc.value.path == str(bad) and exc.value.errors[0].startswith("TOML syntax")
+
+
+def test_a_dropin_others_can_write_is_refused(confdir):
+    p = write(confdir / "autonumad.toml", "")
+    d = _dropin(confdir, "10-a.toml", "", mode=0o666)
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    assert exc.value.path == str(d) and "steers a root daemon" in exc.value.errors[-1]
+
+
 def test_load_the_shipped_sample(confdir):
     p = write(confdir / "autonumad.toml", SAMPLE.read_text())
     assert load_config(p) == Config()
