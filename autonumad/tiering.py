@@ -495,10 +495,18 @@ def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region
                                            "needs to shed"))
     # Demotions first: they make the room promotions land in.
     actions.sort(key=lambda a: a.rule != RULE_DEMOTE)
-    note = (f"fast {_nodes(plan.fast_nodes)}, slow {_nodes(plan.slow_nodes)} ({plan.source})"
-            + ("; kernel promotes (numa_balancing tiering mode)" if kernel_promotes else ""))
+    note = (f"fast {_nodes(plan.fast_nodes)}, slow {_nodes(plan.slow_nodes)} ({plan.source}); "
+            + kernel_roles(snapshot.knobs.as_json()))
     return TieringDecision(plan, tuple(actions), verdicts, headroom, note, snapshot.processes,
                            hot_bytes, cold_bytes, min(recheck) if recheck else None)
+
+
+def kernel_roles(knobs: Mapping[str, object]) -> str:
+    """Who promotes and who demotes under the kernel settings in force (module docstring, coexistence)."""
+    promotes = bool(int(knobs.get("numa_balancing") or 0) & NUMA_BALANCING_MEMORY_TIERING)
+    return (("the kernel promotes (numa_balancing tiering mode), autonumad demotes" if promotes
+             else "autonumad promotes and demotes (kernel tiering mode off)")
+            + ("; the kernel also demotes in reclaim (demotion_enabled)" if knobs.get("demotion_enabled") else ""))
 
 
 def _selection(p: ProcessView, cfg: BalancePolicyConfig, comm_exclude, comm_include) -> tuple[str, str] | None:

@@ -160,7 +160,7 @@ def tiering_status_doc(snap: HostSnapshot, tiering_config, daemon_tiering: Mappi
     config would choose on this kernel are shown.
     """
     from autonumad.readers.zoneinfo import node_watermarks
-    from autonumad.tiering import floor_bytes, plan_tiers
+    from autonumad.tiering import floor_bytes, kernel_roles, plan_tiers
 
     plan = plan_tiers(snap.topology, tiering_config)
     if plan is None:
@@ -191,6 +191,7 @@ def tiering_status_doc(snap: HostSnapshot, tiering_config, daemon_tiering: Mappi
         "slow_nodes": list(plan.slow_nodes),
         "source": plan.source,
         "tracker": daemon_tiering["tracker"] if daemon_tiering else expected_tracker,
+        "roles": kernel_roles(snap.knobs.as_json()),
         "from_daemon": daemon_tiering is not None,
         "nodes": nodes,
         # Every memory node, slow ones included (from the daemon only).
@@ -218,6 +219,7 @@ def render_tiering(doc: Mapping[str, Any] | None, console: Console) -> None:
                   _mib(n["floor_bytes"]), f"[yellow]{free}[/yellow]" if short else free,
                   opt(n["hot_bytes"]), opt(n["cold_bytes"]), opt(n["hot_waiting_bytes"]))
     console.print(t)
+    console.print(f"roles: {doc['roles']}")
     if doc["hot_bytes_by_node"] or doc["cold_bytes_by_node"]:
         nodes = sorted(set(doc["hot_bytes_by_node"]) | set(doc["cold_bytes_by_node"]), key=int)
         console.print("hot/cold by node: " + ", ".join(

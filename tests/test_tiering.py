@@ -147,6 +147,14 @@ def test_kernel_tiering_mode_promotes_so_the_daemon_only_demotes(tmp_path):
     _, d = decide(tmp_path, spec, hot=hot)
     assert [(a.pid, a.rule) for a in d.actions] == [(200, RULE_DEMOTE)]
     assert d.verdicts[100].rule == "kernel-promotes"
+    assert "the kernel promotes (numa_balancing tiering mode), autonumad demotes" in d.note
+    _, d = decide(tmp_path / "off", tiered([proc()]))
+    assert "autonumad promotes and demotes (kernel tiering mode off)" in d.note
+    assert "demotion_enabled" not in d.note
+    spec = tiered([proc()])
+    spec = dataclasses.replace(spec, knobs={**spec.knobs, "/sys/kernel/mm/numa/demotion_enabled": "true"})
+    _, d = decide(tmp_path / "demotes", spec)
+    assert "the kernel also demotes in reclaim (demotion_enabled)" in d.note
 
 
 def test_full_fast_node_withholds_promotion_and_demotes_to_make_room(tmp_path):
@@ -491,6 +499,7 @@ def test_status_and_explain_show_tracker_headroom_and_the_daemons_verdict(tmp_pa
     root = str(tmp_path / "root")
     st = _cli_json(capsys, "status", "--root", root, "--config", str(cfg), "--json")["tiering"]
     assert (st["tracker"], st["fast_nodes"], st["slow_nodes"], st["from_daemon"]) == ("damon", [0, 1], [2], True)
+    assert st["roles"] == "autonumad promotes and demotes (kernel tiering mode off)"
     node0 = st["nodes"][0]
     assert node0["node"] == 0 and node0["demotion_target"] == 2 and node0["free_bytes"] == GiB // 2 - HOT_MIB * MiB
     assert node0["headroom_target_bytes"] == d.tiering.history.headroom_bytes[0] + node0["floor_bytes"]
