@@ -798,6 +798,10 @@ class TieringConfig:
     # While hot memory waits on the slow tier for room on a fast node, memory
     # idle this long is demoted to make that room (tiering.py, rule 4).
     exchange_age_s: float = _key(5.0, _Number(0, 86400, lo_open=True))
+    # With kernel promotion on (numa_balancing tiering mode), hot memory the
+    # kernel has left on the slow tier this long is promoted by autonumad;
+    # 0 leaves promotion to the kernel alone.
+    kernel_grace_s: float = _key(10.0, _Number(0, 86400))
     # A page just promoted is not demoted again within this time (hysteresis).
     promote_cooldown_s: float = _key(60.0, _Number(0, 86400))
     # DAMON monitoring intervals (monitoring_attrs/intervals/{sample_us,aggr_us});

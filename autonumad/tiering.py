@@ -84,10 +84,15 @@ Kernel coexistence (kernel.numa_balancing bit 1 = NUMA_BALANCING_MEMORY_TIERING,
 /sys/kernel/mm/numa/demotion_enabled):
 
 - tiering mode off: the daemon promotes and demotes;
-- tiering mode on: the kernel promotes on hint faults; the daemon does not
-  promote (rule "kernel-promotes") and only demotes: for the headroom, and
-  in exchange for the hot memory it sees waiting on the slow tier, which is
-  exactly the room kernel promotion lacks under pressure;
+- tiering mode on: the kernel promotes on hint faults (verdict
+  "kernel-promotes"); the daemon demotes, for the headroom and in exchange
+  for the hot memory it sees waiting on the slow tier, which is the room
+  kernel promotion lacks under pressure. Hot memory a process has had
+  waiting on the slow tier for `kernel_grace_s`, pass after pass, the
+  daemon promotes itself: the kernel's hot-page threshold (a page must
+  fault again within hot_threshold_ms of its scan once the node is short of
+  1 GiB above its promo watermark) strands part of a hot set under
+  pressure, room or no room (bench-tiering, docs/benchmarks.md);
 - demotion_enabled on: the kernel also demotes during reclaim; the daemon's
   proactive demotion keeps reclaim from being reached at all on fast
   nodes, and the two never conflict (both move cold pages down).
@@ -165,6 +170,8 @@ class _ProcTiering:
     demoted: list[tuple[int, int, float, int]] = field(default_factory=list)  # (start, end, when, bytes moved)
     pingpongs: int = 0
     backoff_until_s: float = 0.0
+    # Since when it has had hot memory on the slow tier, pass after pass (None: not now).
+    waiting_since_s: float | None = None
 
 
 @dataclass
@@ -185,8 +192,8 @@ class TieringHistory:
     blocked_promotions: int = 0
     pingpongs_total: int = 0
 
-    def record_decision(self, d: "TieringDecision") -> None:
-        """Before executing: keep the new headroom targets and this pass's demand."""
+    def record_decision(self, d: "TieringDecision", now_s: float | None = None) -> None:
+        """Before executing: keep the new headroom targets, this pass's demand and who is waiting."""
         for node, h in d.headroom.items():
             self.headroom_bytes[node] = h.headroom_bytes
         self.last_candidate_bytes = {n: h.candidate_bytes for n, h in d.headroom.items()}
@@ -197,6 +204,14 @@ class TieringHistory:
         for key in list(self.processes):
             if key not in live:
                 del self.processes[key]
+        for key, h in self.processes.items():
+            if key not in d.waiting:
+                h.waiting_since_s = None
+        if now_s is not None:
+            for key in d.waiting:
+                h = self.processes.setdefault(key, _ProcTiering())
+                if h.waiting_since_s is None:
+                    h.waiting_since_s = now_s
 
     def record_outcome(self, outcome, now_s: float, cooldown_s: float) -> None:
         """After executing one tiering action (an executor Outcome)."""
@@ -274,8 +289,11 @@ class TieringDecision:
     cold_bytes_by_node: Mapping[int, int] = field(default_factory=dict)
     # Seconds after which a pass could do what this one could not: hot
     # memory waits for room that idle memory will free once it has been
-    # idle for exchange_age_s. None: nothing is waiting on time.
+    # idle for exchange_age_s, or for the kernel's grace to run out. None:
+    # nothing is waiting on time.
     recheck_in_s: float | None = None
+    # Processes with hot memory on the slow tier this pass.
+    waiting: frozenset[ProcKey] = frozenset()
 
 
 @dataclass
@@ -410,14 +428,31 @@ def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region
     want_exchange = {n: max(0, hr.candidate_bytes + hr.target_bytes - hr.free_bytes) if hr.candidate_bytes else 0
                      for n, hr in headroom.items()}
 
+    recheck: list[float] = []
     # Budget split.
-    promote_need = 0 if kernel_promotes else sum(c.est_bytes for c in promos)
+    # With kernel promotion on, the kernel's hint faults promote; what it
+    # leaves on the slow tier for kernel_grace_s is promoted here (its
+    # hot-page threshold strands part of a hot set under pressure: measured
+    # in docs/benchmarks.md).
+    ours, kernels = promos, []
+    if kernel_promotes:
+        ours, kernels = [], []
+        for c in promos:
+            h = history.processes.get((c.p.pid, c.p.start_ticks))
+            since = h.waiting_since_s if h else None
+            waited = now_s - since if since is not None else 0.0
+            if config.kernel_grace_s and waited >= config.kernel_grace_s:
+                ours.append(c)
+            else:
+                kernels.append(c)
+                if config.kernel_grace_s:
+                    recheck.append(config.kernel_grace_s - waited)
+    promote_need = sum(c.est_bytes for c in ours)
     demote_need = sum(max(want_headroom[n], want_exchange[n]) for n in headroom)
     promote_budget, demote_budget = _split_budget(budget_bytes, config.promote_share, promote_need, demote_need)
 
     actions: list[Action] = []
     planned: dict[int, list[Action]] = {}
-    recheck: list[float] = []
     # Demotions, idlest first.
     slow_free = {n: free[n] for n in plan.slow_nodes}
     for n, hr in headroom.items():
@@ -452,36 +487,38 @@ def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region
             recheck.append(config.exchange_age_s - maturing_s[n])
 
     # Promotions: hottest first, into the room above each node's floor.
-    if kernel_promotes:
-        for c in promos:
-            verdicts.setdefault(c.p.pid, Verdict(c.p.pid, c.p.comm, "kernel-promotes",
-                                                 "kernel.numa_balancing tiering mode is on: the kernel promotes "
-                                                 "hot pages; autonumad only keeps the headroom by demoting"))
-    else:
-        for c in sorted(promos, key=lambda c: (-c.region.accesses_fraction, -c.est_bytes, c.p.pid, c.region.start)):
-            hr = headroom[c.node]
-            if c.node not in c.p.status.mems_allowed:
-                verdicts.setdefault(c.p.pid, Verdict(c.p.pid, c.p.comm, "home-not-allowed",
-                                                     f"node {c.node} is not in its Mems_allowed_list"))
-                continue
-            room = free[c.node] - hr.floor_bytes
-            take = min(c.est_bytes, promote_budget, max(0, room))
-            if take <= 0:
-                verdicts.setdefault(c.p.pid, Verdict(
-                    c.p.pid, c.p.comm, "fast-tier-full" if room <= 0 else "budget",
-                    f"hot memory waits on the slow tier: node {c.node} has {_mib(free[c.node])} free against a "
-                    f"floor of {_mib(hr.floor_bytes)}" if room <= 0 else
-                    "hot memory waits on the slow tier: this pass's promotion budget is spent"))
-                continue
-            a = _range_action(c, c.node, RULE_PROMOTE, take,
-                              f"{_mib(c.region.size_bytes)} at {c.region.start:#x} accessed in "
-                              f"{c.region.accesses_fraction:.0%} of samples (hot from "
-                              f"{config.hot_access_fraction:.0%}) has {_mib(c.est_bytes)} on the slow tier; its "
-                              f"threads run on node {c.node}")
-            actions.append(a)
-            planned.setdefault(c.p.pid, []).append(a)
-            promote_budget -= take
-            free[c.node] -= take
+    for c in kernels:
+        verdicts.setdefault(c.p.pid, Verdict(
+            c.p.pid, c.p.comm, "kernel-promotes",
+            "kernel.numa_balancing tiering mode is on: the kernel promotes hot pages; autonumad keeps the "
+            "headroom" + (f" and promotes what the kernel leaves on the slow tier for {config.kernel_grace_s:g} s"
+                          if config.kernel_grace_s else "")))
+    for c in sorted(ours, key=lambda c: (-c.region.accesses_fraction, -c.est_bytes, c.p.pid, c.region.start)):
+        hr = headroom[c.node]
+        if c.node not in c.p.status.mems_allowed:
+            verdicts.setdefault(c.p.pid, Verdict(c.p.pid, c.p.comm, "home-not-allowed",
+                                                 f"node {c.node} is not in its Mems_allowed_list"))
+            continue
+        room = free[c.node] - hr.floor_bytes
+        take = min(c.est_bytes, promote_budget, max(0, room))
+        if take <= 0:
+            verdicts.setdefault(c.p.pid, Verdict(
+                c.p.pid, c.p.comm, "fast-tier-full" if room <= 0 else "budget",
+                f"hot memory waits on the slow tier: node {c.node} has {_mib(free[c.node])} free against a "
+                f"floor of {_mib(hr.floor_bytes)}" if room <= 0 else
+                "hot memory waits on the slow tier: this pass's promotion budget is spent"))
+            continue
+        a = _range_action(c, c.node, RULE_PROMOTE, take,
+                          f"{_mib(c.region.size_bytes)} at {c.region.start:#x} accessed in "
+                          f"{c.region.accesses_fraction:.0%} of samples (hot from "
+                          f"{config.hot_access_fraction:.0%}) has {_mib(c.est_bytes)} on the slow tier; its "
+                          f"threads run on node {c.node}"
+                          + (f"; the kernel has left it there for {config.kernel_grace_s:g} s or more"
+                             if kernel_promotes else ""))
+        actions.append(a)
+        planned.setdefault(c.p.pid, []).append(a)
+        promote_budget -= take
+        free[c.node] -= take
 
     for pid, acts in planned.items():
         p = acts[0]
@@ -498,7 +535,8 @@ def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region
     note = (f"fast {_nodes(plan.fast_nodes)}, slow {_nodes(plan.slow_nodes)} ({plan.source}); "
             + kernel_roles(snapshot.knobs.as_json()))
     return TieringDecision(plan, tuple(actions), verdicts, headroom, note, snapshot.processes,
-                           hot_bytes, cold_bytes, min(recheck) if recheck else None)
+                           hot_bytes, cold_bytes, min(recheck) if recheck else None,
+                           frozenset((c.p.pid, c.p.start_ticks) for c in promos))
 
 
 def kernel_roles(knobs: Mapping[str, object]) -> str:

@@ -109,7 +109,7 @@ class TieringStep:
         ends = read_vma_ends(self.host, hot)
         d = decide_tiering(snap, hot, self.history, t, now_s, balance=balance, budget_bytes=max(0, budget_bytes),
                            vma_ends=ends, placement=self._placement(hot, t))
-        self.history.record_decision(d)
+        self.history.record_decision(d, now_s)
         outcomes = executor.run(d.actions, deadline_s) if d.actions else []
         done = self.clock()
         for o in outcomes:

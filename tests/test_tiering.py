@@ -157,6 +157,31 @@ def test_kernel_tiering_mode_promotes_so_the_daemon_only_demotes(tmp_path):
     assert "the kernel also demotes in reclaim (demotion_enabled)" in d.note
 
 
+def test_with_kernel_promotion_what_the_kernel_leaves_behind_is_promoted_after_the_grace(tmp_path):
+    host = build_host(tmp_path / "root", tiered([proc()], numa_balancing="2"))
+    snap = take_snapshot(host)
+    h = TieringHistory()
+    d = decide_tiering(snap, hotness(), h, TieringConfig(), 1000.0)
+    assert d.actions == () and d.verdicts[100].rule == "kernel-promotes"
+    assert d.recheck_in_s == pytest.approx(10.0)  # kernel_grace_s
+    h.record_decision(d, 1000.0)
+    d = decide_tiering(snap, hotness(), h, TieringConfig(), 1005.0)
+    assert d.actions == () and d.recheck_in_s == pytest.approx(5.0)
+    h.record_decision(d, 1005.0)
+    d = decide_tiering(snap, hotness(), h, TieringConfig(), 1010.0)
+    (a,) = d.actions
+    assert a.rule == RULE_PROMOTE and "the kernel has left it there for 10 s" in a.reason
+    # Nothing waiting for a pass: the clock starts again.
+    h.record_decision(decide_tiering(snap, {100: ()}, h, TieringConfig(), 1011.0), 1011.0)
+    assert decide_tiering(snap, hotness(), h, TieringConfig(), 1012.0).actions == ()
+    # kernel_grace_s = 0: promotion is the kernel's alone.
+    never = TieringConfig(kernel_grace_s=0)
+    h = TieringHistory()
+    h.record_decision(decide_tiering(snap, hotness(), h, never, 1000.0), 1000.0)
+    d = decide_tiering(snap, hotness(), h, never, 5000.0)
+    assert d.actions == () and d.recheck_in_s is None
+
+
 def test_full_fast_node_withholds_promotion_and_demotes_to_make_room(tmp_path):
     # Node 0 nearly full: pid 200's cold memory sits on it, pid 100's hot set waits on node 2.
     spec = tiered([proc(), proc(pid=200, run_cpu=0, hot_on=0, cold_on=0)], free=(8 * MiB, GiB // 2, GiB))
