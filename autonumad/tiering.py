@@ -340,8 +340,8 @@ def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region
         return TieringDecision(None, (), {}, {}, "the host has a single memory tier: nothing to tier")
     topo = snapshot.topology
     fast, slow = set(plan.fast_nodes), set(plan.slow_nodes)
-    nb = int(snapshot.knobs.as_json().get("numa_balancing") or 0)
-    kernel_promotes = bool(nb & NUMA_BALANCING_MEMORY_TIERING)
+    knobs = snapshot.knobs.as_json()
+    kernel_promotes = _kernel_promotes(knobs)
     wmarks = node_watermarks(snapshot.zones)
     comm_exclude = tuple(re.compile(x) for x in balance.exclude_comm)
     comm_include = tuple(re.compile(x) for x in balance.include_comm)
@@ -533,16 +533,20 @@ def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region
     # Demotions first: they make the room promotions land in.
     actions.sort(key=lambda a: a.rule != RULE_DEMOTE)
     note = (f"fast {_nodes(plan.fast_nodes)}, slow {_nodes(plan.slow_nodes)} ({plan.source}); "
-            + kernel_roles(snapshot.knobs.as_json()))
+            + kernel_roles(knobs))
     return TieringDecision(plan, tuple(actions), verdicts, headroom, note, snapshot.processes,
                            hot_bytes, cold_bytes, min(recheck) if recheck else None,
                            frozenset((c.p.pid, c.p.start_ticks) for c in promos))
 
 
+def _kernel_promotes(knobs: Mapping[str, object]) -> bool:
+    """kernel.numa_balancing has its tiering bit set: the kernel promotes on hint faults."""
+    return bool(int(knobs.get("numa_balancing") or 0) & NUMA_BALANCING_MEMORY_TIERING)
+
+
 def kernel_roles(knobs: Mapping[str, object]) -> str:
     """Who promotes and who demotes under the kernel settings in force (module docstring, coexistence)."""
-    promotes = bool(int(knobs.get("numa_balancing") or 0) & NUMA_BALANCING_MEMORY_TIERING)
-    return (("the kernel promotes (numa_balancing tiering mode), autonumad demotes" if promotes
+    return (("the kernel promotes (numa_balancing tiering mode), autonumad demotes" if _kernel_promotes(knobs)
              else "autonumad promotes and demotes (kernel tiering mode off)")
             + ("; the kernel also demotes in reclaim (demotion_enabled)" if knobs.get("demotion_enabled") else ""))
 
