@@ -307,6 +307,11 @@ class _Candidate:
     node: int  # promotion target, or the fast node it is demoted from
 
 
+def is_hot(r: Region, config) -> bool:
+    """Accessed in at least `hot_access_fraction` of the tracker's samples (rule 3)."""
+    return r.accesses_fraction >= config.hot_access_fraction
+
+
 def regions_to_place(regions: Sequence[Region], config) -> list[Region]:
     """The regions the policy may act on, whose page locations are worth asking the kernel for.
 
@@ -315,8 +320,7 @@ def regions_to_place(regions: Sequence[Region], config) -> list[Region]:
     """
     idle_s = min(config.cold_age_s, config.exchange_age_s)
     return [r for r in regions
-            if r.accesses_fraction >= config.hot_access_fraction
-            or (r.accesses_fraction == 0 and r.age_s >= idle_s)]
+            if is_hot(r, config) or (r.accesses_fraction == 0 and r.age_s >= idle_s)]
 
 
 def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region]], history: TieringHistory,
@@ -377,7 +381,7 @@ def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region
             by_node = placed.get((r.start, r.end))
             if by_node is None:
                 by_node = index.bytes_by_node(r)
-            if r.accesses_fraction >= config.hot_access_fraction:
+            if is_hot(r, config):
                 for n, b in by_node.items():
                     hot_bytes[n] = hot_bytes.get(n, 0) + b
                 on_slow = sum(b for n, b in by_node.items() if n in slow)

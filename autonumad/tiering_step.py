@@ -27,7 +27,7 @@ from typing import Callable, Mapping
 from autonumad.errors import HostError, NotSupported, ProcessError
 from autonumad.policy import BalancePolicyConfig
 from autonumad.snapshot import HostSnapshot
-from autonumad.tiering import (TieringDecision, TieringHistory, _selection, decide_tiering, plan_tiers,
+from autonumad.tiering import (TieringDecision, TieringHistory, _selection, decide_tiering, is_hot, plan_tiers,
                                 regions_to_place)
 from autonumad.tracker import describe, make_tracker, read_vma_ends
 
@@ -125,9 +125,9 @@ class TieringStep:
         want = {pid: regions for pid, regions in want.items() if regions}
         out: dict[int, dict[tuple[int, int], dict[int, int]]] = {}
         for pid, regions in want.items():
-            for is_hot, budget in ((True, HOT_PLACEMENT_PAGES), (False, IDLE_PLACEMENT_PAGES)):
+            for want_hot, budget in ((True, HOT_PLACEMENT_PAGES), (False, IDLE_PLACEMENT_PAGES)):
                 ranges = [(r.start, r.end) for r in regions
-                          if (r.accesses_fraction >= t.hot_access_fraction) == is_hot]
+                          if is_hot(r, t) == want_hot]
                 if not ranges:
                     continue
                 try:
