@@ -188,14 +188,14 @@ def cmd_topology(args: argparse.Namespace) -> int:
 
 
 def parse_size_arg(text: str) -> int:
-    from autonumad.config import parse_size
+    from autonumad.service.config import parse_size
 
     return parse_size(text)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from autonumad.readers.proc_stat import read_proc_stat
-    from autonumad.snapshot import ScanLimits, take_snapshot
+    from autonumad.observe.snapshot import ScanLimits, take_snapshot
     from autonumad.views import render_status, status_doc
 
     host = _host(args)
@@ -229,7 +229,7 @@ def _daemon_state(config) -> dict | None:
 
 def _tiering_status(args: argparse.Namespace, host, snap):
     """Tiers, tracker and headroom for `status` (issue 6)."""
-    from autonumad.damon import damon_available
+    from autonumad.observe.damon import damon_available
     from autonumad.views import tiering_status_doc
 
     config, _ = _load_config(getattr(args, "config", None))
@@ -241,13 +241,13 @@ def _tiering_status(args: argparse.Namespace, host, snap):
 
 
 def _load_config(path: str | None, *, fake_root: bool = False):
-    from autonumad.config import DEFAULT_CONFIG_PATH, load_config
+    from autonumad.service.config import DEFAULT_CONFIG_PATH, load_config
 
     if path is None:
         import os
 
         if not os.path.exists(DEFAULT_CONFIG_PATH):
-            from autonumad.config import Config
+            from autonumad.service.config import Config
 
             return Config(), None
         path = DEFAULT_CONFIG_PATH
@@ -255,9 +255,9 @@ def _load_config(path: str | None, *, fake_root: bool = False):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from autonumad.daemon import Daemon
-    from autonumad.logsetup import setup_logging
-    from autonumad.sdnotify import Notifier
+    from autonumad.service.daemon import Daemon
+    from autonumad.service.logsetup import setup_logging
+    from autonumad.service.sdnotify import Notifier
 
     config, path = _load_config(args.config)
     setup_logging(config.daemon.log_level)
@@ -271,16 +271,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _start_metrics(config, host):
     try:
-        from autonumad.metrics import start_metrics
+        from autonumad.service.metrics import start_metrics
     except ImportError:
         return None
     return start_metrics(config, host)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from autonumad.history import History
-    from autonumad.policy import BalancePolicyConfig, decide
-    from autonumad.snapshot import ScanLimits, take_snapshot
+    from autonumad.plan.history import History
+    from autonumad.plan.policy import BalancePolicyConfig, decide
+    from autonumad.observe.snapshot import ScanLimits, take_snapshot
 
     config, _ = _load_config(args.config)
     host = _host(args)
@@ -330,7 +330,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def _tiering_explain(args: argparse.Namespace, config, host, snap, pid: int) -> dict | None:
     """The running daemon's last tiering verdict for `pid`: tiering needs the tracker's samples."""
-    from autonumad.tiering import plan_tiers
+    from autonumad.plan.tiering import plan_tiers
 
     if plan_tiers(snap.topology, config.tiering) is None:
         return None
@@ -369,7 +369,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from autonumad.demo_view import run_demo
+    from autonumad.sim.demo_view import run_demo
 
     return run_demo(args)
 
@@ -390,7 +390,7 @@ def _kernel_warnings(config) -> list[str]:
 def cmd_check_config(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from autonumad.config import DEFAULT_CONFIG_PATH, load_config
+    from autonumad.service.config import DEFAULT_CONFIG_PATH, load_config
 
     path = args.path or DEFAULT_CONFIG_PATH
     config = load_config(path)
@@ -404,7 +404,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_sysctl(args: argparse.Namespace) -> int:
-    from autonumad.sysctl import KnobManager
+    from autonumad.act.sysctl import KnobManager
 
     config, _ = _load_config(args.config)
     host = _host(args)
@@ -463,7 +463,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
         try:
             runtime_dir = _load_config(args.config)[0].daemon.runtime_dir
         except AutonumadError:
-            from autonumad.config import Config
+            from autonumad.service.config import Config
 
             runtime_dir = Config().daemon.runtime_dir
     state_path = Path(runtime_dir) / "state.json"

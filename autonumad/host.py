@@ -3,7 +3,7 @@
 A `Host` is a machine seen through its /proc and /sys trees. Readers (the
 modules in `autonumad.readers`) take a Host and never build paths of their
 own, so the same reader serves a real machine (`LinuxHost`, root "/") and a
-*fake host* (`autonumad.fakehost.FakeHost`, a directory with the same layout
+*fake host* (`autonumad.sim.fakehost.FakeHost`, a directory with the same layout
 as /proc and /sys, captured from a real kernel by scripts/capture-host or
 built by tests). Only the actuators differ: on a real host they are
 syscalls and sysctl writes; on a fake host they rewrite the tree so that the
@@ -180,7 +180,7 @@ def process_error(pid: int, path: str, e: OSError) -> Exception:
 
 
 class LinuxHost(Host):
-    """The machine we run on. Actuators are real syscalls (autonumad.syscalls)."""
+    """The machine we run on. Actuators are real syscalls (autonumad.act.syscalls)."""
 
     def __init__(self, root: str | os.PathLike[str] = "/"):
         super().__init__(root)
@@ -188,12 +188,12 @@ class LinuxHost(Host):
 
     def move_pages(self, pid: int, start: int, end: int, page_size: int,
                    target_node: int, max_pages: int | None = None) -> MoveResult:
-        from autonumad import syscalls
+        from autonumad.act import syscalls
 
         return syscalls.move_range(pid, start, end, page_size, target_node, max_pages)
 
     def range_nodes(self, pid: int, ranges: list[tuple[int, int]], max_pages: int) -> list[dict[int, int]]:
-        from autonumad import syscalls
+        from autonumad.act import syscalls
 
         return syscalls.range_nodes(pid, ranges, self.page_size_bytes, max_pages)
 
@@ -221,7 +221,7 @@ def open_host(root: str | os.PathLike[str] | None = None) -> Host:
     """
     if root is None or os.path.realpath(root) == "/":
         return LinuxHost("/")
-    from autonumad.fakehost import FakeHost
+    from autonumad.sim.fakehost import FakeHost
 
     r = Path(root)
     if not r.is_dir():

@@ -15,7 +15,7 @@ from rich.table import Table
 from autonumad.readers.lists import format_list
 from autonumad.readers.nodes import Topology
 from autonumad.readers.proc_stat import CpuTimes, cpu_busy_fraction
-from autonumad.snapshot import HostSnapshot, ProcessView
+from autonumad.observe.snapshot import HostSnapshot, ProcessView
 
 SCHEMA_VERSION = 1
 
@@ -160,7 +160,7 @@ def tiering_status_doc(snap: HostSnapshot, tiering_config, daemon_tiering: Mappi
     config would choose on this kernel are shown.
     """
     from autonumad.readers.zoneinfo import node_watermarks
-    from autonumad.tiering import floor_bytes, kernel_roles, plan_tiers
+    from autonumad.plan.tiering import floor_bytes, kernel_roles, plan_tiers
 
     plan = plan_tiers(snap.topology, tiering_config)
     if plan is None:

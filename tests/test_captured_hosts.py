@@ -83,8 +83,8 @@ def test_explain_names_the_rule_for_each_captured_workload(capsys, tmp_path):
 
 
 def test_daemon_converges_the_captured_misplaced_workload(tmp_path):
-    from autonumad.config import Config
-    from autonumad.daemon import Daemon
+    from autonumad.service.config import Config
+    from autonumad.service.daemon import Daemon
     from autonumad.host import open_host
     from dataclasses import replace
 
@@ -97,7 +97,7 @@ def test_daemon_converges_the_captured_misplaced_workload(tmp_path):
                 kernel=replace(c.kernel, numa_balancing=0))
     misplaced = next(w["pid"] for w in captured("vm-tiered")["workloads"] if w["name"] == "misplaced")
     d = Daemon(host, c)
-    d.knobs = __import__("autonumad.sysctl", fromlist=["KnobManager"]).KnobManager(host, tmp_path / "run")
+    d.knobs = __import__("autonumad.act.sysctl", fromlist=["KnobManager"]).KnobManager(host, tmp_path / "run")
     d._apply_knobs()
     report = d.run_pass()
     assert report.decision.verdicts[misplaced].rule == "memory-follows-task"

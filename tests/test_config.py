@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from autonumad.config import (
+from autonumad.service.config import (
     DEFAULT_METRICS_PORT,
     KNOB_NAMES,
     SECTIONS,
@@ -543,7 +543,7 @@ def confdir(tmp_path: Path) -> Path:
 
 
 def test_load_missing_default_gives_defaults_and_logs(confdir, caplog):
-    caplog.set_level(logging.INFO, logger="autonumad.config")
+    caplog.set_level(logging.INFO, logger="autonumad.service.config")
     assert load_config(default_path=confdir / "autonumad.toml") == Config()
     assert "no config file" in caplog.text
 

@@ -13,10 +13,10 @@ from dataclasses import replace
 from pathlib import Path
 
 
-from autonumad.config import Config, load_config
-from autonumad.daemon import Daemon
-from autonumad.demo import build_demo_host, demo_config
-from autonumad.fakehost import HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host
+from autonumad.service.config import Config, load_config
+from autonumad.service.daemon import Daemon
+from autonumad.sim.demo import build_demo_host, demo_config
+from autonumad.sim.fakehost import HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host
 from autonumad.readers.knobs import read_knobs
 from autonumad.readers.numa_maps import read_numa_maps
 
@@ -126,7 +126,7 @@ def test_crash_leaves_saved_knobs_that_the_next_start_restores(tmp_path):
     cfg_path = write_config(tmp_path / "a.toml", f'[daemon]\nruntime_dir = "{tmp_path}/run"\n'
                                                  '[kernel]\nnuma_balancing = "off"\n[metrics]\nlisten = ""\n')
     crashed = Daemon(host, load_config(cfg_path))
-    from autonumad.sysctl import KnobManager
+    from autonumad.act.sysctl import KnobManager
 
     crashed.knobs = KnobManager(host, tmp_path / "run")
     crashed._apply_knobs()  # then "SIGKILL": no shutdown

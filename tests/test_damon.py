@@ -1,4 +1,4 @@
-"""DAMON sysfs: parsers, and the kdamond life cycle on a simulated sysfs (autonumad.fakedamon)."""
+"""DAMON sysfs: parsers, and the kdamond life cycle on a simulated sysfs (autonumad.sim.fakedamon)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import json
 import pytest
 from hypothesis import given, strategies as st
 
-from autonumad.damon import (
+from autonumad.observe.damon import (
     KDAMONDS_DIR, DamonRegion, DamonSession, MonitoringAttrs, OwnedKdamond, damon_available, format_owned,
     parse_owned, parse_signed, parse_state, parse_tried_region, parse_unsigned, read_slots,
 )
 from autonumad.errors import NotSupported, ParseError
-from autonumad.fakedamon import FakeDamonHost, install_damon
-from autonumad.fakehost import HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host
+from autonumad.sim.fakedamon import FakeDamonHost, install_damon
+from autonumad.sim.fakehost import HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host
 
 GiB = 2**30
 HOT = (0x7F0000000000, 0x7F0004000000)  # 64 MiB

@@ -6,15 +6,15 @@ import threading
 
 import pytest
 
-from autonumad.executor import Executor, TokenBucket
-from autonumad.fakehost import HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host
-from autonumad.history import History
-from autonumad.policy import Action, BalancePolicyConfig, VmaMove, decide
+from autonumad.act.executor import Executor, TokenBucket
+from autonumad.sim.fakehost import HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host
+from autonumad.plan.history import History
+from autonumad.plan.policy import Action, BalancePolicyConfig, VmaMove, decide
 from autonumad.readers.nodes import read_topology
 from autonumad.readers.numa_maps import read_numa_maps
 from autonumad.readers.proc_status import read_status
 from autonumad.readers.task_stat import read_thread_stats
-from autonumad.snapshot import take_snapshot
+from autonumad.observe.snapshot import take_snapshot
 
 GiB = 2**30
 MiB = 2**20

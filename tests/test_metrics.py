@@ -1,6 +1,6 @@
 """Metrics: what a pass on a fake host exports, checked sample by sample.
 
-The daemon runs real passes on fake hosts (autonumad.fakehost; the demo
+The daemon runs real passes on fake hosts (autonumad.sim.fakehost; the demo
 host's processes each exercise one policy rule, see autonumad/demo.py),
 and the samples are read back from the private registry with
 get_sample_value. promtool (Debian's prometheus package) checks the
@@ -27,16 +27,16 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from autonumad import __version__
-from autonumad.config import Config
-from autonumad.daemon import Daemon, PassReport
-from autonumad.demo import GiB, demo_config, demo_spec
+from autonumad.service.config import Config
+from autonumad.service.daemon import Daemon, PassReport
+from autonumad.sim.demo import GiB, demo_config, demo_spec
 from autonumad.errors import AutonumadError, HostError
-from autonumad.executor import Outcome
-from autonumad.fakehost import HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host
-from autonumad.metrics import (PREFIX, DaemonMetrics, decision_label, memory_weighted_local_fraction, numa_counters,
+from autonumad.act.executor import Outcome
+from autonumad.sim.fakehost import HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host
+from autonumad.service.metrics import (PREFIX, DaemonMetrics, decision_label, memory_weighted_local_fraction, numa_counters,
                                start_metrics)
-from autonumad.policy import Action
-from autonumad.sysctl import Drift
+from autonumad.plan.policy import Action
+from autonumad.act.sysctl import Drift
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "config/prometheus/autonumad-rules.yml"
@@ -191,7 +191,7 @@ def test_knob_drift_is_counted_per_knob(demo_pass):
 
 def test_drift_found_by_the_daemon_is_counted(tmp_path):
     """A knob changed behind the daemon's back between passes shows up in the counter."""
-    from autonumad.sysctl import KnobManager
+    from autonumad.act.sysctl import KnobManager
 
     daemon, metrics = _daemon(tmp_path)
     daemon.config = replace(daemon.config, kernel=replace(daemon.config.kernel, numa_balancing=0))
@@ -605,11 +605,11 @@ def test_promtool_check_metrics_on_a_live_scrape(tmp_path):
 
 def test_real_host_exports_every_online_node(tmp_path):
     """This machine's own /sys: one set of node series per online node, and its NUMA counters."""
-    from autonumad.history import History
+    from autonumad.plan.history import History
     from autonumad.host import open_host
-    from autonumad.policy import BalancePolicyConfig, decide
+    from autonumad.plan.policy import BalancePolicyConfig, decide
     from autonumad.readers.lists import parse_list
-    from autonumad.snapshot import ScanLimits, take_snapshot
+    from autonumad.observe.snapshot import ScanLimits, take_snapshot
 
     if not Path("/sys/devices/system/node/online").exists():
         pytest.skip("this kernel has no NUMA sysfs (CONFIG_NUMA=n)")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from autonumad.fakehost import HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host
-from autonumad.history import History, OwnedAffinity
-from autonumad.policy import BalancePolicyConfig, decide
-from autonumad.snapshot import take_snapshot
+from autonumad.sim.fakehost import HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host
+from autonumad.plan.history import History, OwnedAffinity
+from autonumad.plan.policy import BalancePolicyConfig, decide
+from autonumad.observe.snapshot import take_snapshot
 
 GiB = 2**30
 MiB = 2**20
@@ -222,7 +222,7 @@ def test_owner_repin_ends_cooldown(tmp_path):
     key = (100, snap.process(100).start_ticks)
     h.record_migration(key, 0.0, 1)
     assert decide(snap, h, BalancePolicyConfig(), 5.0).verdicts[100].rule == "cooldown"
-    from autonumad.fakehost import FakeHost
+    from autonumad.sim.fakehost import FakeHost
 
     for tid in host.tids(100):
         FakeHost.set_thread_affinity(host, tid, N0)
@@ -234,7 +234,7 @@ def test_owner_repin_ends_cooldown(tmp_path):
 
 def test_shared_file_pages_are_not_moved(tmp_path):
     from autonumad.readers.numa_maps import parse_numa_maps
-    from autonumad.policy import VmaMoves
+    from autonumad.plan.policy import VmaMoves
 
     nm = parse_numa_maps("7f0000000000 default file=/usr/lib/libc.so.6 mapped=100 mapmax=40 N1=100 kernelpagesize_kB=4\n"
                          "7f1000000000 default anon=50 dirty=50 N1=50 kernelpagesize_kB=4\n")

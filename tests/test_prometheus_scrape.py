@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from autonumad.daemon import Daemon
-from autonumad.demo import GiB, demo_config, demo_spec
-from autonumad.fakehost import build_host
-from autonumad.metrics import DaemonMetrics
+from autonumad.service.daemon import Daemon
+from autonumad.sim.demo import GiB, demo_config, demo_spec
+from autonumad.sim.fakehost import build_host
+from autonumad.service.metrics import DaemonMetrics
 
 RULES = Path(__file__).resolve().parent.parent / "config/prometheus/autonumad-rules.yml"
 WAIT_S = 30.0

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autonumad.errors import MalformedProcFile, ParseError, ProcessError, ProcessGone
-from autonumad.fakehost import ProcessSpec, ThreadSpec, VmaSpec, write_process
+from autonumad.sim.fakehost import ProcessSpec, ThreadSpec, VmaSpec, write_process
 from autonumad.host import Host, LinuxHost
 from autonumad.readers.proc_status import read_status
 from autonumad.readers.statm import Statm, parse_statm, read_statm

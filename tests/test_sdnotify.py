@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from autonumad.logsetup import LOG_LEVELS, level_number, setup_logging, stderr_is_journal, syslog_priority
-from autonumad.sdnotify import Notifier, notify_address
+from autonumad.service.logsetup import LOG_LEVELS, level_number, setup_logging, stderr_is_journal, syslog_priority
+from autonumad.service.sdnotify import Notifier, notify_address
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_one_socket_reused_for_many_messages(listener):
 
 
 def test_send_failure_is_logged_once_and_never_raised(tmp_path, caplog):
-    caplog.set_level(logging.DEBUG, logger="autonumad.sdnotify")
+    caplog.set_level(logging.DEBUG, logger="autonumad.service.sdnotify")
     n = Notifier(env={"NOTIFY_SOCKET": str(tmp_path / "gone")})
     assert n.ready() is False
     assert n.watchdog() is False

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from autonumad.config import Config
-from autonumad.daemon import Daemon
-from autonumad.fakehost import HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host
-from autonumad.policy import VmaMove
+from autonumad.service.config import Config
+from autonumad.service.daemon import Daemon
+from autonumad.sim.fakehost import HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host
+from autonumad.plan.policy import VmaMove
 from autonumad.readers.numa_maps import parse_numa_maps
-from autonumad.snapshot import ScanLimits, SnapshotCache, take_snapshot
+from autonumad.observe.snapshot import ScanLimits, SnapshotCache, take_snapshot
 
 GiB = 2**30
 MiB = 2**20

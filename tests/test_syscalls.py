@@ -1,4 +1,4 @@
-"""autonumad.syscalls and autonumad.affinity: pure parts table-driven, syscalls for real.
+"""autonumad.act.syscalls and autonumad.act.affinity: pure parts table-driven, syscalls for real.
 
 The real-kernel tests run on this (single-node) host against child
 processes started from tests/hardware/workload.py: querying and "moving"
@@ -22,8 +22,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autonumad import syscalls
-from autonumad.affinity import (
+from autonumad.act import syscalls
+from autonumad.act.affinity import (
     AffinityResult,
     CgroupEntry,
     cpuset_cpus,
@@ -329,7 +329,7 @@ def test_set_process_affinity_gone_process_raises(tmp_path):
 
 def test_set_process_affinity_walk_is_bounded(tmp_path):
     # Every thread set spawns another: the walk stops after MAX_LIST_ROUNDS listings.
-    from autonumad.affinity import MAX_LIST_ROUNDS
+    from autonumad.act.affinity import MAX_LIST_ROUNDS
 
     chain = {100 + i: [100 + i + 1] for i in range(50)}
     host = tree(tmp_path, [10, 100], spawn=chain)

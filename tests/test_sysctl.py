@@ -1,4 +1,4 @@
-"""KnobManager: apply / restore / crash recovery / drift on fake hosts (autonumad.sysctl)."""
+"""KnobManager: apply / restore / crash recovery / drift on fake hosts (autonumad.act.sysctl)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from autonumad.fakehost import FakeHost
+from autonumad.sim.fakehost import FakeHost
 from autonumad.readers.knobs import read_knobs
-from autonumad.sysctl import (
+from autonumad.act.sysctl import (
     SAVED_FILE_NAME,
     Drift,
     KnobChange,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from autonumad.config import EX_CONFIG
+from autonumad.service.config import EX_CONFIG
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "autonumad.service"
@@ -289,7 +289,7 @@ for m in sorted(i.name for i in pkgutil.walk_packages(autonumad.__path__, "auton
     except Exception as e:
         print(m, type(e).__name__)
 import prometheus_client, rich
-from autonumad import syscalls
+from autonumad.act import syscalls
 buf = ctypes.create_string_buffer(1 << 16)
 page = (ctypes.addressof(buf) + 4095) & ~4095
 ctypes.memset(page, 1, 1)

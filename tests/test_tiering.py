@@ -9,15 +9,15 @@ import threading
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from autonumad.config import Amount, TieringConfig
-from autonumad.executor import Executor, TokenBucket
-from autonumad.fakehost import HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host
-from autonumad.policy import BalancePolicyConfig
-from autonumad.snapshot import take_snapshot
-from autonumad.tiering import (
+from autonumad.service.config import Amount, TieringConfig
+from autonumad.act.executor import Executor, TokenBucket
+from autonumad.sim.fakehost import HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host
+from autonumad.plan.policy import BalancePolicyConfig
+from autonumad.observe.snapshot import take_snapshot
+from autonumad.plan.tiering import (
     RULE_DEMOTE, RULE_PROMOTE, TieringHistory, _split_budget, decide_tiering, plan_tiers,
 )
-from autonumad.tracker import Region, read_vma_ends
+from autonumad.observe.tracker import Region, read_vma_ends
 
 GiB = 2**30
 MiB = 2**20
@@ -115,7 +115,7 @@ def test_a_just_promoted_range_is_not_demoted_within_the_cooldown(tmp_path):
     snap = take_snapshot(host)
     h = TieringHistory()
     key = (100, snap.process(100).start_ticks)
-    from autonumad.tiering import _ProcTiering
+    from autonumad.plan.tiering import _ProcTiering
     h.processes[key] = _ProcTiering(promoted=[(COLD, COLD + MiB, 990.0)])
     cfg = TieringConfig(promote_cooldown_s=60)
     assert decide_tiering(snap, hotness(), h, cfg, 1000.0).actions == ()
@@ -284,7 +284,7 @@ def test_promoting_what_was_just_demoted_counts_a_pingpong_and_backs_off(tmp_pat
     host, d = decide(tmp_path, tiered([proc()]))
     h = TieringHistory()
     key = d.actions[0].key
-    from autonumad.tiering import _ProcTiering
+    from autonumad.plan.tiering import _ProcTiering
     h.processes[key] = _ProcTiering(demoted=[(HOT, HOT + MiB, 990.0, MiB)])
     (o,) = _execute(host, d)
     h.record_outcome(o, 1000.0, 60.0)
@@ -300,7 +300,7 @@ def test_bringing_back_a_few_pages_of_a_large_demotion_is_no_pingpong(tmp_path):
                     vmas=(VmaSpec(HOT, {0: 62 * MiB // P, 2: 2 * MiB // P}),))
     host, d = decide(tmp_path, tiered([p]), hot={100: (Region(HOT, HOT + HOT_MIB * MiB, 1.0, 2.0),)})
     (a,) = d.actions
-    from autonumad.tiering import _ProcTiering
+    from autonumad.plan.tiering import _ProcTiering
     h = TieringHistory()
     h.processes[a.key] = _ProcTiering(demoted=[(HOT, HOT + HOT_MIB * MiB, 990.0, HOT_MIB * MiB)])
     (o,) = _execute(host, d)
@@ -357,9 +357,9 @@ def test_decisions_respect_budget_floor_and_targets(tmp_path_factory, regions, f
 # -- wired into the daemon ----------------------------------------------------------------------------
 
 def _daemon(tmp_path, spec, regions, **tiering):
-    from autonumad.config import compile_config
-    from autonumad.daemon import Daemon
-    from autonumad.fakedamon import FakeDamonHost, install_damon
+    from autonumad.service.config import compile_config
+    from autonumad.service.daemon import Daemon
+    from autonumad.sim.fakedamon import FakeDamonHost, install_damon
 
     build_host(tmp_path / "root", spec)
     install_damon(tmp_path / "root")
@@ -393,7 +393,7 @@ def test_daemon_pass_promotes_through_damon_and_cleans_up_at_exit(tmp_path):
     assert report.tiering.moved_bytes == {(RULE_PROMOTE, 2, 0): HOT_MIB * MiB}
     assert (tmp_path / "run/damon-owned.json").exists()
     d._shutdown()
-    from autonumad.damon import read_slots
+    from autonumad.observe.damon import read_slots
     assert read_slots(host) == () and not (tmp_path / "run/damon-owned.json").exists()
 
 
@@ -476,7 +476,7 @@ def test_younger_idle_memory_waits_and_the_pass_says_when_to_look_again(tmp_path
 def test_metrics_show_headroom_and_moves_by_node_pair(tmp_path):
     from prometheus_client.parser import text_string_to_metric_families
 
-    from autonumad.metrics import DaemonMetrics
+    from autonumad.service.metrics import DaemonMetrics
 
     regions = {100: [(HOT, HOT + HOT_MIB * MiB, 20, 5)]}
     host, d = _daemon(tmp_path, tiered([proc()]), regions)
@@ -541,9 +541,9 @@ def test_status_and_explain_show_tracker_headroom_and_the_daemons_verdict(tmp_pa
 
 def test_balancing_leaves_slow_tier_memory_to_tiering(tmp_path):
     # Balancing on: alone it would move all 256 MiB (hot and cold) from node 2 to node 0.
-    from autonumad.config import compile_config
-    from autonumad.daemon import Daemon
-    from autonumad.fakedamon import FakeDamonHost, install_damon
+    from autonumad.service.config import compile_config
+    from autonumad.service.daemon import Daemon
+    from autonumad.sim.fakedamon import FakeDamonHost, install_damon
 
     build_host(tmp_path / "root", tiered([proc(), proc(pid=200, hot_on=1, cold_on=1)]))
     install_damon(tmp_path / "root")

@@ -7,16 +7,16 @@ import struct
 import pytest
 from hypothesis import given, strategies as st
 
-from autonumad.config import TieringConfig
-from autonumad.damon import KDAMONDS_DIR, read_slots
+from autonumad.service.config import TieringConfig
+from autonumad.observe.damon import KDAMONDS_DIR, read_slots
 from autonumad.errors import NotSupported, ParseError
-from autonumad.fakedamon import FakeDamonHost, install_damon
-from autonumad.fakehost import FakeHost, HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host
+from autonumad.sim.fakedamon import FakeDamonHost, install_damon
+from autonumad.sim.fakehost import FakeHost, HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host
 from autonumad.readers.pagemap import PRESENT_BIT, SOFT_DIRTY_BIT, PageBits, parse_pagemap
-from autonumad.tracker import (
+from autonumad.observe.tracker import (
     AutoTracker, DamonTracker, Region, SoftDirtyTracker, describe, make_tracker,
 )
-from autonumad.damon import MonitoringAttrs
+from autonumad.observe.damon import MonitoringAttrs
 
 GiB = 2**30
 PAGE = 4096

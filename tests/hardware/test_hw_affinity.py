@@ -2,7 +2,7 @@
 
 Runs inside the scripts/numa-vm guest (2node: CPU 0 on node 0, CPU 1 on
 node 1). The workload runs 4 touching threads (plus its main and stdin
-threads) on node 1's CPU; autonumad.affinity moves every one of them to
+threads) on node 1's CPU; autonumad.act.affinity moves every one of them to
 node 0's CPUs. Checked from /proc directly: each thread's
 Cpus_allowed_list, and the CPU each thread last ran on. The cpuset tests
 make a cgroup v2 cpuset in the guest.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from autonumad.affinity import cpuset_cpus, get_process_affinity, set_process_affinity
+from autonumad.act.affinity import cpuset_cpus, get_process_affinity, set_process_affinity
 from autonumad.host import LinuxHost
 from autonumad.readers.lists import format_list
 from hardware.workload import Workload, memory_nodes, node_cpus, thread_cpus, thread_last_cpu

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from autonumad.syscalls import page_nodes
+from autonumad.act.syscalls import page_nodes
 
 REPO = Path(__file__).resolve().parents[2]
 WORKLOAD = REPO / "tests" / "hardware" / "workload.py"

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from autonumad.damon import KDAMONDS_DIR, DamonSession, MonitoringAttrs, damon_available, read_slots
-from autonumad.config import TieringConfig
+from autonumad.observe.damon import KDAMONDS_DIR, DamonSession, MonitoringAttrs, damon_available, read_slots
+from autonumad.service.config import TieringConfig
 from autonumad.errors import NotSupported
 from autonumad.host import LinuxHost
 from hardware.tier_workload import TierWorkload
@@ -99,7 +99,7 @@ def test_finds_each_processs_hot_mapping_and_cleans_up(host, tmp_path):
 _KILLED = """
 import sys, time
 sys.path.insert(0, {root!r})
-from autonumad.damon import DamonSession
+from autonumad.observe.damon import DamonSession
 from autonumad.host import LinuxHost
 s = DamonSession(LinuxHost(), {run!r})
 s.monitor([{pid}])

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from autonumad.damon import ADMIN_DIR
+from autonumad.observe.damon import ADMIN_DIR
 from hardware.tier_workload import TierWorkload
 from hardware.workload import numa_balancing, start_daemon, write_config
 

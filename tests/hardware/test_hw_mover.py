@@ -1,4 +1,4 @@
-"""The page mover (autonumad.syscalls.move_range) on a real multi-node kernel.
+"""The page mover (autonumad.act.syscalls.move_range) on a real multi-node kernel.
 
 Runs inside the scripts/numa-vm guest (2node: nodes 0 and 1, one CPU and
 ~1.5 GiB each; tiered adds the CPU-less node 2). Every move is checked
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from autonumad import syscalls
+from autonumad.act import syscalls
 from autonumad.host import LinuxHost
 from autonumad.readers.numa_maps import read_numa_maps
-from autonumad.syscalls import DEFAULT_BATCH_PAGES, MPOL_MF_MOVE_ALL, move_range, page_nodes
+from autonumad.act.syscalls import DEFAULT_BATCH_PAGES, MPOL_MF_MOVE_ALL, move_range, page_nodes
 from hardware.workload import Workload, anon_huge_kib, memory_nodes
 
 pytestmark = pytest.mark.hardware

@@ -21,7 +21,7 @@ import pytest
 
 from autonumad.host import LinuxHost
 from autonumad.readers.numa_maps import read_numa_maps
-from autonumad.syscalls import move_pages, page_nodes
+from autonumad.act.syscalls import move_pages, page_nodes
 from hardware.workload import Workload, anon_huge_kib
 
 pytestmark = [pytest.mark.hardware, pytest.mark.topology("2node")]

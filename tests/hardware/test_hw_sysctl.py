@@ -19,7 +19,7 @@ import pytest
 
 from autonumad.host import LinuxHost
 from autonumad.readers.knobs import KNOBS, format_knob, read_knob, read_knobs
-from autonumad.sysctl import SAVED_FILE_NAME, KnobManager
+from autonumad.act.sysctl import SAVED_FILE_NAME, KnobManager
 
 NUMA_BALANCING = "/proc/sys/kernel/numa_balancing"
 DEMOTION = "/sys/kernel/mm/numa/demotion_enabled"
@@ -99,7 +99,7 @@ def test_drift_detected_on_the_real_kernel(tmp_path, knob_start):
 CRASHER = textwrap.dedent("""
     import os, signal, sys
     from autonumad.host import LinuxHost
-    from autonumad.sysctl import KnobManager
+    from autonumad.act.sysctl import KnobManager
     changes = KnobManager(LinuxHost(), sys.argv[1]).apply(
         {"numa_balancing": 0, "demotion_enabled": True})
     assert all(c.outcome == "written" for c in changes), changes
@@ -127,7 +127,7 @@ def test_recovery_after_sigkill(tmp_path, knob_start):
 WITHOUT_SYS_ADMIN = textwrap.dedent("""
     import json, sys
     from autonumad.host import LinuxHost
-    from autonumad.sysctl import KnobManager
+    from autonumad.act.sysctl import KnobManager
     changes = KnobManager(LinuxHost(), sys.argv[1]).apply(
         {"numa_balancing": 0, "demotion_enabled": True})
     print(json.dumps({c.name: [c.outcome, c.error] for c in changes}))

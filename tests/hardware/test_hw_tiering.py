@@ -1,6 +1,6 @@
 """Tiering on the real kernel (tiered guest: nodes 0,1 fast with a CPU each, node 2 CPU-less and slower).
 
-The daemon's tiering step (autonumad.tiering_step.TieringStep: DAMON
+The daemon's tiering step (autonumad.service.tiering_step.TieringStep: DAMON
 tracker, decide_tiering, the executor's move_pages) runs pass after pass
 on LinuxHost, with kernel NUMA balancing off so that only it moves pages.
 Workloads are tests/hardware/tier_workload.py: one process with a hot and
@@ -23,13 +23,13 @@ import time
 
 import pytest
 
-from autonumad.config import compile_config
-from autonumad.damon import damon_available, read_slots
-from autonumad.executor import Executor, TokenBucket
+from autonumad.service.config import compile_config
+from autonumad.observe.damon import damon_available, read_slots
+from autonumad.act.executor import Executor, TokenBucket
 from autonumad.host import LinuxHost
-from autonumad.snapshot import ScanLimits, take_snapshot
-from autonumad.tiering import RULE_DEMOTE, RULE_PROMOTE
-from autonumad.tiering_step import TieringStep
+from autonumad.observe.snapshot import ScanLimits, take_snapshot
+from autonumad.plan.tiering import RULE_DEMOTE, RULE_PROMOTE
+from autonumad.service.tiering_step import TieringStep
 from hardware.tier_workload import TierWorkload
 from hardware.workload import numa_balancing
 

@@ -41,7 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from autonumad.readers.lists import parse_list  # noqa: E402
-from autonumad.syscalls import MPOL_BIND, MPOL_DEFAULT, set_mempolicy  # noqa: E402
+from autonumad.act.syscalls import MPOL_BIND, MPOL_DEFAULT, set_mempolicy  # noqa: E402
 
 MIB = 1 << 20
 PAGE = 4096

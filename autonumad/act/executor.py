@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from autonumad.affinity import set_process_affinity
+from autonumad.act.affinity import set_process_affinity
 from autonumad.errors import AccessDenied, MalformedProcFile, ProcessError, ProcessGone
 from autonumad.host import Host, MoveResult
-from autonumad.policy import Action
+from autonumad.plan.policy import Action
 from autonumad.readers.proc_maps import read_maps
 
 log = logging.getLogger("autonumad")

@@ -47,12 +47,12 @@ from prometheus_client.process_collector import ProcessCollector
 from autonumad import __version__
 from autonumad.errors import AutonumadError, ParseError
 from autonumad.readers.knobs import KNOBS
-from autonumad.snapshot import BASE_PAGE_BYTES, HostSnapshot, ProcessView
+from autonumad.observe.snapshot import BASE_PAGE_BYTES, HostSnapshot, ProcessView
 
 if TYPE_CHECKING:  # for annotations only: metrics must not import the loop it observes
-    from autonumad.daemon import PassReport
-    from autonumad.executor import Outcome
-    from autonumad.policy import Action
+    from autonumad.service.daemon import PassReport
+    from autonumad.act.executor import Outcome
+    from autonumad.plan.policy import Action
 
 log = logging.getLogger("autonumad")
 

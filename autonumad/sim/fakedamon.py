@@ -25,7 +25,7 @@ import itertools
 import shutil
 from pathlib import Path
 
-from autonumad.fakehost import FakeHost
+from autonumad.sim.fakehost import FakeHost
 
 ADMIN = "sys/kernel/mm/damon/admin"
 _fake_kdamond_pids = itertools.count(70000)

@@ -15,7 +15,7 @@ least `tiering.cold_age_s`.
 Implementations:
 
 - `DamonTracker` (primary): DAMON's virtual-address monitoring through
-  autonumad.damon. Fraction = nr_accesses / (aggr_us / sample_us); age =
+  autonumad.observe.damon. Fraction = nr_accesses / (aggr_us / sample_us); age =
   DAMON's age in aggregation intervals times aggr_us. Sees reads and writes;
   costs the kernel a sampling thread, bounded by nr_regions.
 - `SoftDirtyTracker` (fallback, kernels without DAMON): soft-dirty bits via
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Protocol
 
-from autonumad.damon import DamonSession, MonitoringAttrs, damon_available
+from autonumad.observe.damon import DamonSession, MonitoringAttrs, damon_available
 from autonumad.errors import HostError, NotSupported, ParseError, ProcessError
 from autonumad.host import Host
 from autonumad.readers.pagemap import clear_soft_dirty, read_pagemap

@@ -105,13 +105,13 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-from autonumad.history import ProcKey
-from autonumad.policy import Action, BalancePolicyConfig, Verdict, VmaMove, _cgroup_under
+from autonumad.plan.history import ProcKey
+from autonumad.plan.policy import Action, BalancePolicyConfig, Verdict, VmaMove, _cgroup_under
 from autonumad.readers.nodes import Topology
 from autonumad.readers.numa_maps import Vma
 from autonumad.readers.zoneinfo import node_watermarks
-from autonumad.snapshot import BASE_PAGE_BYTES, HostSnapshot, ProcessView
-from autonumad.tracker import Region
+from autonumad.observe.snapshot import BASE_PAGE_BYTES, HostSnapshot, ProcessView
+from autonumad.observe.tracker import Region
 
 NUMA_BALANCING_MEMORY_TIERING = 2
 WIDEN_FACTOR = 1.25

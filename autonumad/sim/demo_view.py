@@ -14,8 +14,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from autonumad.daemon import Daemon, PassReport
-from autonumad.demo import DEMO_NAMES, build_demo_host, demo_config, drift
+from autonumad.service.daemon import Daemon, PassReport
+from autonumad.sim.demo import DEMO_NAMES, build_demo_host, demo_config, drift
 from autonumad.views import status_doc
 
 

@@ -20,7 +20,7 @@ import random
 from dataclasses import replace
 from pathlib import Path
 
-from autonumad.fakehost import (FakeHost, HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host,
+from autonumad.sim.fakehost import (FakeHost, HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host,
                                 numa_maps_line)
 
 GiB = 2**30
@@ -111,7 +111,7 @@ def drift(host: FakeHost, pass_number: int, rng: random.Random) -> list[str]:
 
 
 def _add_cpu_ticks(host: FakeHost, pid: int, tid: int, ticks: int) -> None:
-    from autonumad.fakehost import _join_stat, _split_stat
+    from autonumad.sim.fakehost import _join_stat, _split_stat
 
     for p in (host.path(f"/proc/{pid}/task/{tid}/stat"),) + ((host.path(f"/proc/{pid}/stat"),) if tid == pid else ()):
         f = _split_stat(p.read_text())
@@ -120,7 +120,7 @@ def _add_cpu_ticks(host: FakeHost, pid: int, tid: int, ticks: int) -> None:
 
 
 def _set_processor(host: FakeHost, pid: int, tid: int, cpu: int) -> None:
-    from autonumad.fakehost import STAT_PROCESSOR, _join_stat, _split_stat
+    from autonumad.sim.fakehost import STAT_PROCESSOR, _join_stat, _split_stat
 
     p = host.path(f"/proc/{pid}/task/{tid}/stat")
     f = _split_stat(p.read_text())
@@ -150,7 +150,7 @@ def _grow(host: FakeHost, pid: int, start: int, pages_by_node: dict[int, int]) -
 
 def demo_config(runtime_dir: Path, interval_s: float):
     """The daemon's defaults, with the demo's exclusions and a quick pace."""
-    from autonumad.config import Config
+    from autonumad.service.config import Config
 
     c = Config()
     return replace(c,

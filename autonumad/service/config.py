@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from autonumad.errors import AutonumadError, ParseError
-from autonumad.logsetup import LOG_LEVELS
+from autonumad.service.logsetup import LOG_LEVELS
 from autonumad.readers.lists import parse_list
 
 log = logging.getLogger(__name__)

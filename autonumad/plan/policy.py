@@ -64,10 +64,10 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from autonumad.history import History, OwnedAffinity, ProcKey
+from autonumad.plan.history import History, OwnedAffinity, ProcKey
 from autonumad.readers.numa_maps import NumaMaps, unmovable_vma
 from autonumad.readers.proc_stat import cpu_busy_fraction
-from autonumad.snapshot import BASE_PAGE_BYTES, HostSnapshot, ProcessView
+from autonumad.observe.snapshot import BASE_PAGE_BYTES, HostSnapshot, ProcessView
 
 # Passes a misplaced process must show no locality gain before the daemon
 # migrates pages while the kernel's own NUMA balancing is on.

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from autonumad.errors import HostError, NotSupported, ProcessError
-from autonumad.policy import BalancePolicyConfig
-from autonumad.snapshot import HostSnapshot
-from autonumad.tiering import (TieringDecision, TieringHistory, _selection, decide_tiering, is_hot, plan_tiers,
+from autonumad.plan.policy import BalancePolicyConfig
+from autonumad.observe.snapshot import HostSnapshot
+from autonumad.plan.tiering import (TieringDecision, TieringHistory, _selection, decide_tiering, is_hot, plan_tiers,
                                 regions_to_place)
-from autonumad.tracker import describe, make_tracker, read_vma_ends
+from autonumad.observe.tracker import describe, make_tracker, read_vma_ends
 
 log = logging.getLogger("autonumad")
 
@@ -216,10 +216,10 @@ def leave_slow_tier_to_tiering(snap: HostSnapshot, decision, config, host):
     for the soft-dirty fallback (a captured host tree has neither, and
     there balancing keeps moving slow-tier memory as before).
     """
-    from autonumad.damon import damon_available
+    from autonumad.observe.damon import damon_available
     from dataclasses import replace
 
-    from autonumad.policy import Decision
+    from autonumad.plan.policy import Decision
 
     plan = plan_tiers(snap.topology, config.tiering) if config.tiering.enabled else None
     if plan is None:

@@ -31,13 +31,13 @@ from typing import Any
 
 from autonumad import __version__
 from autonumad.errors import AutonumadError, HostError, ProcessError
-from autonumad.executor import Executor, Outcome, TokenBucket
-from autonumad.history import History
+from autonumad.act.executor import Executor, Outcome, TokenBucket
+from autonumad.plan.history import History
 from autonumad.host import Host
-from autonumad.policy import BalancePolicyConfig, Decision, decide, owned_from_action
+from autonumad.plan.policy import BalancePolicyConfig, Decision, decide, owned_from_action
 from autonumad.readers.proc_status import read_status
-from autonumad.snapshot import HostSnapshot, ScanLimits, SnapshotCache, take_snapshot
-from autonumad.tiering_step import TieringStep, leave_slow_tier_to_tiering, tiering_doc
+from autonumad.observe.snapshot import HostSnapshot, ScanLimits, SnapshotCache, take_snapshot
+from autonumad.service.tiering_step import TieringStep, leave_slow_tier_to_tiering, tiering_doc
 
 log = logging.getLogger("autonumad")
 
@@ -121,7 +121,7 @@ class Daemon:
         signal.signal(signal.SIGHUP, self.request_reload)
 
     def reload(self) -> bool:
-        from autonumad.config import load_config
+        from autonumad.service.config import load_config
 
         self._notify("reloading")
         try:
@@ -168,7 +168,7 @@ class Daemon:
 
     # -- the loop --------------------------------------------------------------
     def run(self, once: bool = False) -> int:
-        from autonumad.sysctl import KnobManager
+        from autonumad.act.sysctl import KnobManager
 
         runtime_dir = Path(self.config.daemon.runtime_dir)
         if self.manage_knobs or self.config.kernel.desired():
@@ -357,7 +357,7 @@ class Daemon:
         log.info("autonumad stopped")
 
     def restore_owned_affinities(self) -> int:
-        from autonumad.affinity import set_process_affinity
+        from autonumad.act.affinity import set_process_affinity
 
         n = 0
         for (pid, _start), h in list(self.history.processes.items()):

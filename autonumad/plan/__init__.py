@@ -1,0 +1,1 @@
+"""What a pass decides: pure policy over the snapshot and the history."""

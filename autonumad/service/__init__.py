@@ -1,0 +1,1 @@
+"""The daemon around the pass: loop, config, metrics, sd_notify, logging."""
