@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from autonumad.errors import AccessDenied, NotSupported, ProcessGone
-from autonumad.host import MoveResult
+from autonumad.model import MoveResult
 
 # --- syscall numbers ---------------------------------------------------------
 

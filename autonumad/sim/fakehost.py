@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from autonumad.errors import ProcessGone
-from autonumad.host import Host, MoveResult
+from autonumad.host import Host
+from autonumad.model import DEFAULT_PAGE_BYTES, MoveResult
+from autonumad.readers.proc_maps import parse_maps
 from autonumad.readers.lists import format_list, parse_list
 
-BASE_PAGE_BYTES = 4096
+BASE_PAGE_BYTES = DEFAULT_PAGE_BYTES
 _NODE_TOKEN = re.compile(r"^N(\d+)=(\d+)$")
 
 
@@ -40,6 +42,9 @@ class FakeHost(Host):
     """A host tree on disk whose actuators rewrite the tree."""
 
     is_fake = True
+
+    def __repr__(self) -> str:
+        return f"fake host {self.root}"
 
     # -- knobs -----------------------------------------------------------------
     def write_text(self, host_path: str, value: str) -> None:
@@ -144,6 +149,42 @@ class FakeHost(Host):
         failed = {"ENOMEM": failed_nomem} if failed_nomem else {}
         return MoveResult(requested=moved + failed_nomem, moved=moved, already=already,
                           failed=failed, moved_from=moved_from, page_size=page_size)
+
+    def range_nodes(self, pid: int, ranges: list[tuple[int, int]], max_pages: int) -> list[dict[int, int]]:
+        """Bytes per node of each range, the tree's model of move_pages(2)'s query.
+
+        numa_maps gives each VMA's pages per node and /proc/<pid>/maps its
+        end; the fake's pages lie evenly over their VMA, so a range holds
+        each node's share of the VMAs it overlaps. `max_pages` does not
+        apply: the answer costs no per-page work here.
+        """
+        nm = self.read_proc_text(pid, "numa_maps").splitlines()
+        maps = self.read_text_or_none(f"/proc/{pid}/maps")  # a captured tree may lack it
+        ends = {m.start: m.end for m in parse_maps(maps)} if maps else {}
+        vmas = []
+        for line in nm:
+            tokens = line.split()
+            if not tokens:
+                continue
+            start = int(tokens[0], 16)
+            psz = next((int(t.split("=")[1]) * 1024 for t in tokens if t.startswith("kernelpagesize_kB=")),
+                       self.page_size_bytes)
+            counts = {int(m.group(1)): int(m.group(2)) * psz for t in tokens if (m := _NODE_TOKEN.match(t))}
+            vmas.append((start, ends.get(start, start + max(psz, sum(counts.values()))), counts))
+        # Without maps, a VMA ends at the next one's start at the latest.
+        vmas = [(v0, min(v1, vmas[i + 1][0]) if i + 1 < len(vmas) and v0 not in ends else v1, c)
+                for i, (v0, v1, c) in enumerate(vmas)]
+        out = []
+        for r0, r1 in ranges:
+            by_node: dict[int, int] = {}
+            for v0, v1, counts in vmas:
+                overlap = min(r1, v1) - max(r0, v0)
+                if overlap <= 0 or v1 <= v0:
+                    continue
+                for node, b in counts.items():
+                    by_node[node] = by_node.get(node, 0) + b * overlap // (v1 - v0)
+            out.append({n: b for n, b in by_node.items() if b})
+        return out
 
     def _meminfo_path(self, node: int) -> Path:
         return self.path(f"/sys/devices/system/node/node{node}/meminfo")
