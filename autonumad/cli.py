@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--config names one, and says which it used.")
     p.add_argument("pid", type=int)
     p.add_argument("--config", metavar="PATH", default=None, help="config file to explain with (default: the running daemon's)")
+    p.add_argument("--runtime-dir", metavar="DIR", default=None,
+                   help="the running daemon's runtime directory, where its state file names its config "
+                        "(default: the config's daemon.runtime_dir)")
     _add_host_args(p)
     p.set_defaults(func=cmd_explain)
 
@@ -252,10 +255,7 @@ def _daemon_state(config) -> dict | None:
     """The running daemon's state.json, if there is one."""
     from pathlib import Path
 
-    try:
-        return json.loads((Path(config.daemon.runtime_dir) / "state.json").read_text())
-    except (OSError, ValueError):
-        return None
+    return _read_state(Path(config.daemon.runtime_dir))
 
 
 def _tiering_status(args: argparse.Namespace, host, snap):
@@ -365,26 +365,54 @@ def _explain_verdict(host, config, pid: int):
 
 
 def _explain_config(args: argparse.Namespace, host):
-    """The configuration explain uses, and where it came from: the running daemon's (found through its
-    state file) unless --config names one."""
-    config, path = _load_config(getattr(args, "config", None))
-    # A fake host's daemon is found only through an explicit --config.
-    state = _daemon_state(config) if _live(host) or getattr(args, "config", None) else None
+    """The configuration explain uses, where it came from, and the running daemon's state.
+
+    --config names it; else the running daemon's, named in its state file
+    (in --runtime-dir, or the default config's daemon.runtime_dir); else
+    the default file or the built-in defaults. On a fake host the daemon is
+    found only through --config or --runtime-dir.
+    """
+    from pathlib import Path
+
+    config, path = _load_config(args.config)
+    state = None
+    if args.runtime_dir:
+        state = _read_state(Path(args.runtime_dir))
+    elif _live(host) or args.config:
+        state = _daemon_state(config)
     if args.config:
         return config, {"path": path, "source": "--config"}, state
     daemon_path = (state or {}).get("config_path")
-    if daemon_path and _daemon_alive(host, state):
+    if daemon_path and _daemon_alive(state):
         try:
-            return _load_config(daemon_path)[0], {"path": daemon_path, "source":
-                                                  f"the running daemon (pid {state.get('pid')})"}, state
+            return (_load_config(daemon_path)[0],
+                    {"path": daemon_path, "source": f"the running daemon (pid {state['pid']})"}, state)
         except AutonumadError as e:
             log.warning("the running daemon's config %s: %s; using %s", daemon_path, e, path or "the defaults")
     return config, {"path": path, "source": "the default file" if path else "built-in defaults"}, state
 
 
-def _daemon_alive(host, state: dict) -> bool:
+def _read_state(runtime_dir) -> dict | None:
+    try:
+        return json.loads((runtime_dir / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _daemon_alive(state: dict) -> bool:
+    """The state file's daemon still runs (on this machine, whichever host tree it serves)."""
+    import os
+
     pid = state.get("pid")
-    return isinstance(pid, int) and host.exists(f"/proc/{pid}")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _render_explain(doc: dict, p) -> None:
