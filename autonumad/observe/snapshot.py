@@ -27,7 +27,6 @@ snapshot itself stays immutable: the cache only hands back equal values.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping

@@ -19,12 +19,13 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from autonumad.model import DEFAULT_PAGE_BYTES
 from autonumad.sim.fakehost import (FakeHost, HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host,
                                 numa_maps_line)
 
 GiB = 2**30
 MiB = 2**20
-PAGE = 4096
+PAGE = DEFAULT_PAGE_BYTES
 
 NODE0_CPUS = tuple(range(0, 8))
 NODE1_CPUS = tuple(range(8, 16))

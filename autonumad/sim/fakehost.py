@@ -35,13 +35,13 @@ from autonumad.readers.proc_maps import parse_maps
 from autonumad.readers.lists import format_list, parse_list
 
 BASE_PAGE_BYTES = DEFAULT_PAGE_BYTES
+# A process's virtual size is its resident memory plus this much mapped but untouched.
+_MAPPED_NOT_RESIDENT_KB = 4 * 1024
 _NODE_TOKEN = re.compile(r"^N(\d+)=(\d+)$")
 
 
 class FakeHost(Host):
     """A host tree on disk whose actuators rewrite the tree."""
-
-    is_fake = True
 
     def __repr__(self) -> str:
         return f"fake host {self.root}"
@@ -426,7 +426,7 @@ def write_process(root: Path, p: ProcessSpec, *, all_cpus: Sequence[int], all_no
     rss_kb = p.rss_bytes() // 1024
     threads = p.threads or (ThreadSpec(p.pid, cpus[0] if cpus else 0),)
     vm_lines = "" if p.kernel_thread else (
-        f"VmPeak:\t{rss_kb + 4096} kB\nVmSize:\t{rss_kb + 4096} kB\nVmRSS:\t{rss_kb} kB\n"
+        f"VmPeak:\t{rss_kb + _MAPPED_NOT_RESIDENT_KB} kB\nVmSize:\t{rss_kb + _MAPPED_NOT_RESIDENT_KB} kB\nVmRSS:\t{rss_kb} kB\n"
         f"RssAnon:\t{rss_kb} kB\nRssFile:\t0 kB\n")
 
     def status(tid_cpus: Sequence[int]) -> str:
@@ -470,7 +470,7 @@ def _statm(p: ProcessSpec, rss_kb: int) -> str:
     if p.kernel_thread:
         return "0 0 0 0 0 0 0\n"  # no mm: the kernel prints zeros
     pages = BASE_PAGE_BYTES // 1024
-    size, resident = (rss_kb + 4096) // pages, rss_kb // pages
+    size, resident = (rss_kb + _MAPPED_NOT_RESIDENT_KB) // pages, rss_kb // pages
     # size resident shared text lib data dt: anonymous memory only, so no
     # shared (file) pages; lib and dt are always 0.
     return f"{size} {resident} 0 1 0 {resident} 0\n"
