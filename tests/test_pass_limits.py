@@ -127,3 +127,25 @@ def test_a_pass_ends_well_inside_the_watchdog(tmp_path):
     report = d.run_pass()
     assert report.duration_s <= 1.0 + 0.25  # half the ping interval, plus the batch in flight
     assert any(o.status == "partial" for o in report.outcomes)
+
+
+def test_a_reload_while_waiting_out_a_host_error_keeps_the_daemon_running(tmp_path):
+    import threading
+
+    from autonumad.errors import HostError
+
+    class Flaky(Daemon):
+        calls = 0
+
+        def run_pass(self):
+            self.calls += 1
+            if self.calls == 1:
+                threading.Timer(0.2, self.request_reload).start()
+                raise HostError("/proc/zoneinfo", "node offlined")
+            self.request_stop()
+            return super().run_pass()
+
+    c = demo_config(tmp_path / "run", 5.0)
+    d = Flaky(build_demo_host(tmp_path / "host"), c, manage_knobs=False, dry_run=True)
+    assert d.run() == 0
+    assert d.calls == 2 and d.generation == 1

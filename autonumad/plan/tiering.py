@@ -46,9 +46,9 @@ Rules, per process, in order:
    A range promoted within `promote_cooldown_s` is not demoted
    (hysteresis).
 
-Where a region's pages are comes from the kernel (move_pages(2) in query
-form, sampled when the regions are large; tiering_step.py), so a range that
-already moved is not planned again; without that (a fake host) it is
+Where a region's pages are comes from the host (move_pages(2) in query
+form, sampled when the regions are large; observe/inputs.py), so a range
+that already moved is not planned again; a region without a placement is
 estimated from numa_maps, spreading each VMA's pages evenly. An action
 takes at most the bytes found where it moves them from, within the room and
 the budget left.

@@ -228,9 +228,11 @@ class Daemon:
                     report = self.run_pass()
                 except HostError:
                     # Logged by run_pass; a host file may come back (a node
-                    # onlined again). Try again after one interval.
-                    if once or self._wait(self.interval_s):
+                    # onlined again). Try again after one interval; a reload
+                    # wakes the wait and is applied at the top of the loop.
+                    if once:
                         break
+                    self._wait(self.interval_s)
                     continue
                 if not ready:
                     self._notify("ready")
