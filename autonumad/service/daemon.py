@@ -120,6 +120,7 @@ class Daemon:
         self._single_node_logged = False
         self._last_rules: dict[tuple[int, int], str] = {}
         self.hotness = HotnessSource(host, clock)
+        self.once = False  # run(once=True): a single pass
         self._build_from_config()
 
     # -- configuration ---------------------------------------------------------
@@ -200,6 +201,7 @@ class Daemon:
     def run(self, once: bool = False) -> int:
         from autonumad.act.sysctl import KnobManager
 
+        self.once = once
         runtime_dir = Path(self.config.daemon.runtime_dir)
         if self.manage_knobs or self.config.kernel.desired():
             self.knobs = KnobManager(self.host, runtime_dir)
@@ -260,8 +262,15 @@ class Daemon:
 
     def pass_window_s(self) -> float:
         """How long a pass may move pages: 80 % of the interval, and never more than half the
-        watchdog's ping interval, so that reading, planning and moving end well inside WatchdogSec."""
+        watchdog's ping interval, so that reading, planning and moving end well inside WatchdogSec.
+
+        A single pass (`run --once`) has no next pass to continue in: it may take as long as moving
+        the whole pass budget at the configured rate.
+        """
         window = max(0.5, self.interval_s * 0.8)
+        if self.once:
+            b = self.config.balance
+            window = max(window, b.pass_budget_mib / b.migrate_rate_mib_s)
         watchdog_s = self.notifier.watchdog_interval_s() if self.notifier is not None and hasattr(
             self.notifier, "watchdog_interval_s") else None
         if watchdog_s:
