@@ -96,11 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("explain", help="say what the daemon would do for a process now, and why",
-                       description="Run the policy for one process against a fresh snapshot and print the rule "
-                                   "that applies: the action it would take with its reason, or the rule that "
-                                   "leaves it alone (excluded, explicit memory policy, already local, ...).")
+                       description="Run the daemon's planner on a fresh pass and print the rule that applies to one "
+                                   "process: the action it would take with its reason, or the rule that leaves "
+                                   "it alone (excluded, explicit memory policy, already local, ...). Uses the "
+                                   "running daemon's configuration (found through its state file) unless "
+                                   "--config names one, and says which it used.")
     p.add_argument("pid", type=int)
-    p.add_argument("--config", metavar="PATH", default=None, help="config file whose [balance] rules apply")
+    p.add_argument("--config", metavar="PATH", default=None, help="config file to explain with (default: the running daemon's)")
+    p.add_argument("--runtime-dir", metavar="DIR", default=None,
+                   help="the running daemon's runtime directory, where its state file names its config "
+                        "(default: the config's daemon.runtime_dir)")
     _add_host_args(p)
     p.set_defaults(func=cmd_explain)
 
@@ -156,9 +161,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _host(args: argparse.Namespace):
-    from autonumad.host import open_host
+def open_host(root: str | None = None):
+    """The host for a --root argument: the real machine for "/" or None, else a fake tree.
 
+    The one place that chooses between the machine and a simulated host. A
+    fake root must look like a host: it needs proc/ and sys/devices/system/node/.
+    """
+    import os
+    from pathlib import Path
+
+    from autonumad.errors import HostError
+    from autonumad.host import LinuxHost
+
+    if root is None or os.path.realpath(root) == "/":
+        return LinuxHost("/")
+    from autonumad.sim.fakehost import FakeHost
+
+    r = Path(root)
+    if not r.is_dir():
+        raise HostError(str(root), "--root is not a directory")
+    if not (r / "sys/devices/system/node").is_dir() or not (r / "proc").is_dir():
+        raise HostError(str(root), "--root is not a host tree (needs proc/ and sys/devices/system/node/)")
+    return FakeHost(r)
+
+
+def _live(host) -> bool:
+    """A real machine: time passes between two reads of it (a fake tree only changes when acted on)."""
+    from autonumad.host import LinuxHost
+
+    return isinstance(host, LinuxHost)
+
+
+def _host(args: argparse.Namespace):
     return open_host(args.root)
 
 
@@ -200,7 +234,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     host = _host(args)
     prev = read_proc_stat(host)
-    if not host.is_fake and args.sample_s > 0:
+    if _live(host) and args.sample_s > 0:
         time.sleep(args.sample_s)
     snap = take_snapshot(host, ScanLimits(min_rss_bytes=parse_size_arg(args.min_rss)))
     for s in snap.skipped:
@@ -221,10 +255,7 @@ def _daemon_state(config) -> dict | None:
     """The running daemon's state.json, if there is one."""
     from pathlib import Path
 
-    try:
-        return json.loads((Path(config.daemon.runtime_dir) / "state.json").read_text())
-    except (OSError, ValueError):
-        return None
+    return _read_state(Path(config.daemon.runtime_dir))
 
 
 def _tiering_status(args: argparse.Namespace, host, snap):
@@ -236,7 +267,7 @@ def _tiering_status(args: argparse.Namespace, host, snap):
     t = config.tiering
     expected = t.tracker if t.tracker != "auto" else ("damon" if damon_available(host) else "softdirty")
     # A fake host's daemon is found only through an explicit --config.
-    state = _daemon_state(config) if not host.is_fake or getattr(args, "config", None) else None
+    state = _daemon_state(config) if _live(host) or getattr(args, "config", None) else None
     return tiering_status_doc(snap, t, (state or {}).get("tiering"), expected)
 
 
@@ -278,64 +309,138 @@ def _start_metrics(config, host):
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from autonumad.plan.history import History
-    from autonumad.plan.policy import BalancePolicyConfig, decide
-    from autonumad.observe.snapshot import ScanLimits, take_snapshot
-
-    config, _ = _load_config(args.config)
-    host = _host(args)
-    snap = take_snapshot(host, ScanLimits(only_pids=frozenset({args.pid})))
-    for s in snap.skipped:
-        raise AutonumadError(s.message)
-    p = snap.process(args.pid)
-    if p is None:
-        raise AutonumadError(f"pid {args.pid}: not a process with memory (kernel thread?)")
-    below = p.rss_bytes < config.balance.min_rss_bytes
-    history = History()
-    history.observe(snap, 0.0)
-    decision = decide(snap, history, BalancePolicyConfig.from_config(config.balance), 0.0)
-    v = decision.verdicts[args.pid]
-    rule, reason, actions = v.rule, v.reason, v.actions
-    if below:
-        rule, reason, actions = ("below-min-rss", f"resident {p.rss_bytes / 2**20:.0f} MiB is below "
-                                 f"balance.min_rss_bytes ({config.balance.min_rss_bytes / 2**20:.0f} MiB): "
-                                 f"not scanned by the daemon", ())
     from autonumad.views import process_doc
 
-    doc = {"schema_version": 1, "process": process_doc(p), "rule": rule, "reason": reason,
+    host = _host(args)
+    config, used, state = _explain_config(args, host)
+    verdict, p, snap = _explain_verdict(host, config, args.pid)
+    rule, reason, actions = verdict.rule, verdict.reason, verdict.actions
+    page = snap.page_size_bytes
+    doc = {"schema_version": 1, "process": process_doc(p, page), "rule": rule, "reason": reason,
            "actions": [{"kind": a.kind, "rule": a.rule, "reason": a.reason, "target_node": a.target_node,
                         "cpus": list(a.cpus), "bytes": a.bytes} for a in actions],
+           "config": used,
            "kernel_numa_balancing": snap.knobs.as_json().get("numa_balancing"),
-           "tiering": _tiering_explain(args, config, host, snap, p.pid)}
+           "tiering": _tiering_explain(args, config, host, snap, p.pid, state)}
     if args.json:
         _print_json(doc)
     else:
-        c = _console()
-        pd = doc["process"]
-        c.print(f"[bold]pid {p.pid}[/bold] ({p.comm}): {pd['rss_bytes'] / 2**20:,.0f} MiB resident, "
-                f"runs on node(s) {','.join(map(str, pd['running_nodes'])) or '-'}, "
-                f"{pd['local_fraction']:.0%} local, policy {pd['policy']}")
-        c.print("pages by node: " + ", ".join(f"N{n}={v}" for n, v in pd["pages_by_node"].items()))
-        c.print(f"rule: [bold]{rule}[/bold]")
-        c.print(f"why:  {reason}")
-        for a in doc["actions"]:
-            c.print(f"would: {a['kind']} -> node {a['target_node']}: {a['reason']}")
-        if not doc["actions"]:
-            c.print("would: nothing")
-        tv = doc["tiering"]
-        if tv is not None:
-            c.print(f"tiering (tracker {tv['tracker']}): [bold]{tv['rule']}[/bold]: {tv['reason']}")
+        _render_explain(doc, p)
     return 0
 
 
-def _tiering_explain(args: argparse.Namespace, config, host, snap, pid: int) -> dict | None:
+def _explain_verdict(host, config, pid: int):
+    """The daemon's planner on a pass read as the daemon reads it: (verdict, process, snapshot).
+
+    A fresh history, as on the daemon's first pass: the running daemon's
+    cool-downs and back-offs live in its memory only.
+    """
+    from autonumad.model import Verdict
+    from autonumad.observe.inputs import read_pass_inputs
+    from autonumad.observe.snapshot import ScanLimits, take_snapshot
+    from autonumad.plan.history import History
+    from autonumad.plan.planner import plan
+
+    inputs = read_pass_inputs(host, config, None, None, 0.0, config.daemon.interval_s * 0.8)
+    p = inputs.snapshot.process(pid)
+    if p is not None:
+        history = History()
+        history.observe(inputs.snapshot, 0.0)
+        return plan(inputs, history, config).verdict(pid), p, inputs.snapshot
+    # Not among what a pass reads in detail: say why.
+    snap = take_snapshot(host, ScanLimits(only_pids=frozenset({pid})))
+    for s in snap.skipped:
+        raise AutonumadError(s.message)
+    p = snap.process(pid)
+    if p is None:
+        raise AutonumadError(f"pid {pid}: not a process with memory (kernel thread?)")
+    b = config.balance
+    if p.rss_bytes < b.min_rss_bytes:
+        v = Verdict(pid, p.comm, "below-min-rss", f"resident {p.rss_bytes / 2**20:.0f} MiB is below "
+                    f"balance.min_rss_bytes ({b.min_rss_bytes / 2**20:.0f} MiB): not scanned by the daemon")
+    else:
+        v = Verdict(pid, p.comm, "not-scanned", f"not among the {b.scan_max_processes} largest processes a pass "
+                    "reads in detail (balance.scan_max_processes)")
+    return v, p, snap
+
+
+def _explain_config(args: argparse.Namespace, host):
+    """The configuration explain uses, where it came from, and the running daemon's state.
+
+    --config names it; else the running daemon's, named in its state file
+    (in --runtime-dir, or the default config's daemon.runtime_dir); else
+    the default file or the built-in defaults. On a fake host the daemon is
+    found only through --config or --runtime-dir.
+    """
+    from pathlib import Path
+
+    config, path = _load_config(args.config)
+    state = None
+    if args.runtime_dir:
+        state = _read_state(Path(args.runtime_dir))
+    elif _live(host) or args.config:
+        state = _daemon_state(config)
+    if args.config:
+        return config, {"path": path, "source": "--config"}, state
+    daemon_path = (state or {}).get("config_path")
+    if daemon_path and _daemon_alive(state):
+        try:
+            return (_load_config(daemon_path)[0],
+                    {"path": daemon_path, "source": f"the running daemon (pid {state['pid']})"}, state)
+        except AutonumadError as e:
+            log.warning("the running daemon's config %s: %s; using %s", daemon_path, e, path or "the defaults")
+    return config, {"path": path, "source": "the default file" if path else "built-in defaults"}, state
+
+
+def _read_state(runtime_dir) -> dict | None:
+    try:
+        return json.loads((runtime_dir / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _daemon_alive(state: dict) -> bool:
+    """The state file's daemon still runs (on this machine, whichever host tree it serves)."""
+    import os
+
+    pid = state.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _render_explain(doc: dict, p) -> None:
+    c = _console()
+    pd = doc["process"]
+    c.print(f"[bold]pid {p.pid}[/bold] ({p.comm}): {pd['rss_bytes'] / 2**20:,.0f} MiB resident, "
+            f"runs on node(s) {','.join(map(str, pd['running_nodes'])) or '-'}, "
+            f"{pd['local_fraction']:.0%} local, policy {pd['policy']}")
+    c.print("pages by node: " + ", ".join(f"N{n}={v}" for n, v in pd["pages_by_node"].items()))
+    c.print(f"config: {doc['config']['path'] or '-'} ({doc['config']['source']})")
+    c.print(f"rule: [bold]{doc['rule']}[/bold]")
+    c.print(f"why:  {doc['reason']}")
+    for a in doc["actions"]:
+        c.print(f"would: {a['kind']} -> node {a['target_node']}: {a['reason']}")
+    if not doc["actions"]:
+        c.print("would: nothing")
+    tv = doc["tiering"]
+    if tv is not None:
+        c.print(f"tiering (tracker {tv['tracker']}): [bold]{tv['rule']}[/bold]: {tv['reason']}")
+
+
+def _tiering_explain(args: argparse.Namespace, config, host, snap, pid: int, state) -> dict | None:
     """The running daemon's last tiering verdict for `pid`: tiering needs the tracker's samples."""
     from autonumad.plan.tiering import plan_tiers
 
     if plan_tiers(snap.topology, config.tiering) is None:
         return None
     status = _tiering_status(args, host, snap)
-    state = _daemon_state(config) if not host.is_fake or getattr(args, "config", None) else None
     t = (state or {}).get("tiering")
     if t is None:
         return {"tracker": status["tracker"] if status else "-", "rule": "no-daemon-state",
@@ -354,7 +459,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
 
     host = _host(args)
     prev = read_proc_stat(host)
-    if not host.is_fake and args.sample_s > 0:
+    if _live(host) and args.sample_s > 0:
         time.sleep(args.sample_s)
     busy = cpu_busy_fraction(prev, read_proc_stat(host))
     a = advise(read_topology(host), busy, args.cpus, parse_size_arg(args.memory))

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from autonumad.errors import AccessDenied, HostError, ProcessGone
+from autonumad.act import syscalls
+from autonumad.errors import AccessDenied, ProcessGone
+from autonumad.model import DEFAULT_CLOCK_TICKS_PER_S, DEFAULT_PAGE_BYTES, MoveResult
 
 # errno values that, under /proc/<pid>, mean the process went away between
 # listing and reading (proc(5); ESRCH comes from files such as numa_maps whose
@@ -33,38 +34,15 @@ _DENIED_ERRNOS = {errno.EACCES, errno.EPERM}
 _READ_CHUNK_BYTES = 65536
 
 
-@dataclass(frozen=True)
-class MoveResult:
-    """Outcome of one page-move request, counted per page.
-
-    `moved` pages now sit on the target node because of this call,
-    `already` were on it before, `absent` were not populated (-ENOENT in
-    move_pages(2) status), and `failed` counts the other per-page errors by
-    errno name (EBUSY, ENOMEM, EACCES, EFAULT, ...).
-    """
-
-    requested: int = 0
-    moved: int = 0
-    already: int = 0
-    absent: int = 0
-    failed: dict[str, int] = field(default_factory=dict)
-    moved_from: dict[int, int] = field(default_factory=dict)  # source node -> pages
-    page_size: int = 4096
-    gone: bool = False  # the process exited during the move
-
-    @property
-    def moved_bytes(self) -> int:
-        return self.moved * self.page_size
-
-
 class Host:
     """Read side shared by real and fake hosts. Paths are absolute host paths."""
 
-    is_fake = False
-
-    # Bytes per page in /proc/<pid>/statm. A fake tree is captured from, or
+    # Bytes per base page (/proc/<pid>/statm, numa_maps without
+    # kernelpagesize_kB, move_pages(2)) and clock ticks per second
+    # (/proc/<pid>/stat utime and stime). A fake tree is captured from, or
     # modelled on, an x86-64 kernel; LinuxHost asks the running kernel.
-    page_size_bytes = 4096
+    page_size_bytes = DEFAULT_PAGE_BYTES
+    clock_ticks_per_s = DEFAULT_CLOCK_TICKS_PER_S
 
     def __init__(self, root: str | os.PathLike[str] = "/"):
         self.root = Path(root)
@@ -145,12 +123,16 @@ class Host:
         """Move the populated pages of [start, end) of `pid` to `target_node`."""
         raise NotImplementedError
 
-    def range_nodes(self, pid: int, ranges: list[tuple[int, int]], max_pages: int) -> list[dict[int, int]] | None:
-        """Bytes per node of each [start, end) range of `pid`, or None where the host cannot say.
+    def range_nodes(self, pid: int, ranges: list[tuple[int, int]], max_pages: int) -> list[dict[int, int]]:
+        """Bytes per node of each [start, end) range of `pid` (move_pages(2) in query form).
 
-        A fake host has per-VMA counts only (numa_maps), so it says nothing
-        and callers estimate from those counts instead.
+        At most `max_pages` pages are asked about over all ranges; beyond
+        that the ranges are sampled evenly and the counts scaled up.
         """
+        raise NotImplementedError
+
+    def self_pid(self) -> int | None:
+        """This daemon's own pid when it runs on this host (it never plans for itself), else None."""
         return None
 
     def set_thread_affinity(self, tid: int, cpus: Iterable[int]) -> None:
@@ -185,16 +167,19 @@ class LinuxHost(Host):
     def __init__(self, root: str | os.PathLike[str] = "/"):
         super().__init__(root)
         self.page_size_bytes = os.sysconf("SC_PAGE_SIZE")
+        self.clock_ticks_per_s = os.sysconf("SC_CLK_TCK")
+
+    def __repr__(self) -> str:
+        return "this host" if self.root == Path("/") else f"{type(self).__name__}({str(self.root)!r})"
+
+    def self_pid(self) -> int | None:
+        return os.getpid()
 
     def move_pages(self, pid: int, start: int, end: int, page_size: int,
                    target_node: int, max_pages: int | None = None) -> MoveResult:
-        from autonumad.act import syscalls
-
         return syscalls.move_range(pid, start, end, page_size, target_node, max_pages)
 
     def range_nodes(self, pid: int, ranges: list[tuple[int, int]], max_pages: int) -> list[dict[int, int]]:
-        from autonumad.act import syscalls
-
         return syscalls.range_nodes(pid, ranges, self.page_size_bytes, max_pages)
 
     def set_thread_affinity(self, tid: int, cpus: Iterable[int]) -> None:
@@ -212,20 +197,3 @@ class LinuxHost(Host):
     def write_text(self, host_path: str, value: str) -> None:
         with open(self.path(host_path), "w", encoding="ascii") as f:
             f.write(value)
-
-
-def open_host(root: str | os.PathLike[str] | None = None) -> Host:
-    """The host for a --root argument: the real machine for "/" or None, else a fake tree.
-
-    A fake root must look like a host: it needs proc/ and sys/devices/system/node/.
-    """
-    if root is None or os.path.realpath(root) == "/":
-        return LinuxHost("/")
-    from autonumad.sim.fakehost import FakeHost
-
-    r = Path(root)
-    if not r.is_dir():
-        raise HostError(str(root), "--root is not a directory")
-    if not (r / "sys/devices/system/node").is_dir() or not (r / "proc").is_dir():
-        raise HostError(str(root), "--root is not a host tree (needs proc/ and sys/devices/system/node/)")
-    return FakeHost(r)

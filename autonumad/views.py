@@ -73,7 +73,8 @@ def render_topology(doc: Mapping[str, Any], console: Console) -> None:
     console.print(k)
 
 
-def process_doc(p: ProcessView) -> dict[str, Any]:
+def process_doc(p: ProcessView, page_bytes: int) -> dict[str, Any]:
+    """One process; `page_bytes` is the host's page, the unit of pages_by_node."""
     return {
         "pid": p.pid,
         "comm": p.comm,
@@ -84,13 +85,14 @@ def process_doc(p: ProcessView) -> dict[str, Any]:
         "running_nodes": list(p.running_nodes),
         "threads": len(p.threads),
         "local_fraction": round(p.local_fraction(), 4),
-        "remote_bytes": remote_bytes(p),
+        "remote_bytes": remote_bytes(p, page_bytes),
+        "page_size_bytes": page_bytes,
         "policy": p.policy,
         "cgroup": p.cgroup,
     }
 
 
-def remote_bytes(p: ProcessView, base_page_bytes: int = 4096) -> int:
+def remote_bytes(p: ProcessView, base_page_bytes: int) -> int:
     """Bytes of the process away from the nodes its threads run on."""
     local = sum(p.pages_by_node.get(n, 0) for n in p.running_nodes)
     return (p.total_pages - local) * base_page_bytes
@@ -111,7 +113,7 @@ def status_doc(snap: HostSnapshot, prev_cpu: Mapping[int, CpuTimes] | None = Non
             "memory_used_bytes": n.memory_used_bytes,
             "cpu_busy_fraction": round(sum(cpu_use) / len(cpu_use), 4) if cpu_use else None,
         })
-    procs = sorted(snap.processes, key=lambda p: (-remote_bytes(p), -p.rss_bytes, p.pid))
+    procs = sorted(snap.processes, key=lambda p: (-remote_bytes(p, snap.page_size_bytes), -p.rss_bytes, p.pid))
     if limit is not None:
         procs = procs[:limit]
     total = sum(p.total_pages for p in snap.processes)
@@ -120,7 +122,7 @@ def status_doc(snap: HostSnapshot, prev_cpu: Mapping[int, CpuTimes] | None = Non
         "schema_version": SCHEMA_VERSION,
         "nodes": nodes,
         "local_fraction": round(local / total, 4) if total else 1.0,
-        "processes": [process_doc(p) for p in procs],
+        "processes": [process_doc(p, snap.page_size_bytes) for p in procs],
         "processes_scanned": snap.scanned,
         "processes_detailed": len(snap.processes),
         "warnings": [s.message for s in snap.skipped],
@@ -146,7 +148,7 @@ def render_status(doc: Mapping[str, Any], console: Console) -> None:
         style = "green" if lf >= 0.9 else "yellow" if lf >= 0.5 else "red"
         p.add_row(str(proc["pid"]), proc["comm"], _mib(proc["rss_bytes"]),
                   format_list(proc["running_nodes"]) or "-", f"[{style}]{lf:.0%}[/{style}]",
-                  *(_mib(proc["pages_by_node"].get(str(i), 0) * 4096) for i in node_ids), proc["policy"])
+                  *(_mib(proc["pages_by_node"].get(str(i), 0) * proc["page_size_bytes"]) for i in node_ids), proc["policy"])
     console.print(p)
 
 
@@ -171,7 +173,7 @@ def tiering_status_doc(snap: HostSnapshot, tiering_config, daemon_tiering: Mappi
     for n in plan.fast_nodes:
         node = snap.topology.node(n)
         h = live.get(n)
-        floor = floor_bytes(wmarks.get(n))
+        floor = floor_bytes(wmarks.get(n), snap.page_size_bytes)
         nodes.append({
             "node": n,
             "demotion_target": plan.demotion_targets[n],

@@ -85,7 +85,7 @@ def test_explain_names_the_rule_for_each_captured_workload(capsys, tmp_path):
 def test_daemon_converges_the_captured_misplaced_workload(tmp_path):
     from autonumad.service.config import Config
     from autonumad.service.daemon import Daemon
-    from autonumad.host import open_host
+    from autonumad.cli import open_host
     from dataclasses import replace
 
     root = tmp_path / "host"

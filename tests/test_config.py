@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from autonumad.plan.selection import cgroup_under
 from autonumad.service.config import (
     DEFAULT_METRICS_PORT,
     KNOB_NAMES,
@@ -22,10 +23,8 @@ from autonumad.service.config import (
     ConfigError,
     KernelConfig,
     BalanceConfig,
-    cgroup_under,
     compile_config,
     config_to_dict,
-    config_warnings,
     format_size,
     load_config,
     parse_amount,
@@ -397,32 +396,7 @@ def test_default_listen_is_loopback_on_documented_port():
     assert Config().metrics.listen_address() == ("127.0.0.1", DEFAULT_METRICS_PORT)
 
 
-# -- selection rules --------------------------------------------------------------------------
-
-SELECT = [
-    ("default-selects-all", {}, dict(pid=10, comm="java", cgroup="/user.slice"), None),
-    ("pid", {"exclude_pids": [10]}, dict(pid=10, comm="java", cgroup=None), "pid 10 is in balance.exclude_pids"),
-    ("comm-search", {"exclude_comm": ["^qemu"]}, dict(pid=1, comm="qemu-system-x86", cgroup=None),
-     "comm 'qemu-system-x86' matches balance.exclude_comm[0] '^qemu'"),
-    ("comm-anchored-no-match", {"exclude_comm": ["^java$"]}, dict(pid=1, comm="javac", cgroup=None), None),
-    ("include-miss", {"include_comm": ["^postgres"]}, dict(pid=1, comm="java", cgroup=None),
-     "comm 'java' matches no balance.include_comm pattern"),
-    ("cgroup-below", {"exclude_cgroup": ["/system.slice/db.service"]},
-     dict(pid=1, comm="x", cgroup="/system.slice/db.service/worker"),
-     "cgroup /system.slice/db.service/worker is under balance.exclude_cgroup[0] /system.slice/db.service"),
-    ("cgroup-sibling-not-excluded", {"exclude_cgroup": ["/system.slice/db"]},
-     dict(pid=1, comm="x", cgroup="/system.slice/db2"), None),
-    ("include-cgroup-miss", {"include_cgroup": ["/machine.slice"]}, dict(pid=1, comm="x", cgroup="/user.slice"),
-     "cgroup /user.slice is under no balance.include_cgroup path"),
-    ("unknown-cgroup-neither", {"include_cgroup": ["/machine.slice"]}, dict(pid=1, comm="x", cgroup=None), None),
-]
-
-
-@pytest.mark.parametrize("balance,proc,expected", [s[1:] for s in SELECT], ids=[s[0] for s in SELECT])
-def test_exclusion_reason(balance, proc, expected):
-    cfg = compile_config({"balance": balance})
-    assert cfg.balance.exclusion_reason(**proc) == expected
-
+# -- selection rules (plan/selection.py) --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path,prefix,under", [
     ("/a/b", "/a", True), ("/a", "/a", True), ("/ab", "/a", False), ("/x", "/", True), ("/", "/a", False),
@@ -434,28 +408,6 @@ def test_cgroup_under(path, prefix, under):
 def test_demotion_target_lookup():
     t = compile_config({"tiering": {"demotion_targets": {"0": 2}}}).tiering
     assert t.demotion_target(0) == 2 and t.demotion_target(1) is None
-
-
-# -- warnings -----------------------------------------------------------------------------------
-
-WARN = [
-    ("kernel-balancing-too", {"kernel": {"numa_balancing": "normal"}}, "kernel.numa_balancing"),
-    ("demotion-cpuset", {"kernel": {"demotion_enabled": True}}, "kernel.demotion_enabled"),
-    ("no-restore", {"kernel": {"numa_balancing": "off", "restore_on_exit": False}}, "kernel.restore_on_exit"),
-    ("public-metrics", {"metrics": {"listen": "0.0.0.0:10117"}}, "metrics.listen"),
-    ("recheck-not-below-interval", {"daemon": {"interval_s": 0.5}}, "daemon.fast_recheck_s"),
-    ("long-pass", {"balance": {"pass_budget_mib": 8192, "migrate_rate_mib_s": 64}}, "balance.pass_budget_mib"),
-]
-
-
-@pytest.mark.parametrize("raw,prefix", [w[1:] for w in WARN], ids=[w[0] for w in WARN])
-def test_warnings(raw, prefix):
-    warnings = config_warnings(compile_config(raw))
-    assert len(warnings) == 1 and warnings[0].startswith(prefix)
-
-
-def test_defaults_have_no_warnings():
-    assert config_warnings(Config()) == []
 
 
 # -- parse stage ----------------------------------------------------------------------------------

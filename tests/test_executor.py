@@ -9,12 +9,23 @@ import pytest
 from autonumad.act.executor import Executor, TokenBucket
 from autonumad.sim.fakehost import HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host
 from autonumad.plan.history import History
-from autonumad.plan.policy import Action, BalancePolicyConfig, VmaMove, decide
+from autonumad.model import Action, VmaMove
+from autonumad.plan.policy import decide
 from autonumad.readers.nodes import read_topology
 from autonumad.readers.numa_maps import read_numa_maps
 from autonumad.readers.proc_status import read_status
 from autonumad.readers.task_stat import read_thread_stats
 from autonumad.observe.snapshot import take_snapshot
+
+
+def balance_config(**keys):
+    """[balance] as the config compiles it (regular expressions compiled once, there), with
+    min_cpu_fraction 0 unless given: these fake processes use no CPU between passes."""
+    from autonumad.service.config import compile_config
+
+    return compile_config({"balance": {"min_cpu_fraction": 0,
+                                       **{k: list(v) if isinstance(v, tuple) else v for k, v in keys.items()}}}).balance
+
 
 GiB = 2**30
 MiB = 2**20
@@ -133,6 +144,6 @@ def test_policy_and_executor_converge_on_a_fake_host(tmp_path, pages, expected_l
     for t in (0.0, 100.0):
         snap = take_snapshot(host)
         h.observe(snap, t)
-        ex.run(decide(snap, h, BalancePolicyConfig(), t).actions, deadline_s=1e9)
+        ex.run(decide(snap, h, balance_config(), t).actions, deadline_s=1e9)
     snap = take_snapshot(host)
     assert snap.process(100).local_fraction((0,)) == expected_local

@@ -35,7 +35,7 @@ from autonumad.act.executor import Outcome
 from autonumad.sim.fakehost import HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host
 from autonumad.service.metrics import (PREFIX, DaemonMetrics, decision_label, memory_weighted_local_fraction, numa_counters,
                                start_metrics)
-from autonumad.plan.policy import Action
+from autonumad.model import Action
 from autonumad.act.sysctl import Drift
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,7 +62,7 @@ def _daemon(tmp_path: Path, spec: HostSpec | None = None, *, top_processes: int 
             textfile: str | None = None) -> tuple[Daemon, DaemonMetrics]:
     host = build_host(tmp_path / "host", spec or demo_spec())
     metrics = DaemonMetrics(top_processes=top_processes, textfile=textfile)
-    config = demo_config(tmp_path / "run", 1.0)
+    config = demo_config(tmp_path / "run", 5.0)
     return Daemon(host, config, manage_knobs=False, dry_run=dry_run, metrics=metrics), metrics
 
 
@@ -593,7 +593,7 @@ def test_promtool_check_metrics_on_a_live_scrape(tmp_path):
     metrics = start_metrics(_config(f"127.0.0.1:{port}", top_processes=3), None)
     try:
         host = build_host(tmp_path / "host", demo_spec())
-        Daemon(host, demo_config(tmp_path / "run", 1.0), manage_knobs=False, metrics=metrics).run_pass()
+        Daemon(host, demo_config(tmp_path / "run", 5.0), manage_knobs=False, metrics=metrics).run_pass()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             text = r.read()
     finally:
@@ -606,8 +606,9 @@ def test_promtool_check_metrics_on_a_live_scrape(tmp_path):
 def test_real_host_exports_every_online_node(tmp_path):
     """This machine's own /sys: one set of node series per online node, and its NUMA counters."""
     from autonumad.plan.history import History
-    from autonumad.host import open_host
-    from autonumad.plan.policy import BalancePolicyConfig, decide
+    from autonumad.cli import open_host
+    from autonumad.plan.policy import decide
+    from autonumad.service.config import BalanceConfig
     from autonumad.readers.lists import parse_list
     from autonumad.observe.snapshot import ScanLimits, take_snapshot
 
@@ -618,7 +619,7 @@ def test_real_host_exports_every_online_node(tmp_path):
     snap = take_snapshot(host, ScanLimits(only_pids=frozenset({os.getpid()}), skip_self=False))
     history = History()
     history.observe(snap, 0.0)
-    report = PassReport(1, 0.0, 0.01, snap, decide(snap, history, BalancePolicyConfig(), 0.0), [], [])
+    report = PassReport(1, 0.0, 0.01, snap, decide(snap, history, BalanceConfig(min_cpu_fraction=0), 0.0), [], [])
     metrics = DaemonMetrics()
     metrics.observe_pass(report)
     online = parse_list(Path("/sys/devices/system/node/online").read_text())

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autonumad.errors import ParseError
-from autonumad.plan.policy import VmaMove, VmaMoves
+from autonumad.model import VmaMove
+from autonumad.plan.policy import VmaMoves
 from autonumad.readers.numa_maps import NumaMaps, VmaLines, parse_numa_maps, reparse_numa_maps
 
 SAMPLE = """\

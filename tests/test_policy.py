@@ -6,8 +6,18 @@ import pytest
 
 from autonumad.sim.fakehost import HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host
 from autonumad.plan.history import History, OwnedAffinity
-from autonumad.plan.policy import BalancePolicyConfig, decide
+from autonumad.plan.policy import decide
 from autonumad.observe.snapshot import take_snapshot
+
+
+def balance_config(**keys):
+    """[balance] as the config compiles it (regular expressions compiled once, there), with
+    min_cpu_fraction 0 unless given: these fake processes use no CPU between passes."""
+    from autonumad.service.config import compile_config
+
+    return compile_config({"balance": {"min_cpu_fraction": 0,
+                                       **{k: list(v) if isinstance(v, tuple) else v for k, v in keys.items()}}}).balance
+
 
 GiB = 2**30
 MiB = 2**20
@@ -33,7 +43,7 @@ def proc(pid=100, comm="app", cpus=None, run_cpu=0, pages=None, policy="default"
                        cpus_allowed=cpus, mems_allowed=mems, cgroup=cgroup)
 
 
-def run(tmp_path, spec, cfg=BalancePolicyConfig(), history=None, now=1000.0):
+def run(tmp_path, spec, cfg=balance_config(), history=None, now=1000.0):
     host = build_host(tmp_path, spec)
     snap = take_snapshot(host)
     h = history or History()
@@ -43,28 +53,28 @@ def run(tmp_path, spec, cfg=BalancePolicyConfig(), history=None, now=1000.0):
 
 CASES = [
     # (id, process, config, expected rule, expected action kinds)
-    ("pinned-remote-memory-follows-task", proc(cpus=N0, run_cpu=0), BalancePolicyConfig(),
+    ("pinned-remote-memory-follows-task", proc(cpus=N0, run_cpu=0), balance_config(),
      "memory-follows-task", ["migrate"]),
-    ("pinned-already-local", proc(cpus=N0, run_cpu=0, pages={0: 1000, 1: 50}), BalancePolicyConfig(),
+    ("pinned-already-local", proc(cpus=N0, run_cpu=0, pages={0: 1000, 1: 50}), balance_config(),
      "already-local", []),
-    ("unpinned-task-follows-memory", proc(run_cpu=2, pages={0: 60000, 1: 100}), BalancePolicyConfig(),
+    ("unpinned-task-follows-memory", proc(run_cpu=2, pages={0: 60000, 1: 100}), balance_config(),
      "task-follows-memory", ["set_affinity"]),
-    ("bind-policy-left-alone", proc(cpus=N0, policy="bind:1"), BalancePolicyConfig(),
+    ("bind-policy-left-alone", proc(cpus=N0, policy="bind:1"), balance_config(),
      "explicit-memory-policy", []),
     ("interleave-left-alone", proc(run_cpu=2, pages={0: 500, 1: 500}, policy="interleave:0-1"),
-     BalancePolicyConfig(), "explicit-memory-policy", []),
-    ("excluded-comm", proc(comm="backup-agent", cpus=N0), BalancePolicyConfig(exclude_comm=("^backup",)),
+     balance_config(), "explicit-memory-policy", []),
+    ("excluded-comm", proc(comm="backup-agent", cpus=N0), balance_config(exclude_comm=("^backup",)),
      "excluded-comm", []),
     ("excluded-cgroup", proc(cpus=N0, cgroup="/system.slice/db.service"),
-     BalancePolicyConfig(exclude_cgroup=("/system.slice/db.service",)), "excluded-cgroup", []),
+     balance_config(exclude_cgroup=("/system.slice/db.service",)), "excluded-cgroup", []),
     ("cgroup-prefix-is-path-aware", proc(cpus=N0, cgroup="/system.slice/dbx.service"),
-     BalancePolicyConfig(exclude_cgroup=("/system.slice/db",)), "memory-follows-task", ["migrate"]),
-    ("excluded-pid", proc(cpus=N0), BalancePolicyConfig(exclude_pids=(100,)), "excluded-pid", []),
-    ("not-included", proc(cpus=N0), BalancePolicyConfig(include_comm=("^postgres$",)), "not-included", []),
-    ("home-not-in-mems-allowed", proc(cpus=N0, mems=(1,)), BalancePolicyConfig(), "home-not-allowed", []),
-    ("too-large-for-node", proc(cpus=N0, pages={1: (9 * GiB) // P}), BalancePolicyConfig(), "too-large", []),
-    ("owner-pinned-across-nodes", proc(cpus=(1, 2), run_cpu=1), BalancePolicyConfig(), "pinned-by-owner", []),
-    ("disabled", proc(cpus=N0), BalancePolicyConfig(enabled=False), "disabled", []),
+     balance_config(exclude_cgroup=("/system.slice/db",)), "memory-follows-task", ["migrate"]),
+    ("excluded-pid", proc(cpus=N0), balance_config(exclude_pids=(100,)), "excluded-pid", []),
+    ("not-included", proc(cpus=N0), balance_config(include_comm=("^postgres$",)), "not-included", []),
+    ("home-not-in-mems-allowed", proc(cpus=N0, mems=(1,)), balance_config(), "home-not-allowed", []),
+    ("too-large-for-node", proc(cpus=N0, pages={1: (9 * GiB) // P}), balance_config(), "too-large", []),
+    ("owner-pinned-across-nodes", proc(cpus=(1, 2), run_cpu=1), balance_config(), "pinned-by-owner", []),
+    ("disabled", proc(cpus=N0), balance_config(enabled=False), "disabled", []),
 ]
 
 
@@ -119,9 +129,9 @@ def test_cooldown_after_acting(tmp_path):
     decision, host, snap = run(tmp_path, two_node([proc(cpus=N0)]), history=h)
     key = (100, snap.process(100).start_ticks)
     h.record_migration(key, 1000.0, 0)
-    later = decide(snap, h, BalancePolicyConfig(cooldown_s=30), 1010.0)
+    later = decide(snap, h, balance_config(cooldown_s=30), 1010.0)
     assert later.verdicts[100].rule == "cooldown"
-    much_later = decide(snap, h, BalancePolicyConfig(cooldown_s=30), 1031.0)
+    much_later = decide(snap, h, balance_config(cooldown_s=30), 1031.0)
     assert much_later.verdicts[100].rule == "memory-follows-task"
 
 
@@ -133,7 +143,7 @@ def test_pingpong_backs_off(tmp_path):
     h.record_migration(key, 100.0, 1)
     h.record_migration(key, 200.0, 0)  # back to node 0: ping-pong
     assert h.get(key).pingpongs == 1
-    d = decide(snap, h, BalancePolicyConfig(cooldown_s=0), 210.0)
+    d = decide(snap, h, balance_config(cooldown_s=0), 210.0)
     assert d.verdicts[100].rule == "pingpong-backoff"
 
 
@@ -146,7 +156,7 @@ def test_confinement_by_observed_running_node(tmp_path):
     for t in (0.0, 10.0, 20.0):
         snap = take_snapshot(host)
         h.observe(snap, t)
-    d = decide(snap, h, BalancePolicyConfig(), 20.0)
+    d = decide(snap, h, balance_config(), 20.0)
     v = d.verdicts[100]
     assert v.rule == "memory-follows-task", v.reason
     assert "where its threads ran" in v.reason
@@ -161,7 +171,7 @@ def test_kernel_balancing_on_defers_page_moves_until_kernel_stalls(tmp_path):
     for t in (0.0, 10.0, 20.0, 30.0):
         snap = take_snapshot(host)
         h.observe(snap, t)
-        rules.append(decide(snap, h, BalancePolicyConfig(), t).verdicts[100].rule)
+        rules.append(decide(snap, h, balance_config(), t).verdicts[100].rule)
     # The kernel made no progress for three passes: the daemon steps in.
     assert rules[:2] == ["kernel-balancing", "kernel-balancing"]
     assert rules[-1] == "memory-follows-task"
@@ -176,7 +186,7 @@ def test_undo_affinity_when_memory_moved_elsewhere(tmp_path):
     h.observe(snap, 0.0)
     key = (100, snap.process(100).start_ticks)
     h.record_affinity(key, -100.0, OwnedAffinity(frozenset(N0), frozenset(N0 + N1), 0, "test"))
-    d = decide(snap, h, BalancePolicyConfig(), 0.0)
+    d = decide(snap, h, balance_config(), 0.0)
     assert d.verdicts[100].rule == "undo-affinity"
     assert d.actions[0].kind == "restore_affinity"
     assert d.actions[0].cpus == N0 + N1
@@ -186,7 +196,7 @@ def test_single_node_host_does_nothing(tmp_path):
     spec = HostSpec(nodes=(NodeSpec((0, 1), 8 * GiB, 4 * GiB, (10,)),), processes=(proc(pages={0: 100}),))
     host = build_host(tmp_path, spec)
     snap = take_snapshot(host)
-    d = decide(snap, History(), BalancePolicyConfig(), 0.0)
+    d = decide(snap, History(), balance_config(), 0.0)
     assert d.actions == ()
     assert d.verdicts[100].rule == "single-node"
 
@@ -204,11 +214,11 @@ def test_idle_unpinned_process_gets_no_task_move_but_a_pinned_one_still_gets_its
                                          proc(pid=200, cpus=N0, pages={1: 3000})]), history=h)
     for pid in (100, 200):
         h.get((pid, snap.process(pid).start_ticks)).cpu_cores = 0.01
-    d = decide(snap, h, BalancePolicyConfig(min_cpu_fraction=0.1), 1000.0)
+    d = decide(snap, h, balance_config(min_cpu_fraction=0.1), 1000.0)
     assert d.verdicts[100].rule == "idle"
     assert d.verdicts[200].rule == "memory-follows-task"
     h.get((100, snap.process(100).start_ticks)).cpu_cores = 0.5
-    assert decide(snap, h, BalancePolicyConfig(min_cpu_fraction=0.1), 1000.0).verdicts[100].rule == \
+    assert decide(snap, h, balance_config(min_cpu_fraction=0.1), 1000.0).verdicts[100].rule == \
         "task-follows-memory"
 
 
@@ -221,14 +231,14 @@ def test_owner_repin_ends_cooldown(tmp_path):
     h.observe(snap, 0.0)
     key = (100, snap.process(100).start_ticks)
     h.record_migration(key, 0.0, 1)
-    assert decide(snap, h, BalancePolicyConfig(), 5.0).verdicts[100].rule == "cooldown"
+    assert decide(snap, h, balance_config(), 5.0).verdicts[100].rule == "cooldown"
     from autonumad.sim.fakehost import FakeHost
 
     for tid in host.tids(100):
         FakeHost.set_thread_affinity(host, tid, N0)
     snap2 = take_snapshot(host)
     h.observe(snap2, 6.0)
-    v = decide(snap2, h, BalancePolicyConfig(), 6.0).verdicts[100]
+    v = decide(snap2, h, balance_config(), 6.0).verdicts[100]
     assert v.rule != "cooldown"
 
 

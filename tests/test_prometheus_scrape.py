@@ -118,7 +118,7 @@ def test_prometheus_scrapes_the_daemon_and_evaluates_the_rules(tmp_path):
     address, port = metrics.serve("127.0.0.1", 0)
     prom = None
     try:
-        daemon = Daemon(host, demo_config(tmp_path / "run", 1.0), manage_knobs=False, metrics=metrics)
+        daemon = Daemon(host, demo_config(tmp_path / "run", 5.0), manage_knobs=False, metrics=metrics)
         daemon.run_pass()
         prom = _Prometheus(binary, tmp_path, f"{address}:{port}")
 

@@ -18,7 +18,6 @@ from autonumad.readers.cgroup import parse_cgroup, read_cgroup
 from autonumad.readers.meminfo import parse_meminfo, read_meminfo
 from autonumad.readers.numa_maps import NumaMaps, Vma, parse_numa_maps, read_numa_maps
 from autonumad.readers.proc_maps import MapRange, parse_maps, read_maps
-from autonumad.readers.proc_sched import NodeFaults, parse_sched_numa, read_sched_numa
 from autonumad.readers.proc_stat import CpuTimes, cpu_busy_fraction, parse_proc_stat, read_proc_stat
 from autonumad.readers.proc_status import parse_status, read_status
 from autonumad.readers.task_stat import parse_stat, read_stat, read_thread_stats
@@ -490,104 +489,6 @@ def test_read_thread_stats_malformed(tmp_path):
     host = make_host(tmp_path, {"/proc/7/stat": stat_line(), "/proc/7/task/7/stat": "junk"})
     with pytest.raises(MalformedProcFile, match="task/7/stat"):
         read_thread_stats(host, 7)
-
-
-# --------------------------------------------------------------------------
-# sched
-
-REAL_SCHED = """\
-cat (3906, #threads: 1)
--------------------------------------------------------------------
-se.exec_start                                :        192135.677097
-se.vruntime                                  :           272.569203
-se.nr_migrations                             :                    0
-policy                                       :                    0
-prio                                         :                  120
-clock-delta                                  :                   56
-mm->numa_scan_seq                            :                    0
-numa_pages_migrated                          :                    0
-numa_preferred_nid                           :                   -1
-total_numa_faults                            :                    0
-current_node=0, numa_group_id=0
-numa_faults node=0 task_private=0 task_shared=0 group_private=0 group_shared=0
-"""
-
-SCHED_HEADER = REAL_SCHED.split("mm->")[0]
-
-TWO_NODE_SCHED = SCHED_HEADER + """\
-mm->numa_scan_seq                            :                   17
-numa_pages_migrated                          :                 4096
-numa_preferred_nid                           :                    1
-total_numa_faults                            :                  950
-current_node=1, numa_group_id=3906
-numa_faults node=0 task_private=10 task_shared=2 group_private=30 group_shared=4
-numa_faults node=1 task_private=900 task_shared=38 group_private=1200 group_shared=60
-"""
-
-SCHED_CASES = [
-    ("real-single-node", REAL_SCHED,
-     dict(numa_scan_seq=0, numa_pages_migrated=0, numa_preferred_nid=-1, total_numa_faults=0,
-          current_node=0, numa_group_id=0, faults_by_node=(NodeFaults(0, 0, 0, 0, 0),))),
-    ("two-nodes", TWO_NODE_SCHED,
-     dict(numa_scan_seq=17, numa_pages_migrated=4096, numa_preferred_nid=1, total_numa_faults=950,
-          current_node=1, numa_group_id=3906,
-          faults_by_node=((0, 10, 2, 30, 4), (1, 900, 38, 1200, 60)))),
-    ("kernel-thread-no-mm", REAL_SCHED.replace("mm->numa_scan_seq                            :                    0\n", ""),
-     dict(numa_scan_seq=None, numa_preferred_nid=-1)),
-    ("no-faults-yet", REAL_SCHED.rsplit("numa_faults", 1)[0], dict(faults_by_node=())),
-    ("schedstat-extras-ignored", REAL_SCHED + "numa_task_migrated                           :                    2\n",
-     dict(total_numa_faults=0)),
-]
-
-
-@pytest.mark.parametrize("text,expected", [c[1:] for c in SCHED_CASES], ids=[c[0] for c in SCHED_CASES])
-def test_sched_numa_fields(text, expected):
-    sched = parse_sched_numa(text)
-    assert sched is not None
-    for field, value in expected.items():
-        assert getattr(sched, field) == value, field
-
-
-def test_sched_faults_named_fields():
-    sched = parse_sched_numa(TWO_NODE_SCHED)
-    assert sched.faults_by_node[1].task_private == 900
-    assert sched.faults_by_node[1].group_shared == 60
-
-
-@pytest.mark.parametrize("text", [SCHED_HEADER, "", "policy : 0\n"], ids=["header-only", "empty", "one-line"])
-def test_sched_without_numa_tail(text):
-    assert parse_sched_numa(text) is None
-
-
-BAD_SCHED = [
-    ("bad-value", REAL_SCHED.replace("-1\n", "x\n")),
-    ("no-current-node", REAL_SCHED.replace("current_node=0, numa_group_id=0\n", "")),
-    ("no-group-id", REAL_SCHED.replace(", numa_group_id=0", "")),
-    ("missing-total", REAL_SCHED.replace("total_numa_faults", "total_numa_faultz")),
-    ("faults-missing-key", REAL_SCHED.replace(" group_shared=0", "")),
-    ("faults-bad-value", REAL_SCHED.replace("task_private=0", "task_private=?")),
-    ("faults-no-equals", REAL_SCHED.replace("task_private=0", "task_private")),
-]
-
-
-@pytest.mark.parametrize("text", [c[1] for c in BAD_SCHED], ids=[c[0] for c in BAD_SCHED])
-def test_sched_malformed(text):
-    with pytest.raises(ParseError):
-        parse_sched_numa(text)
-
-
-def test_read_sched_numa(tmp_path):
-    host = make_host(tmp_path, {
-        "/proc/1/sched": TWO_NODE_SCHED,
-        "/proc/2/stat": stat_line(tid=2),  # alive, but no sched file (no CONFIG_SCHED_DEBUG)
-        "/proc/3/sched": REAL_SCHED.replace("-1\n", "x\n"),
-    })
-    assert read_sched_numa(host, 1).current_node == 1
-    assert read_sched_numa(host, 2) is None
-    with pytest.raises(MalformedProcFile):
-        read_sched_numa(host, 3)
-    with pytest.raises(ProcessGone):
-        read_sched_numa(host, 4)
 
 
 # --------------------------------------------------------------------------

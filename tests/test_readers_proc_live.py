@@ -21,7 +21,6 @@ from autonumad.readers.cgroup import read_cgroup
 from autonumad.readers.meminfo import read_meminfo
 from autonumad.readers.numa_maps import read_numa_maps
 from autonumad.readers.proc_maps import read_maps
-from autonumad.readers.proc_sched import read_sched_numa
 from autonumad.readers.proc_stat import read_proc_stat
 from autonumad.readers.proc_status import read_status
 from autonumad.readers.task_stat import read_stat, read_thread_stats
@@ -129,16 +128,6 @@ def test_thread_stats_list_every_thread(host):
     finally:
         release.set()
         t.join()
-
-
-def test_sched_numa_tail(host):
-    if not os.path.exists(f"/proc/{os.getpid()}/sched"):
-        pytest.skip("kernel without CONFIG_SCHED_DEBUG")
-    sched = read_sched_numa(host, os.getpid())
-    if sched is None:
-        pytest.skip("kernel without CONFIG_NUMA_BALANCING")
-    assert sched.numa_scan_seq is not None  # we have an mm
-    assert sched.current_node in read_status(host, os.getpid()).mems_allowed
 
 
 def test_host_level_files(host):

@@ -19,7 +19,6 @@ from autonumad.readers.cgroup import parse_cgroup
 from autonumad.readers.meminfo import parse_meminfo
 from autonumad.readers.numa_maps import parse_numa_maps
 from autonumad.readers.proc_maps import parse_maps
-from autonumad.readers.proc_sched import parse_sched_numa
 from autonumad.readers.proc_stat import CpuTimes, cpu_busy_fraction, parse_proc_stat
 from autonumad.readers.proc_status import parse_status
 from autonumad.readers.task_stat import parse_stat
@@ -37,7 +36,6 @@ from test_readers_proc import (
     REAL_VMSTAT,
     REAL_ZONEINFO,
     TWO_NODE_NUMA_MAPS,
-    TWO_NODE_SCHED,
 )
 
 # Characters that mean something to at least one of these formats, plus
@@ -69,12 +67,6 @@ def check_status(text):
 
 def check_stat(text):
     assert len(parse_stat(text).state) == 1
-
-
-def check_sched(text):
-    s = parse_sched_numa(text)
-    if s is not None:
-        assert [f.node for f in s.faults_by_node] == sorted({f.node for f in s.faults_by_node})
 
 
 def check_vmstat(text):
@@ -109,7 +101,6 @@ PARSERS = [
     (check_maps, REAL_MAPS),
     (check_status, REAL_STATUS),
     (check_stat, REAL_STAT),
-    (check_sched, TWO_NODE_SCHED),
     (check_vmstat, REAL_VMSTAT),
     (check_meminfo, REAL_MEMINFO + REAL_NODE_MEMINFO),
     (check_zoneinfo, REAL_ZONEINFO),

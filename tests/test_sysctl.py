@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from autonumad.sim.fakehost import FakeHost
 from autonumad.readers.knobs import read_knobs
@@ -18,7 +16,6 @@ from autonumad.act.sysctl import (
     KnobChange,
     KnobManager,
     SavedKnobsError,
-    parse_numa_balancing_mode,
 )
 
 KNOB_FILES = {
@@ -55,33 +52,6 @@ def values(host) -> dict:
 
 def by_name(changes: list[KnobChange]) -> dict[str, KnobChange]:
     return {c.name: c for c in changes}
-
-
-# -- parse_numa_balancing_mode -----------------------------------------------------
-
-MODES = [("keep", None), ("off", 0), ("normal", 1), ("tiering", 2), ("normal+tiering", 3),
-         ("Normal", 1), (" off ", 0), (0, 0), (3, 3), ("2", 2)]
-
-
-@pytest.mark.parametrize("value,want", MODES, ids=[repr(v) for v, _ in MODES])
-def test_parse_numa_balancing_mode(value, want):
-    assert parse_numa_balancing_mode(value) == want
-
-
-@pytest.mark.parametrize("value", [4, -1, "4", "on", "", True, False, None, 1.0, "tiering+"],
-                         ids=["4", "-1", "'4'", "on", "empty", "True", "False", "None", "float", "tiering+"])
-def test_parse_numa_balancing_mode_rejects(value):
-    with pytest.raises(ValueError):
-        parse_numa_balancing_mode(value)
-
-
-@given(st.one_of(st.text(max_size=20), st.integers(), st.booleans(), st.none(), st.floats()))
-def test_parse_numa_balancing_mode_total(value):
-    try:
-        got = parse_numa_balancing_mode(value)
-    except ValueError:
-        return
-    assert got is None or got in (0, 1, 2, 3)
 
 
 # -- apply / restore -----------------------------------------------------------------

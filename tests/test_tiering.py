@@ -12,12 +12,21 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from autonumad.service.config import Amount, TieringConfig
 from autonumad.act.executor import Executor, TokenBucket
 from autonumad.sim.fakehost import HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host
-from autonumad.plan.policy import BalancePolicyConfig
 from autonumad.observe.snapshot import take_snapshot
 from autonumad.plan.tiering import (
     RULE_DEMOTE, RULE_PROMOTE, TieringHistory, _split_budget, decide_tiering, plan_tiers,
 )
 from autonumad.observe.tracker import Region, read_vma_ends
+
+
+def balance_config(**keys):
+    """[balance] as the config compiles it (regular expressions compiled once, there), with
+    min_cpu_fraction 0 unless given: these fake processes use no CPU between passes."""
+    from autonumad.service.config import compile_config
+
+    return compile_config({"balance": {"min_cpu_fraction": 0,
+                                       **{k: list(v) if isinstance(v, tuple) else v for k, v in keys.items()}}}).balance
+
 
 GiB = 2**30
 MiB = 2**20
@@ -129,7 +138,7 @@ def test_a_just_promoted_range_is_not_demoted_within_the_cooldown(tmp_path):
     (proc(pid=7), "excluded-pid"),
 ], ids=["bind", "comm", "cgroup", "pid"])
 def test_explicit_placement_and_exclusions_are_respected(tmp_path, p, rule):
-    balance = BalancePolicyConfig(exclude_comm=("^postgres$",), exclude_cgroup=("/system.slice/db.service",),
+    balance = balance_config(exclude_comm=("^postgres$",), exclude_cgroup=("/system.slice/db.service",),
                                   exclude_pids=(7,))
     _, d = decide(tmp_path, tiered([p]), hot=hotness(pid=p.pid), balance=balance)
     assert d.actions == () and d.verdicts[p.pid].rule == rule
@@ -372,14 +381,14 @@ def _daemon(tmp_path, spec, regions, **tiering):
 
 def _pretend_watched_for(d, seconds):
     """As if DAMON had been watching `seconds` longer (past its warm-up)."""
-    d.tiering.tracker.active.started_s -= seconds
+    d.hotness.tracker.active.started_s -= seconds
 
 
 def test_daemon_pass_promotes_through_damon_and_cleans_up_at_exit(tmp_path):
     regions = {100: [(HOT, HOT + HOT_MIB * MiB, 20, 5), (COLD, COLD + COLD_MIB * MiB, 0, 9000)]}
     host, d = _daemon(tmp_path, tiered([proc()]), regions)
     first = d.run_pass()
-    assert first.tiering_outcomes == [] and d.tiering.tracker_name == "damon"  # DAMON warming up
+    assert first.tiering_outcomes == [] and d.hotness.tracker_name == "damon"  # DAMON warming up
     # The next pass comes when DAMON has warmed up (2 s), not a whole interval later.
     assert 0 < first.tiering.recheck_in_s <= 2.0
     assert d.next_pass_at(first) <= d.clock() + 2.0 < first.started_s + 10.0
@@ -417,7 +426,7 @@ def test_daemon_tiers_by_the_cpuless_fallback_and_no_tracker_when_disabled(tmp_p
     assert fallback.decision.plan is not None and fallback.decision.plan.slow_nodes == (2,)
     host2, d2 = _daemon(tmp_path / "off", tiered([proc()]), {}, enabled=False)
     r = d2.run_pass()
-    assert "disabled" in r.tiering.note and d2.tiering.tracker is None
+    assert "disabled" in r.tiering.note and d2.hotness.tracker is None
     d._shutdown()
     d2._shutdown()
 
@@ -527,7 +536,7 @@ def test_status_and_explain_show_tracker_headroom_and_the_daemons_verdict(tmp_pa
     assert st["roles"] == "autonumad promotes and demotes (kernel tiering mode off)"
     node0 = st["nodes"][0]
     assert node0["node"] == 0 and node0["demotion_target"] == 2 and node0["free_bytes"] == GiB // 2 - HOT_MIB * MiB
-    assert node0["headroom_target_bytes"] == d.tiering.history.headroom_bytes[0] + node0["floor_bytes"]
+    assert node0["headroom_target_bytes"] == d.history.tiering.headroom_bytes[0] + node0["floor_bytes"]
     assert st["cold_bytes_by_node"]["2"] == COLD_MIB * MiB
     ex = _cli_json(capsys, "explain", "100", "--root", root, "--config", str(cfg), "--json")["tiering"]
     assert ex["tracker"] == "damon" and ex["rule"] == RULE_PROMOTE and "node 0" in ex["reason"]

@@ -1,11 +1,14 @@
 """The executor: applies the policy's actions within a budget and records every outcome.
 
-It decides nothing. Page moves go through a token bucket in bytes
+It decides nothing, and runs once per pass over the whole plan (balancing
+and tiering actions alike). Page moves go through a token bucket in bytes
 (`migrate_rate_mib_s`, memtierd's bandwidth-limited mover in spirit): each
 batch takes tokens first, waiting for the bucket to refill while the pass
-deadline allows, so the daemon never moves more than the configured rate
-and never works past its pass. A stop request (SIGTERM) is honoured between
-batches, so the daemon exits within about one batch.
+deadline allows, so the daemon never moves more than the configured rate.
+Three limits end a pass's moves, each checked before every batch: the
+pass's byte budget (`pass_budget_mib`), the pass deadline (a mover slower
+than its rate never waits for tokens, so the clock is read per batch), and
+a stop request (SIGTERM), so the daemon exits within about one batch.
 
 Expected failures (the process exited, EPERM, a full node, huge pages) are
 outcomes, not exceptions: one process never fails a pass.
@@ -22,8 +25,8 @@ from typing import Callable
 
 from autonumad.act.affinity import set_process_affinity
 from autonumad.errors import AccessDenied, MalformedProcFile, ProcessError, ProcessGone
-from autonumad.host import Host, MoveResult
-from autonumad.plan.policy import Action
+from autonumad.host import Host
+from autonumad.model import MIGRATE, RESTORE_AFFINITY, SET_AFFINITY, Action, MoveResult, Outcome
 from autonumad.readers.proc_maps import read_maps
 
 log = logging.getLogger("autonumad")
@@ -65,18 +68,6 @@ class TokenBucket:
 
 
 @dataclass
-class Outcome:
-    action: Action
-    status: str  # "done", "partial", "skipped", "gone", "denied", "failed", "dry-run", "budget"
-    detail: str = ""
-    moved_pages: int = 0
-    moved_bytes: int = 0
-    moved_from: dict[int, int] = field(default_factory=dict)  # source node -> base pages
-    failures: dict[str, int] = field(default_factory=dict)  # errno name -> pages
-    threads_set: int = 0
-
-
-@dataclass
 class Executor:
     host: Host
     bucket: TokenBucket
@@ -86,34 +77,45 @@ class Executor:
     # Waits for the bucket; returns True when stopping. Tests inject a fake
     # that advances a fake clock.
     wait: Callable[[float], bool] | None = None
+    _deadline_s: float = field(default=float("inf"), init=False, repr=False)
+    _budget_left: float = field(default=float("inf"), init=False, repr=False)
 
     def _wait(self, seconds: float) -> bool:
         return self.wait(seconds) if self.wait is not None else self.stop.wait(seconds)
 
-    def run(self, actions, deadline_s: float) -> list[Outcome]:
-        outcomes = []
-        for a in actions:
-            if self.stop.is_set():
-                outcomes.append(Outcome(a, "skipped", "stopping"))
-                continue
-            if self.dry_run:
-                outcomes.append(Outcome(a, "dry-run", "dry run: not applied"))
-                continue
-            try:
-                if a.kind == "migrate":
-                    o = self._migrate(a, deadline_s)
-                elif a.kind in ("set_affinity", "restore_affinity"):
-                    o = self._affinity(a)
-                else:
-                    o = Outcome(a, "failed", f"unknown action kind {a.kind}")
-            except ProcessGone as e:
-                o = Outcome(a, "gone", str(e))
-            except AccessDenied as e:
-                o = Outcome(a, "denied", str(e))
-            except (ProcessError, OSError) as e:
-                o = Outcome(a, "failed", str(e))
-            outcomes.append(o)
-        return outcomes
+    def run(self, actions, deadline_s: float, budget_bytes: int | None = None) -> list[Outcome]:
+        """Apply `actions` in order until `deadline_s` (on self.clock), moving at most `budget_bytes`."""
+        self._deadline_s = deadline_s
+        self._budget_left = budget_bytes if budget_bytes is not None else float("inf")
+        return [self._one(a) for a in actions]
+
+    def _one(self, a: Action) -> Outcome:
+        """One action, with every expected failure turned into its outcome.
+
+        The one place each action passes through before it touches a
+        process: a check that the process is still the one planned for
+        belongs here.
+        """
+        if self.stop.is_set():
+            return Outcome(a, "skipped", "stopping")
+        if self.dry_run:
+            return Outcome(a, "dry-run", "dry run: not applied")
+        try:
+            if a.kind == MIGRATE:
+                if self._budget_left <= 0:
+                    return Outcome(a, "budget", "this pass's byte budget is spent: continues next pass")
+                if self.clock() >= self._deadline_s:
+                    return Outcome(a, "budget", "the pass deadline has passed: continues next pass")
+                return self._migrate(a)
+            if a.kind in (SET_AFFINITY, RESTORE_AFFINITY):
+                return self._affinity(a)
+            return Outcome(a, "failed", f"unknown action kind {a.kind}")
+        except ProcessGone as e:
+            return Outcome(a, "gone", str(e))
+        except AccessDenied as e:
+            return Outcome(a, "denied", str(e))
+        except (ProcessError, OSError) as e:
+            return Outcome(a, "failed", str(e))
 
     def _affinity(self, a: Action) -> Outcome:
         r = set_process_affinity(self.host, a.pid, a.cpus)
@@ -122,65 +124,87 @@ class Executor:
         status = "done" if r.threads_set else "failed" if r.errors else "gone"
         return Outcome(a, status, f"{r.threads_set} thread(s) set", threads_set=r.threads_set)
 
-    def _migrate(self, a: Action, deadline_s: float) -> Outcome:
+    def _migrate(self, a: Action) -> Outcome:
         try:
             maps = read_maps(self.host, a.pid)
         except MalformedProcFile as e:
             return Outcome(a, "failed", str(e))
         ends = {m.start: m.end for m in maps}
-        out = Outcome(a, "done")
-        budget_left = a.bytes
+        out = Outcome(a, "done", page_size_bytes=self.host.page_size_bytes)
+        left = [a.bytes]  # this action's bytes still to move
         for v in a.vmas:
             end = ends.get(v.start) if v.end is None else _range_end(maps, v.start, v.end)
             if end is None:
                 continue  # unmapped since the snapshot
-            pos = v.start
-            while pos < end and budget_left > 0:
-                if self.stop.is_set():
-                    out.status, out.detail = "partial", "stopping"
-                    return out
-                chunk = min(BATCH_BYTES, end - pos, budget_left)
-                granted = self.bucket.take(chunk)
-                while granted < min(chunk, v.page_size_bytes):
-                    wait = self.bucket.wait_s(chunk)
-                    if self.clock() + wait > deadline_s:
-                        out.status, out.detail = "partial", "rate limit: continues next pass"
-                        return out
-                    if self._wait(min(wait, 0.5)):
-                        out.status, out.detail = "partial", "stopping"
-                        return out
-                    granted += self.bucket.take(chunk - granted)
-                # Ask for the rest of the range with a page cap rather than a
-                # shorter range: a cut inside a transparent huge page would move
-                # the whole THP while counting part of it (syscalls.move_range
-                # ends batches on THP boundaries and caps what it sends).
-                max_pages = max(1, int(granted) // v.page_size_bytes)
-                r = self.host.move_pages(a.pid, pos, end, v.page_size_bytes, a.target_node, max_pages)
-                self._count(out, r)
-                # Tokens and budget pay for bytes actually moved; pages already in
-                # place or absent cost a little kernel time but no copying.
-                unused = granted - r.moved_bytes
-                if unused > 0:
-                    self.bucket.tokens = min(self.bucket.burst, self.bucket.tokens + unused)
-                budget_left -= r.moved_bytes
-                if r.gone:
-                    out.status, out.detail = "gone", "process exited during the move"
-                    return out
-                if r.failed.get("ENOMEM"):
-                    break  # the target node is full: the rest of this range would fail too
-                if r.requested <= 0:
-                    break  # nothing examined: nothing left to move here
-                # The examined pages are a prefix of [pos, end): resume after them.
-                pos += r.requested * v.page_size_bytes
+            stopped = self._move_range(a, v.start, end, v.page_size_bytes, out, left)
+            if stopped:
+                out.status, out.detail = stopped
+                return out
         if out.failures and not out.moved_pages:
             out.status = "failed"
         out.detail = (f"moved {out.moved_bytes / 2**20:.1f} MiB to node {a.target_node}"
                       + (f"; failures {out.failures}" if out.failures else ""))
         return out
 
-    @staticmethod
-    def _count(out: Outcome, r: MoveResult) -> None:
-        scale = r.page_size // 4096 or 1
+    def _move_range(self, a: Action, pos: int, end: int, page_size: int, out: Outcome,
+                    left: list[int]) -> tuple[str, str] | None:
+        """Move [pos, end) batch by batch; (status, detail) when the pass must stop moving, else None."""
+        while pos < end and left[0] > 0:
+            stopped = self._batch_gate()
+            if stopped:
+                return stopped
+            chunk = min(BATCH_BYTES, end - pos, left[0], self._budget_left)
+            granted = self._tokens(chunk, page_size)
+            if isinstance(granted, tuple):
+                return granted
+            # Ask for the rest of the range with a page cap rather than a
+            # shorter range: a cut inside a transparent huge page would move
+            # the whole THP while counting part of it (syscalls.move_range
+            # ends batches on THP boundaries and caps what it sends).
+            max_pages = max(1, int(granted) // page_size)
+            r = self.host.move_pages(a.pid, pos, end, page_size, a.target_node, max_pages)
+            self._count(out, r)
+            # Tokens and budgets pay for bytes actually moved; pages already in
+            # place or absent cost a little kernel time but no copying.
+            unused = granted - r.moved_bytes
+            if unused > 0:
+                self.bucket.tokens = min(self.bucket.burst, self.bucket.tokens + unused)
+            left[0] -= r.moved_bytes
+            self._budget_left -= r.moved_bytes
+            if r.gone:
+                return "gone", "process exited during the move"
+            if r.failed.get("ENOMEM") or r.requested <= 0:
+                # The target node is full (the rest would fail too), or
+                # nothing was examined: nothing left to move here.
+                return None
+            # The examined pages are a prefix of [pos, end): resume after them.
+            pos += r.requested * page_size
+        return None
+
+    def _batch_gate(self) -> tuple[str, str] | None:
+        """Before each batch: a stop request, the pass budget, the deadline."""
+        if self.stop.is_set():
+            return "partial", "stopping"
+        if self._budget_left <= 0:
+            return "partial", "this pass's byte budget is spent: continues next pass"
+        if self.clock() >= self._deadline_s:
+            return "partial", "the pass deadline has passed: continues next pass"
+        return None
+
+    def _tokens(self, chunk: int, page_size: int) -> float | tuple[str, str]:
+        """Tokens for one batch (at least a page), waiting while the deadline allows."""
+        granted = self.bucket.take(chunk)
+        while granted < min(chunk, page_size):
+            wait = self.bucket.wait_s(chunk)
+            if self.clock() + wait > self._deadline_s:
+                return "partial", "rate limit: continues next pass"
+            if self._wait(min(wait, 0.5)):
+                return "partial", "stopping"
+            granted += self.bucket.take(chunk - granted)
+        return granted
+
+    def _count(self, out: Outcome, r: MoveResult) -> None:
+        scale = r.page_size // self.host.page_size_bytes or 1
         out.moved_pages += r.moved * scale
         out.moved_bytes += r.moved_bytes
         for node, n in r.moved_from.items():

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from autonumad.errors import AccessDenied, NotSupported, ProcessGone
-from autonumad.host import MoveResult
+from autonumad.model import MoveResult
 
 # --- syscall numbers ---------------------------------------------------------
 
@@ -333,6 +333,43 @@ def folio_unit_bytes(page_size: int) -> int:
 _BASE_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
+# Notes on move_range.
+#
+# Why query first. The move call alone cannot tell "moved" from "was
+# already there" (both report the target node), so it cannot fill
+# `moved`, `moved_from` or honour `max_pages`. The query is cheap next to
+# the move (do_pages_stat walks 16 pages per mmap-lock hold; measured
+# ~0.05 µs per page here, against ~0.11 µs per page for a move call even
+# when nothing moves, and far more when pages really are copied), and it
+# lets a batch whose pages are all placed skip the move call entirely,
+# which also skips the move call's fixed cost (~45 µs here):
+# do_pages_move() starts with lru_cache_disable(), an expedited RCU
+# grace period plus an LRU drain queued on every online CPU.
+#
+# Transparent huge pages in a base-page VMA. The kernel moves a whole
+# folio when asked for any of its pages, so:
+# * batches end on folio_unit_bytes() boundaries (2 MiB for 4 KiB pages;
+#   `batch_pages` is rounded up to whole units), and a THP is always
+#   queried and moved within one batch. Otherwise the half of a THP in
+#   the next batch would be found "already" on the target, and 1 MiB
+#   batches over THP-backed memory counted half of what really moved
+#   (measured in the 2node guest);
+# * within a call the kernel moves a THP on its first address; the next
+#   address of the same THP reports -EBUSY (the folio is isolated) and
+#   the rest the target node. Pages reported -EBUSY are queried again
+#   after the call and count as `moved` when they are on the target, so
+#   a THP counts as 512 moved base pages and `moved_bytes` is exact;
+# * a THP straddling the `max_pages` cut moves whole: the pages after the
+#   cut up to the next unit boundary are queried again, and those that
+#   moved with it are counted as `moved` (and examined). So `moved` can
+#   exceed `max_pages` by up to one THP less one base page (511 pages),
+#   and the count says so;
+# * so bound a partial move with `max_pages`, not with a shorter `end`:
+#   an `end` inside a THP moves the whole THP but counts only the pages
+#   before `end` (the rest show up as `already` on the next call). A
+#   VMA's own end is always safe: a THP never crosses a VMA boundary.
+
+
 def move_range(pid: int, start: int, end: int, page_size: int, target_node: int,
                max_pages: int | None = None, batch_pages: int = DEFAULT_BATCH_PAGES,
                flags: int = MPOL_MF_MOVE) -> MoveResult:
@@ -359,39 +396,8 @@ def move_range(pid: int, start: int, end: int, page_size: int, target_node: int,
     the pages *sent for moving*: the range is examined only up to the
     max_pages-th page that needs a move (but see huge pages below).
 
-    Why query first. The move call alone cannot tell "moved" from "was
-    already there" (both report the target node), so it cannot fill
-    `moved`, `moved_from` or honour `max_pages`. The query is cheap next to
-    the move (do_pages_stat walks 16 pages per mmap-lock hold; measured
-    ~0.05 µs per page here, against ~0.11 µs per page for a move call even
-    when nothing moves, and far more when pages really are copied), and it
-    lets a batch whose pages are all placed skip the move call entirely,
-    which also skips the move call's fixed cost (~45 µs here):
-    do_pages_move() starts with lru_cache_disable(), an expedited RCU
-    grace period plus an LRU drain queued on every online CPU.
-
-    Transparent huge pages in a base-page VMA. The kernel moves a whole
-    folio when asked for any of its pages, so:
-    * batches end on folio_unit_bytes() boundaries (2 MiB for 4 KiB pages;
-      `batch_pages` is rounded up to whole units), and a THP is always
-      queried and moved within one batch. Otherwise the half of a THP in
-      the next batch would be found "already" on the target, and 1 MiB
-      batches over THP-backed memory counted half of what really moved
-      (measured in the 2node guest);
-    * within a call the kernel moves a THP on its first address; the next
-      address of the same THP reports -EBUSY (the folio is isolated) and
-      the rest the target node. Pages reported -EBUSY are queried again
-      after the call and count as `moved` when they are on the target, so
-      a THP counts as 512 moved base pages and `moved_bytes` is exact;
-    * a THP straddling the `max_pages` cut moves whole: the pages after the
-      cut up to the next unit boundary are queried again, and those that
-      moved with it are counted as `moved` (and examined). So `moved` can
-      exceed `max_pages` by up to one THP less one base page (511 pages),
-      and the count says so;
-    * so bound a partial move with `max_pages`, not with a shorter `end`:
-      an `end` inside a THP moves the whole THP but counts only the pages
-      before `end` (the rest show up as `already` on the next call). A
-      VMA's own end is always safe: a THP never crosses a VMA boundary.
+    Why a query comes first, and how transparent huge pages are counted:
+    see the notes above.
 
     Outcomes that are values, never exceptions:
     * the process exits after the first call → `gone=True`, with the counts
@@ -406,17 +412,7 @@ def move_range(pid: int, start: int, end: int, page_size: int, target_node: int,
     the process's cpuset (EACCES), OSError(ENODEV) for a node without
     memory, ValueError for misaligned or empty arguments.
     """
-    if page_size <= 0 or page_size & (page_size - 1):
-        raise ValueError(f"page_size {page_size} is not a power of two")
-    if start % page_size or start < 0:
-        raise ValueError(f"start {start:#x} is not aligned to page_size {page_size}")
-    if end < start:
-        raise ValueError("end < start")
-    if batch_pages < 1:
-        raise ValueError("batch_pages must be at least 1")
-    if max_pages is not None and max_pages < 0:
-        raise ValueError("max_pages must be >= 0")
-
+    _check_move_args(start, end, page_size, max_pages, batch_pages)
     unit = folio_unit_bytes(page_size)
     batch_bytes = -(-batch_pages * page_size // unit) * unit  # whole units
     t = _Tally(page_size)
@@ -440,16 +436,9 @@ def move_range(pid: int, start: int, end: int, page_size: int, target_node: int,
             break
         first = False
 
-        to_move, already, absent, failed = classify_query(before, target_node)
-        cut = None
-        if budget is not None and len(to_move) > budget:
-            # Examine only up to (and including) the last page we may send.
-            cut = n = to_move[budget - 1] + 1
-            to_move = to_move[:budget]
-            _, already, absent, failed = classify_query(before[:n], target_node)
-        t.already += already
-        t.absent += absent
-        t.failed.update(failed)
+        to_move, cut = _tally_query(before, target_node, budget, t)
+        if cut is not None:
+            n = cut
 
         if to_move:
             if budget is not None:
@@ -460,6 +449,34 @@ def move_range(pid: int, start: int, end: int, page_size: int, target_node: int,
                 n += _count_moved_with_cut_folio(pid, pages, before, cut, unit, target_node, t)
         addr += n * page_size
     return t.result()
+
+
+def _check_move_args(start: int, end: int, page_size: int, max_pages: int | None, batch_pages: int) -> None:
+    if page_size <= 0 or page_size & (page_size - 1):
+        raise ValueError(f"page_size {page_size} is not a power of two")
+    if start % page_size or start < 0:
+        raise ValueError(f"start {start:#x} is not aligned to page_size {page_size}")
+    if end < start:
+        raise ValueError("end < start")
+    if batch_pages < 1:
+        raise ValueError("batch_pages must be at least 1")
+    if max_pages is not None and max_pages < 0:
+        raise ValueError("max_pages must be >= 0")
+
+
+def _tally_query(before: array, target_node: int, budget: int | None, t: _Tally) -> tuple[list[int], int | None]:
+    """Count a batch's query into `t`: (indexes to send, the cut when `budget` ends the batch early)."""
+    to_move, already, absent, failed = classify_query(before, target_node)
+    cut = None
+    if budget is not None and len(to_move) > budget:
+        # Examine only up to (and including) the last page we may send.
+        cut = to_move[budget - 1] + 1
+        to_move = to_move[:budget]
+        _, already, absent, failed = classify_query(before[:cut], target_node)
+    t.already += already
+    t.absent += absent
+    t.failed.update(failed)
+    return to_move, cut
 
 
 def _count_moved_with_cut_folio(pid: int, pages: array, before: array, cut: int, unit: int,

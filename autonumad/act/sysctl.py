@@ -54,40 +54,6 @@ _SAVED_VERSION = 1
 Outcome = Literal["written", "unchanged", "absent", "refused", "restored"]
 KnobScalar = int | bool
 
-# numa_balancing's config spellings (issue 5) -> the sysctl's bitmask
-# (include/linux/sched/sysctl.h: NUMA_BALANCING_NORMAL 0x1,
-# NUMA_BALANCING_MEMORY_TIERING 0x2). "keep" means: do not manage it.
-NUMA_BALANCING_MODES: Mapping[str, int | None] = {
-    "keep": None,
-    "off": 0,
-    "normal": 1,
-    "tiering": 2,
-    "normal+tiering": 3,
-}
-
-
-def parse_numa_balancing_mode(value: object) -> int | None:
-    """Config value -> kernel.numa_balancing bitmask; None for "keep".
-
-    Accepts the names in NUMA_BALANCING_MODES (case-insensitive) and the
-    integers 0-3 (as int or decimal string). Raises ValueError otherwise.
-    """
-    if isinstance(value, bool):
-        raise ValueError(f"numa_balancing: expected a mode name or 0-3, got {value!r}")
-    if isinstance(value, int):
-        if 0 <= value <= 3:
-            return value
-        raise ValueError(f"numa_balancing: {value} is out of range 0-3")
-    if isinstance(value, str):
-        s = value.strip().lower()
-        if s in NUMA_BALANCING_MODES:
-            return NUMA_BALANCING_MODES[s]
-        if s.isdigit() and int(s) <= 3:
-            return int(s)
-    names = ", ".join(NUMA_BALANCING_MODES)
-    raise ValueError(f"numa_balancing: expected one of {names} or 0-3, got {value!r}")
-
-
 @dataclass(frozen=True, slots=True)
 class KnobChange:
     """What happened to one knob in apply/restore.

@@ -60,6 +60,7 @@ from typing import Iterable, Mapping
 
 from autonumad.errors import HostError, NotSupported, ParseError
 from autonumad.host import Host
+from autonumad.readers import read_host_file
 
 log = logging.getLogger("autonumad")
 
@@ -175,12 +176,7 @@ def damon_available(host: Host) -> bool:
 
 
 def _read(host: Host, path: str, parse, what: str):
-    try:
-        return parse(host.read_text(path), what)
-    except OSError as e:
-        raise HostError(path, e.strerror or str(e)) from None
-    except ParseError as e:
-        raise HostError(path, str(e)) from None
+    return read_host_file(host, path, lambda text: parse(text, what))
 
 
 def read_slots(host: Host) -> tuple[KdamondSlot, ...]:

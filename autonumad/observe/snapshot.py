@@ -27,7 +27,6 @@ snapshot itself stays immutable: the cache only hands back equal values.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -37,6 +36,7 @@ from autonumad.host import Host
 from autonumad.readers.cgroup import read_cgroup
 from autonumad.readers.knobs import Knobs, read_knobs
 from autonumad.readers.nodes import Topology, read_topology
+from autonumad.model import DEFAULT_CLOCK_TICKS_PER_S, DEFAULT_PAGE_BYTES
 from autonumad.readers.numa_maps import NumaMaps, parse_numa_maps, reparse_numa_maps
 from autonumad.readers.proc_stat import CpuTimes, read_proc_stat
 from autonumad.readers.proc_status import ProcStatus, read_status
@@ -45,7 +45,6 @@ from autonumad.readers.task_stat import TaskStat, read_thread_stats
 from autonumad.readers.vmstat import read_vmstat
 from autonumad.readers.zoneinfo import Zone, read_zoneinfo
 
-BASE_PAGE_BYTES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +103,10 @@ class HostSnapshot:
     skipped: tuple[Skipped, ...]
     scanned: int  # processes looked at (their statm or status read)
     read_duration_s: float = 0.0
+    # The host's page geometry and clock: pages_by_node counts pages of
+    # page_size_bytes; cpu_ticks count clock_ticks_per_s a second.
+    page_size_bytes: int = DEFAULT_PAGE_BYTES
+    clock_ticks_per_s: int = DEFAULT_CLOCK_TICKS_PER_S
 
     def process(self, pid: int) -> ProcessView | None:
         for p in self.processes:
@@ -119,6 +122,9 @@ class ScanLimits:
     min_rss_bytes: int = 0
     only_pids: frozenset[int] | None = None  # explain/status PID: read just these
     skip_self: bool = True
+    # balance.scan_max_processes: read at most this many in detail, largest
+    # resident size first (by statm); None: no limit.
+    max_detailed: int | None = None
 
 
 class SnapshotCache:
@@ -184,17 +190,18 @@ def take_snapshot(host: Host, limits: ScanLimits = ScanLimits(),
     cpu_times = read_proc_stat(host)
     processes: list[ProcessView] = []
     skipped: list[Skipped] = []
-    scanned = 0
     if cache is not None:
         cache.begin()
-    me = os.getpid() if limits.skip_self and not host.is_fake else None
+    me = host.self_pid() if limits.skip_self else None
     pids = host.pids() if limits.only_pids is None else sorted(limits.only_pids)
+    pids = [pid for pid in pids if pid != me]
+    scanned = len(pids)
     # statm first only when it can rule processes out; else status alone.
     check_size = limits.only_pids is None and limits.min_rss_bytes > 0
+    if limits.only_pids is None and limits.max_detailed is not None:
+        pids = _largest(host, pids, limits.min_rss_bytes, limits.max_detailed)
+        check_size = False
     for pid in pids:
-        if pid == me:
-            continue
-        scanned += 1
         try:
             if check_size and _too_small(host, pid, limits.min_rss_bytes):
                 continue
@@ -219,7 +226,21 @@ def take_snapshot(host: Host, limits: ScanLimits = ScanLimits(),
     return HostSnapshot(
         taken_monotonic_s=t0, topology=topology, knobs=knobs, vmstat=vmstat, zones=zones,
         cpu_times=cpu_times, processes=tuple(processes), skipped=tuple(skipped), scanned=scanned,
-        read_duration_s=clock() - t0)
+        read_duration_s=clock() - t0, page_size_bytes=host.page_size_bytes,
+        clock_ticks_per_s=host.clock_ticks_per_s)
+
+
+def _largest(host: Host, pids: list[int], min_rss_bytes: int, limit: int) -> list[int]:
+    """The `limit` processes with the largest resident size at or above `min_rss_bytes`, by statm."""
+    sizes = []
+    for pid in pids:
+        try:
+            resident = read_statm(host, pid).resident_bytes(host.page_size_bytes)
+        except ProcessError:
+            resident = min_rss_bytes  # status decides, as for a tree without statm
+        if resident >= min_rss_bytes:
+            sizes.append((-resident, pid))
+    return [pid for _, pid in sorted(sizes)[:limit]]
 
 
 def _too_small(host: Host, pid: int, min_rss_bytes: int) -> bool:
@@ -253,6 +274,6 @@ def _read_process(host: Host, pid: int, status: ProcStatus, topology: Topology,
     return ProcessView(
         pid=pid, comm=status.name, status=status, cgroup=cgroup, threads=threads,
         numa_maps=numa_maps, running_nodes=running,
-        pages_by_node=numa_maps.pages_by_node(BASE_PAGE_BYTES),
+        pages_by_node=numa_maps.pages_by_node(host.page_size_bytes),
         start_ticks=start_ticks,
         cpu_ticks=sum(t.utime_ticks + t.stime_ticks for t in threads.values()))

@@ -43,6 +43,7 @@ from typing import Callable, Iterable, Mapping, Protocol
 from autonumad.observe.damon import DamonSession, MonitoringAttrs, damon_available
 from autonumad.errors import HostError, NotSupported, ParseError, ProcessError
 from autonumad.host import Host
+from autonumad.model import DEFAULT_PAGE_BYTES, Region
 from autonumad.readers.pagemap import clear_soft_dirty, read_pagemap
 from autonumad.readers.proc_maps import read_maps
 
@@ -54,18 +55,6 @@ GRANULE_PAGES = 64
 # DAMON reports nothing for this many aggregation intervals after a
 # (re)start: 2 s at the default 100 ms.
 WARMUP_AGGREGATIONS = 20
-
-
-@dataclass(frozen=True, slots=True)
-class Region:
-    start: int
-    end: int  # exclusive
-    accesses_fraction: float  # 0..1
-    age_s: float
-
-    @property
-    def size_bytes(self) -> int:
-        return self.end - self.start
 
 
 class HotnessTracker(Protocol):
@@ -171,7 +160,7 @@ class SoftDirtyTracker:
     name = "softdirty"
 
     def __init__(self, host: Host, clock: Callable[[], float] = time.monotonic,
-                 granule_pages: int = GRANULE_PAGES, page_size: int = 4096):
+                 granule_pages: int = GRANULE_PAGES, page_size: int = DEFAULT_PAGE_BYTES):
         self.host = host
         self.clock = clock
         self.granule_bytes = granule_pages * page_size

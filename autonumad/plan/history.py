@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
-ProcKey = tuple[int, int]  # (pid, starttime in clock ticks)
+from autonumad.model import ProcKey
+from autonumad.plan.tiering import TieringHistory
 
 # How many passes of "where did its threads run" to keep per process.
 RUN_HISTORY_PASSES = 3
@@ -57,6 +59,10 @@ class ProcessHistory:
 class History:
     processes: dict[ProcKey, ProcessHistory] = field(default_factory=dict)
     passes: int = 0
+    # /proc/stat of the last pass and of the one before: each node's CPU headroom.
+    cpu_times: Mapping[int, Any] | None = None
+    prev_cpu_times: Mapping[int, Any] | None = None
+    tiering: TieringHistory = field(default_factory=TieringHistory)
 
     def get(self, key: ProcKey) -> ProcessHistory | None:
         return self.processes.get(key)
@@ -64,9 +70,11 @@ class History:
     def entry(self, key: ProcKey) -> ProcessHistory:
         return self.processes.setdefault(key, ProcessHistory())
 
-    def observe(self, snapshot, now_s: float, clock_ticks_per_s: int = 100) -> None:
+    def observe(self, snapshot, now_s: float) -> None:
         """Record where each process ran this pass; forget processes that are gone."""
         self.passes += 1
+        self.prev_cpu_times, self.cpu_times = self.cpu_times, snapshot.cpu_times
+        clock_ticks_per_s = snapshot.clock_ticks_per_s
         seen = set()
         for p in snapshot.processes:
             key = (p.pid, p.start_ticks)

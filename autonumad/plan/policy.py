@@ -60,29 +60,22 @@ limited executor spends its budget where it matters most.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
-from autonumad.plan.history import History, OwnedAffinity, ProcKey
+from autonumad.model import (MIGRATE, RESTORE_AFFINITY, SET_AFFINITY, Action, Decision, Verdict, VmaMove, mib,
+                             node_list)
+from autonumad.plan import selection
+from autonumad.plan.history import History, OwnedAffinity, ProcessHistory
 from autonumad.readers.numa_maps import NumaMaps, unmovable_vma
 from autonumad.readers.proc_stat import cpu_busy_fraction
-from autonumad.observe.snapshot import BASE_PAGE_BYTES, HostSnapshot, ProcessView
+from autonumad.observe.snapshot import HostSnapshot, ProcessView
 
 # Passes a misplaced process must show no locality gain before the daemon
 # migrates pages while the kernel's own NUMA balancing is on.
 KERNEL_GRACE_PASSES = 3
 NUMA_BALANCING_NORMAL = 1
-
-
-@dataclass(frozen=True, slots=True)
-class VmaMove:
-    start: int
-    page_size_bytes: int
-    pages: int  # pages of this VMA not on the target node (VMA page units)
-    # None: the whole VMA from `start`. Set: just [start, end) within the
-    # VMA containing `start` (tiering moves address ranges, not VMAs).
-    end: int | None = None
 
 
 class VmaMoves(Sequence[VmaMove]):
@@ -128,85 +121,26 @@ class VmaMoves(Sequence[VmaMove]):
         return f"VmaMoves({tuple(self)!r})"
 
 
-@dataclass(frozen=True, slots=True)
-class Action:
-    kind: str  # "migrate" | "set_affinity" | "restore_affinity"
-    pid: int
-    start_ticks: int
-    comm: str
-    rule: str  # short machine-readable reason: memory-follows-task, task-follows-memory, ...
-    reason: str  # one human sentence
-    target_node: int | None = None
-    cpus: tuple[int, ...] = ()  # for affinity actions
-    original_cpus: tuple[int, ...] = ()  # what set_affinity replaces (kept for undo)
-    vmas: Sequence[VmaMove] = ()  # for migrate: a tuple, or VmaMoves from decide()
-    bytes: int = 0  # bytes to move (migrate)
-
-    @property
-    def key(self) -> ProcKey:
-        return (self.pid, self.start_ticks)
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """Why the policy did or did not act on one process (for explain and logs)."""
-
-    pid: int
-    comm: str
-    rule: str
-    reason: str
-    actions: tuple[Action, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    actions: tuple[Action, ...]
-    verdicts: Mapping[int, Verdict]
-
-
-@dataclass(frozen=True, slots=True)
-class BalancePolicyConfig:
-    """The knobs decide() reads; built from config.balance (see config.py)."""
-
-    enabled: bool = True
-    target_local_fraction: float = 0.9
-    exclude_comm: tuple[str, ...] = ()
-    include_comm: tuple[str, ...] = ()
-    exclude_cgroup: tuple[str, ...] = ()
-    include_cgroup: tuple[str, ...] = ()
-    exclude_pids: tuple[int, ...] = ()
-    cooldown_s: float = 30.0
-    node_headroom_fraction: float = 0.05
-    task_moves: bool = True
-    page_moves: bool = True
-    min_cpu_fraction: float = 0.0
-
-    @classmethod
-    def from_config(cls, balance) -> "BalancePolicyConfig":
-        return cls(**{f: _tuple(getattr(balance, f)) for f in cls.__dataclass_fields__ if hasattr(balance, f)})
-
-
-def _tuple(v):
-    return tuple(v) if isinstance(v, (list, tuple)) else v
-
-
 @dataclass
 class _Ctx:
     snap: HostSnapshot
     history: History
-    cfg: BalancePolicyConfig
+    cfg: object  # config.BalanceConfig
     now_s: float
     all_cpus: frozenset[int]
     node_cpus: Mapping[int, frozenset[int]]
     idle_cpus_by_node: dict[int, float]
     free_bytes: dict[int, int]  # updated as this pass plans moves
     kernel_balancing: bool
-    comm_exclude: tuple[re.Pattern[str], ...]
-    comm_include: tuple[re.Pattern[str], ...]
+    page_bytes: int
 
 
-def decide(snapshot: HostSnapshot, history: History, cfg: BalancePolicyConfig,
-           now_s: float, prev_cpu_times=None) -> Decision:
+def decide(snapshot: HostSnapshot, history: History, cfg, now_s: float, prev_cpu_times=None) -> Decision:
+    """The balancing phase: a verdict for every process, actions for the misplaced ones.
+
+    `cfg` is the config's BalanceConfig; `prev_cpu_times` the last pass's
+    /proc/stat, for the CPU headroom of each node.
+    """
     topo = snapshot.topology
     cpu_nodes = [n for n in topo.nodes if n.cpus]
     busy = cpu_busy_fraction(prev_cpu_times, snapshot.cpu_times) if prev_cpu_times else {}
@@ -218,26 +152,25 @@ def decide(snapshot: HostSnapshot, history: History, cfg: BalancePolicyConfig,
         idle_cpus_by_node={n.id: sum(1.0 - busy.get(c, 0.0) for c in n.cpus) for n in cpu_nodes},
         free_bytes={n.id: n.memory_free_bytes for n in topo.nodes},
         kernel_balancing=bool(int(nb) & NUMA_BALANCING_NORMAL),
-        comm_exclude=tuple(re.compile(p) for p in cfg.exclude_comm),
-        comm_include=tuple(re.compile(p) for p in cfg.include_comm),
+        page_bytes=snapshot.page_size_bytes,
     )
-    verdicts: dict[int, Verdict] = {}
     if not cfg.enabled:
-        for p in snapshot.processes:
-            verdicts[p.pid] = Verdict(p.pid, p.comm, "disabled", "balancing is disabled in the config")
-        return Decision((), verdicts)
+        return _all(snapshot, "disabled", "balancing is disabled in the config")
     if len(cpu_nodes) < 2 and len(topo.nodes) < 2:
-        for p in snapshot.processes:
-            verdicts[p.pid] = Verdict(p.pid, p.comm, "single-node", "the host has a single NUMA node")
-        return Decision((), verdicts)
+        return _all(snapshot, "single-node", "the host has a single NUMA node")
+    verdicts: dict[int, Verdict] = {}
     # Biggest misplaced processes first, so they get the budget and the headroom.
     for p in sorted(snapshot.processes, key=lambda p: (-_remote_pages(p), p.pid)):
-        verdicts[p.pid] = _decide_one(ctx, p)
+        verdicts[p.pid] = decide_process(ctx, p)
     actions = [a for v in verdicts.values() for a in v.actions]
     # Affinity first (cheap, and memory moves after it land where tasks run),
     # then migrations by size.
-    actions.sort(key=lambda a: (a.kind == "migrate", -a.bytes))
+    actions.sort(key=lambda a: (a.kind == MIGRATE, -a.bytes))
     return Decision(tuple(actions), verdicts)
+
+
+def _all(snapshot: HostSnapshot, rule: str, reason: str) -> Decision:
+    return Decision((), {p.pid: Verdict(p.pid, p.comm, rule, reason) for p in snapshot.processes})
 
 
 def _remote_pages(p: ProcessView) -> int:
@@ -253,147 +186,162 @@ def _node_of_cpus(ctx: _Ctx, cpus: Sequence[int]) -> int | None:
     return None
 
 
-def _decide_one(ctx: _Ctx, p: ProcessView) -> Verdict:
-    cfg = ctx.cfg
-    key = (p.pid, p.start_ticks)
-    h = ctx.history.get(key)
+def _verdict(p: ProcessView, rule: str, reason: str, *actions: Action) -> Verdict:
+    return Verdict(p.pid, p.comm, rule, reason, tuple(actions))
 
-    def verdict(rule: str, reason: str, *actions: Action) -> Verdict:
-        return Verdict(p.pid, p.comm, rule, reason, tuple(actions))
 
-    # 1. selection
-    if p.pid in cfg.exclude_pids:
-        return verdict("excluded-pid", f"pid {p.pid} is in balance.exclude_pids")
-    for rx in ctx.comm_exclude:
-        if rx.search(p.comm):
-            return verdict("excluded-comm", f"command {p.comm!r} matches balance.exclude_comm {rx.pattern!r}")
-    if ctx.comm_include and not any(rx.search(p.comm) for rx in ctx.comm_include):
-        return verdict("not-included", f"command {p.comm!r} matches no balance.include_comm pattern")
-    for prefix in cfg.exclude_cgroup:
-        if _cgroup_under(p.cgroup, prefix):
-            return verdict("excluded-cgroup", f"cgroup {p.cgroup} is under balance.exclude_cgroup {prefix!r}")
-    if cfg.include_cgroup and not any(_cgroup_under(p.cgroup, c) for c in cfg.include_cgroup):
-        return verdict("not-included", f"cgroup {p.cgroup} is under no balance.include_cgroup prefix")
-    if p.total_pages == 0:
-        return verdict("no-memory", "no resident pages attributed to any node")
-
-    # 7. undo an affinity of ours whose owner changed it since
+def decide_process(ctx: _Ctx, p: ProcessView) -> Verdict:
+    """One process, rules 1-7 in order (module docstring)."""
+    h = ctx.history.get((p.pid, p.start_ticks))
+    skip = selection.excluded(p, ctx.cfg) or selection.no_memory(p)
+    if skip:
+        return _verdict(p, *skip)
+    # 7. an affinity of ours that someone changed since is theirs now (the
+    # daemon forgets it on record)
     owned = h.owned_affinity if h else None
-    current = frozenset(p.status.cpus_allowed)
-    if owned and current != owned.cpus:
-        owned = None  # someone else set it after us: theirs now (daemon forgets it on record)
-
-    # 2. explicit memory policy
-    if p.policy != "default":
-        return verdict("explicit-memory-policy",
-                       f"memory policy {p.policy!r} set by its owner (numactl/mbind): left as it is")
-
-    # 3. stability
-    if h and h.backoff_until_s > ctx.now_s:
-        return verdict("pingpong-backoff", f"pages moved back and forth {h.pingpongs} time(s); "
-                       f"backing off for {h.backoff_until_s - ctx.now_s:.0f} s")
-    repinned = h is not None and h.acted_cpus is not None and tuple(p.status.cpus_allowed) != h.acted_cpus
-    if h and h.last_action_s is not None and ctx.now_s - h.last_action_s < cfg.cooldown_s and not repinned:
-        return verdict("cooldown", f"acted on {ctx.now_s - h.last_action_s:.0f} s ago "
-                       f"(balance.cooldown_s = {cfg.cooldown_s:g})")
-
-    pinned_by_owner = current != ctx.all_cpus and owned is None
-    home = _node_of_cpus(ctx, p.status.cpus_allowed) if current != ctx.all_cpus else None
-    if home is not None:
-        how = "its CPU affinity (set by autonumad)" if owned else "its CPU affinity"
-    elif h and len(h.running_nodes) >= 2 and all(len(r) == 1 and r == p.running_nodes
-                                                 for r in h.running_nodes) and len(p.running_nodes) == 1:
-        home = p.running_nodes[0]
-        how = f"where its threads ran over the last {len(h.running_nodes)} passes"
-    else:
-        how = ""
-
-    # 7. undo ours when the memory is no longer on our node
+    if owned and frozenset(p.status.cpus_allowed) != owned.cpus:
+        owned = None
+    skip = selection.owner_placed(p) or _stability(ctx, p, h)
+    if skip:
+        return _verdict(p, *skip)
+    home, how = _home(ctx, p, h, owned)
     if owned and home == owned.node:
-        lf_home = p.local_fraction((home,))
-        best = max(p.pages_by_node, key=lambda n: p.pages_by_node[n])
-        if lf_home < 0.5 and best != home and p.pages_by_node[best] / p.total_pages >= cfg.target_local_fraction:
-            return verdict("undo-affinity", f"memory moved to node {best}; restoring the affinity autonumad set",
-                           Action("restore_affinity", p.pid, p.start_ticks, p.comm, "undo-affinity",
-                                  f"its memory is now on node {best}, not node {home} where autonumad placed it",
-                                  target_node=None, cpus=tuple(sorted(owned.original))))
-
-    total_bytes = p.total_pages * BASE_PAGE_BYTES
+        undo = _undo_affinity(ctx, p, home, owned)
+        if undo is not None:
+            return undo
     if home is not None:
         lf = p.local_fraction((home,))
-        if lf >= cfg.target_local_fraction:
-            return verdict("already-local", f"{lf:.0%} of its memory is on node {home}, its home by {how} "
-                           f"(target {cfg.target_local_fraction:.0%})")
+        if lf >= ctx.cfg.target_local_fraction:
+            return _verdict(p, "already-local", f"{lf:.0%} of its memory is on node {home}, its home by {how} "
+                            f"(target {ctx.cfg.target_local_fraction:.0%})")
         return _memory_follows_task(ctx, p, home, how, h)
+    return _unconfined(ctx, p, h, selection.pinned_by_owner(p, ctx.all_cpus, owned.cpus if owned else None))
 
-    # Not confined: the choice may move the task, which costs a cache warm-up
-    # that an idle process would not win back.
+
+def _stability(ctx: _Ctx, p: ProcessView, h: ProcessHistory | None) -> tuple[str, str] | None:
+    """Rule 3: ping-pong back-off and cool-down, unless its owner re-pinned it since."""
+    if h and h.backoff_until_s > ctx.now_s:
+        return "pingpong-backoff", (f"pages moved back and forth {h.pingpongs} time(s); "
+                                    f"backing off for {h.backoff_until_s - ctx.now_s:.0f} s")
+    repinned = h is not None and h.acted_cpus is not None and tuple(p.status.cpus_allowed) != h.acted_cpus
+    if h and h.last_action_s is not None and ctx.now_s - h.last_action_s < ctx.cfg.cooldown_s and not repinned:
+        return "cooldown", (f"acted on {ctx.now_s - h.last_action_s:.0f} s ago "
+                            f"(balance.cooldown_s = {ctx.cfg.cooldown_s:g})")
+    return None
+
+
+def _home(ctx: _Ctx, p: ProcessView, h: ProcessHistory | None, owned: OwnedAffinity | None
+          ) -> tuple[int | None, str]:
+    """Rule 4: the node it is confined to, and by what; (None, "") when it is not confined."""
+    if frozenset(p.status.cpus_allowed) != ctx.all_cpus:
+        home = _node_of_cpus(ctx, p.status.cpus_allowed)
+        if home is not None:
+            return home, "its CPU affinity (set by autonumad)" if owned else "its CPU affinity"
+    if h and len(h.running_nodes) >= 2 and len(p.running_nodes) == 1 and all(
+            len(r) == 1 and r == p.running_nodes for r in h.running_nodes):
+        return p.running_nodes[0], f"where its threads ran over the last {len(h.running_nodes)} passes"
+    return None, ""
+
+
+def _undo_affinity(ctx: _Ctx, p: ProcessView, home: int, owned: OwnedAffinity) -> Verdict | None:
+    """Rule 7: restore an affinity of ours once its memory is concentrated elsewhere."""
+    lf_home = p.local_fraction((home,))
+    best = max(p.pages_by_node, key=lambda n: p.pages_by_node[n])
+    if lf_home < 0.5 and best != home and p.pages_by_node[best] / p.total_pages >= ctx.cfg.target_local_fraction:
+        return _verdict(p, "undo-affinity", f"memory moved to node {best}; restoring the affinity autonumad set",
+                        Action(RESTORE_AFFINITY, p.pid, p.start_ticks, p.comm, "undo-affinity",
+                               f"its memory is now on node {best}, not node {home} where autonumad placed it",
+                               target_node=None, cpus=tuple(sorted(owned.original))))
+    return None
+
+
+def _unconfined(ctx: _Ctx, p: ProcessView, h: ProcessHistory | None, pinned_by_owner: bool) -> Verdict:
+    """Rule 4, not confined: the node needing the fewest bytes moved among those with CPU headroom."""
+    cfg = ctx.cfg
+    # The choice may move the task, which costs a cache warm-up that an idle
+    # process would not win back.
     if h is not None and h.cpu_cores is not None and h.cpu_cores < cfg.min_cpu_fraction:
-        return verdict("idle", f"used {h.cpu_cores:.2f} CPU since the last pass, below balance.min_cpu_fraction "
-                       f"({cfg.min_cpu_fraction:g}): not worth a task move")
+        return _verdict(p, "idle", f"used {h.cpu_cores:.2f} CPU since the last pass, below "
+                        f"balance.min_cpu_fraction ({cfg.min_cpu_fraction:g}): not worth a task move")
     if pinned_by_owner:
-        return verdict("pinned-by-owner", "its CPU affinity spans several nodes and was set by its owner: "
-                       "no task move; memory is left where it is")
+        return _verdict(p, "pinned-by-owner", "its CPU affinity spans several nodes and was set by its owner: "
+                        "no task move; memory is left where it is")
+    total_bytes = p.total_pages * ctx.page_bytes
     usable = {n.id: n.memory_total_bytes * (1 - cfg.node_headroom_fraction)
               for n in ctx.snap.topology.nodes if n.cpus}
     if usable and total_bytes > max(usable.values()):
-        return verdict("too-large", f"{_mib(total_bytes)} is more than any node's usable memory "
-                       f"({_mib(int(max(usable.values())))}): left spread")
-    candidates = []
-    for node in ctx.idle_cpus_by_node:
-        need = _cpu_use_cores(ctx, p)
-        has_room = ctx.idle_cpus_by_node[node] >= need or node in p.running_nodes
-        if not has_room or node not in p.status.mems_allowed:
-            continue
-        to_move = total_bytes - p.pages_by_node.get(node, 0) * BASE_PAGE_BYTES
-        runs_here = node in p.running_nodes and len(p.running_nodes) == 1
-        candidates.append((to_move, not runs_here, node))
-    if not candidates:
-        return verdict("no-cpu-headroom", "no node has CPU headroom for it")
-    to_move, _, node = min(candidates)
+        return _verdict(p, "too-large", f"{mib(total_bytes)} is more than any node's usable memory "
+                        f"({mib(int(max(usable.values())))}): left spread")
+    choice = _fewest_bytes_node(ctx, p, total_bytes)
+    if choice is None:
+        return _verdict(p, "no-cpu-headroom", "no node has CPU headroom for it")
+    to_move, node = choice
     lf = p.local_fraction((node,))
     if p.running_nodes == (node,) and lf >= cfg.target_local_fraction:
-        return verdict("already-local", f"{lf:.0%} of its memory is on node {node}, where its threads run")
+        return _verdict(p, "already-local", f"{lf:.0%} of its memory is on node {node}, where its threads run")
     if not cfg.task_moves:
         if len(p.running_nodes) == 1:
             return _memory_follows_task(ctx, p, p.running_nodes[0], "where its threads run (task moves off)", h)
-        return verdict("task-moves-disabled", "balance.task_moves is off and its threads span nodes")
-    cpus = tuple(sorted(ctx.node_cpus[node]))
-    set_aff = Action(
-        "set_affinity", p.pid, p.start_ticks, p.comm, "task-follows-memory",
-        f"{lf:.0%} of its memory ({_mib(p.pages_by_node.get(node, 0) * BASE_PAGE_BYTES)}) is on node {node} "
-        f"while it runs on node(s) {_nodes(p.running_nodes)}; node {node} has CPU headroom, so its "
-        f"{len(p.threads)} thread(s) move there instead of copying "
-        f"{_mib(total_bytes - sum(p.pages_by_node.get(n, 0) for n in p.running_nodes) * BASE_PAGE_BYTES)} "
-        f"of memory to where it runs"
-        if lf >= cfg.target_local_fraction else
-        f"node {node} needs the fewest bytes moved ({_mib(to_move)}) among nodes with CPU headroom; "
-        f"its {len(p.threads)} thread(s) move there and the rest of its memory follows",
-        target_node=node, cpus=cpus, original_cpus=tuple(sorted(current)))
+        return _verdict(p, "task-moves-disabled", "balance.task_moves is off and its threads span nodes")
+    set_aff = _set_affinity(ctx, p, node, lf, to_move, total_bytes)
     if lf >= cfg.target_local_fraction:
-        return verdict("task-follows-memory", set_aff.reason, set_aff)
+        return _verdict(p, "task-follows-memory", set_aff.reason, set_aff)
     mig = _memory_follows_task(ctx, p, node, "the node chosen for it this pass", h)
-    return Verdict(p.pid, p.comm, "task-and-memory", set_aff.reason, (set_aff, *mig.actions))
+    return _verdict(p, "task-and-memory", set_aff.reason, set_aff, *mig.actions)
+
+
+def _fewest_bytes_node(ctx: _Ctx, p: ProcessView, total_bytes: int) -> tuple[int, int] | None:
+    """(bytes to move, node): the allowed node with CPU headroom needing the fewest bytes copied.
+
+    Ties prefer a node it already runs on alone (no task move at all), then the lower id.
+    """
+    need = _cpu_use_cores(ctx, p)
+    candidates = []
+    for node, idle in ctx.idle_cpus_by_node.items():
+        has_room = idle >= need or node in p.running_nodes
+        if not has_room or node not in p.status.mems_allowed:
+            continue
+        to_move = total_bytes - p.pages_by_node.get(node, 0) * ctx.page_bytes
+        runs_here = node in p.running_nodes and len(p.running_nodes) == 1
+        candidates.append((to_move, not runs_here, node))
+    if not candidates:
+        return None
+    to_move, _, node = min(candidates)
+    return to_move, node
+
+
+def _set_affinity(ctx: _Ctx, p: ProcessView, node: int, lf: float, to_move: int, total_bytes: int) -> Action:
+    """Task follows memory: all its threads get `node`'s CPUs."""
+    page = ctx.page_bytes
+    if lf >= ctx.cfg.target_local_fraction:
+        running = sum(p.pages_by_node.get(n, 0) for n in p.running_nodes) * page
+        reason = (f"{lf:.0%} of its memory ({mib(p.pages_by_node.get(node, 0) * page)}) is on node {node} "
+                  f"while it runs on node(s) {node_list(p.running_nodes)}; node {node} has CPU headroom, so its "
+                  f"{len(p.threads)} thread(s) move there instead of copying {mib(total_bytes - running)} "
+                  f"of memory to where it runs")
+    else:
+        reason = (f"node {node} needs the fewest bytes moved ({mib(to_move)}) among nodes with CPU headroom; "
+                  f"its {len(p.threads)} thread(s) move there and the rest of its memory follows")
+    return Action(SET_AFFINITY, p.pid, p.start_ticks, p.comm, "task-follows-memory", reason, target_node=node,
+                  cpus=tuple(sorted(ctx.node_cpus[node])),
+                  original_cpus=tuple(sorted(p.status.cpus_allowed)))
 
 
 def _memory_follows_task(ctx: _Ctx, p: ProcessView, home: int, how: str, h) -> Verdict:
     cfg = ctx.cfg
     lf = p.local_fraction((home,))
-
-    def verdict(rule: str, reason: str, *actions: Action) -> Verdict:
-        return Verdict(p.pid, p.comm, rule, reason, tuple(actions))
-
+    verdict = partial(_verdict, p)
     if not cfg.page_moves:
         return verdict("page-moves-disabled", f"{lf:.0%} local on node {home}, but balance.page_moves is off")
     if home not in p.status.mems_allowed:
         return verdict("home-not-allowed", f"node {home} is not in its Mems_allowed_list "
-                       f"({_nodes(p.status.mems_allowed)}): its cpuset forbids the move")
+                       f"({node_list(p.status.mems_allowed)}): its cpuset forbids the move")
     node = ctx.snap.topology.node(home)
     usable = node.memory_total_bytes * (1 - cfg.node_headroom_fraction)
-    total_bytes = p.total_pages * BASE_PAGE_BYTES
+    total_bytes = p.total_pages * ctx.page_bytes
     if total_bytes > usable:
-        return verdict("too-large", f"{_mib(total_bytes)} does not fit on node {home} "
-                       f"({_mib(int(usable))} usable): left spread")
+        return verdict("too-large", f"{mib(total_bytes)} does not fit on node {home} "
+                       f"({mib(int(usable))} usable): left spread")
     if ctx.kernel_balancing and h is not None:
         fr = list(h.local_fractions)
         if len(fr) < KERNEL_GRACE_PASSES or fr[-1] > fr[0] + 0.01:
@@ -407,15 +355,15 @@ def _memory_follows_task(ctx: _Ctx, p: ProcessView, home: int, how: str, h) -> V
     headroom = int(node.memory_total_bytes * cfg.node_headroom_fraction)
     room = ctx.free_bytes[home] - headroom
     if room <= 0:
-        return verdict("target-full", f"node {home} has {_mib(ctx.free_bytes[home])} free, below its "
-                       f"headroom of {_mib(headroom)}")
+        return verdict("target-full", f"node {home} has {mib(ctx.free_bytes[home])} free, below its "
+                       f"headroom of {mib(headroom)}")
     ctx.free_bytes[home] -= min(room, to_move)
     reason = (f"{lf:.0%} of its memory is on node {home}, its home by {how}; moving "
-              f"{_mib(min(room, to_move))} there (target {cfg.target_local_fraction:.0%})")
+              f"{mib(min(room, to_move))} there (target {cfg.target_local_fraction:.0%})")
     if room < to_move:
         reason += f", limited by node {home}'s headroom"
     return verdict("memory-follows-task", reason,
-                   Action("migrate", p.pid, p.start_ticks, p.comm, "memory-follows-task", reason,
+                   Action(MIGRATE, p.pid, p.start_ticks, p.comm, "memory-follows-task", reason,
                           target_node=home, vmas=VmaMoves(p.numa_maps, home), bytes=min(room, to_move)))
 
 
@@ -429,19 +377,6 @@ def _cpu_use_cores(ctx: _Ctx, p: ProcessView) -> float:
     if h is not None and h.cpu_cores is not None:
         return h.cpu_cores
     return float(len(p.threads))
-
-
-def _cgroup_under(path: str, prefix: str) -> bool:
-    prefix = prefix.rstrip("/")
-    return path == prefix or path.startswith(prefix + "/") or prefix == ""
-
-
-def _mib(n: float) -> str:
-    return f"{n / 2**20:,.0f} MiB"
-
-
-def _nodes(ns) -> str:
-    return ",".join(map(str, ns)) or "-"
 
 
 def owned_from_action(a: Action) -> OwnedAffinity:

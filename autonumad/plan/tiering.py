@@ -46,9 +46,9 @@ Rules, per process, in order:
    A range promoted within `promote_cooldown_s` is not demoted
    (hysteresis).
 
-Where a region's pages are comes from the kernel (move_pages(2) in query
-form, sampled when the regions are large; tiering_step.py), so a range that
-already moved is not planned again; without that (a fake host) it is
+Where a region's pages are comes from the host (move_pages(2) in query
+form, sampled when the regions are large; observe/inputs.py), so a range
+that already moved is not planned again; a region without a placement is
 estimated from numa_maps, spreading each VMA's pages evenly. An action
 takes at most the bytes found where it moves them from, within the room and
 the budget left.
@@ -100,18 +100,16 @@ Kernel coexistence (kernel.numa_balancing bit 1 = NUMA_BALANCING_MEMORY_TIERING,
 
 from __future__ import annotations
 
-import re
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-from autonumad.plan.history import ProcKey
-from autonumad.plan.policy import Action, BalancePolicyConfig, Verdict, VmaMove, _cgroup_under
+from autonumad.model import MIGRATE, Action, ProcKey, Region, Verdict, VmaMove, mib, node_list
+from autonumad.plan import selection
 from autonumad.readers.nodes import Topology
 from autonumad.readers.numa_maps import Vma
 from autonumad.readers.zoneinfo import node_watermarks
-from autonumad.observe.snapshot import BASE_PAGE_BYTES, HostSnapshot, ProcessView
-from autonumad.observe.tracker import Region
+from autonumad.observe.snapshot import HostSnapshot, ProcessView
 
 NUMA_BALANCING_MEMORY_TIERING = 2
 WIDEN_FACTOR = 1.25
@@ -222,7 +220,7 @@ class TieringHistory:
         for src, pages in outcome.moved_from.items():
             k = (a.rule, src, dst)
             self.moved_pages[k] = self.moved_pages.get(k, 0) + pages
-            self.moved_bytes[k] = self.moved_bytes.get(k, 0) + pages * BASE_PAGE_BYTES
+            self.moved_bytes[k] = self.moved_bytes.get(k, 0) + pages * outcome.page_size_bytes
         if a.rule == RULE_PROMOTE:
             self.last_promoted_bytes[dst] = self.last_promoted_bytes.get(dst, 0) + outcome.moved_bytes
             enomem = outcome.failures.get("ENOMEM", 0)
@@ -324,223 +322,290 @@ def regions_to_place(regions: Sequence[Region], config) -> list[Region]:
 
 
 def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region]], history: TieringHistory,
-                   config, now_s: float, *, balance: BalancePolicyConfig = BalancePolicyConfig(),
-                   budget_bytes: int = 1 << 62,
+                   config, now_s: float, *, balance=None, budget_bytes: int = 1 << 62,
                    vma_ends: Mapping[int, Mapping[int, int]] | None = None,
                    placement: Mapping[int, Mapping[tuple[int, int], Mapping[int, int]]] | None = None,
-                   ) -> TieringDecision:
+                   free_bytes: Mapping[int, int] | None = None) -> TieringDecision:
     """Plan this pass's promotions and demotions (see the module docstring for the rules).
 
-    `hotness` is the tracker's sample, `budget_bytes` what the mover may
-    move this pass, `vma_ends` pid -> {VMA start: end} from /proc/<pid>/maps,
-    and `placement` pid -> {(start, end): {node: bytes}}: where the kernel
-    says a region's pages are (move_pages(2) query). A region without a
-    placement is estimated from numa_maps (its VMAs' pages spread evenly).
+    The phases, in order: tier planning, candidates (selection and where
+    each region's pages are), headroom control, the kernel's share and the
+    budget split, demotions, promotions, verdicts.
+
+    `hotness` is the tracker's sample, `balance` the config's BalanceConfig
+    (selection; None: every process), `budget_bytes` what the mover may move
+    this pass, `vma_ends` pid -> {VMA start: end} from /proc/<pid>/maps,
+    `placement` pid -> {(start, end): {node: bytes}}: where the kernel says a
+    region's pages are (move_pages(2) query; a region without one is
+    estimated from numa_maps, its VMAs' pages spread evenly), and
+    `free_bytes` each node's free memory once this pass's balancing moves
+    are done (default: the snapshot's).
     """
     if not config.enabled:
         return TieringDecision(None, (), {}, {}, "tiering is disabled in the config")
     plan = plan_tiers(snapshot.topology, config)
     if plan is None:
         return TieringDecision(None, (), {}, {}, "the host has a single memory tier: nothing to tier")
-    topo = snapshot.topology
-    fast, slow = set(plan.fast_nodes), set(plan.slow_nodes)
     knobs = snapshot.knobs.as_json()
-    kernel_promotes = _kernel_promotes(knobs)
-    wmarks = node_watermarks(snapshot.zones)
-    comm_exclude = tuple(re.compile(x) for x in balance.exclude_comm)
-    comm_include = tuple(re.compile(x) for x in balance.include_comm)
-    idle_s = min(config.cold_age_s, config.exchange_age_s)
+    cands = find_candidates(snapshot, hotness, history, config, now_s, plan, balance, vma_ends, placement)
+    free = dict(free_bytes) if free_bytes is not None else {n.id: n.memory_free_bytes
+                                                            for n in snapshot.topology.nodes}
+    headroom = control_headroom(snapshot, history, config, plan, cands, free)
+    ours, kernels, recheck = kernel_share(cands.promos, history, config, now_s, _kernel_promotes(knobs))
+    want_headroom, want_exchange = demand(headroom)
+    promote_budget, demote_budget = _split_budget(
+        budget_bytes, config.promote_share, sum(c.est_bytes for c in ours),
+        sum(max(want_headroom[n], want_exchange[n]) for n in headroom))
+    demotions, more = plan_demotions(snapshot.topology, config, plan, cands, headroom, want_headroom,
+                                     want_exchange, free, demote_budget)
+    recheck += more
+    promotions, waiting = plan_promotions(config, ours, headroom, free, promote_budget, _kernel_promotes(knobs))
+    verdicts = _verdicts(snapshot, config, cands.verdicts, kernels, waiting, demotions + promotions)
+    note = (f"fast {node_list(plan.fast_nodes)}, slow {node_list(plan.slow_nodes)} ({plan.source}); "
+            + kernel_roles(knobs))
+    # Demotions first: they make the room promotions land in.
+    return TieringDecision(plan, tuple(demotions + promotions), verdicts, headroom, note, snapshot.processes,
+                           cands.hot_bytes, cands.cold_bytes, min(recheck) if recheck else None,
+                           frozenset((c.p.pid, c.p.start_ticks) for c in cands.promos))
 
-    verdicts: dict[int, Verdict] = {}
-    promos: list[_Candidate] = []
-    colds: list[_Candidate] = []
+
+@dataclass
+class Candidates:
+    """What the tracker's regions offer this pass: ranges to promote, ranges to demote."""
+
+    verdicts: dict[int, Verdict] = field(default_factory=dict)  # processes tiering leaves alone, and why
+    promos: list[_Candidate] = field(default_factory=list)
+    colds: list[_Candidate] = field(default_factory=list)
     # Per fast node, the longest idle time of idle memory not yet old enough
     # to be exchanged: when it will be, a pass can make room.
-    maturing_s: dict[int, float] = {}
-    hot_bytes = {n: 0 for n in topo.memory_nodes}
-    cold_bytes = dict(hot_bytes)
+    maturing_s: dict[int, float] = field(default_factory=dict)
+    hot_bytes: dict[int, int] = field(default_factory=dict)
+    cold_bytes: dict[int, int] = field(default_factory=dict)
+
+
+def find_candidates(snapshot: HostSnapshot, hotness, history: TieringHistory, config, now_s: float,
+                    plan: TierPlan, balance, vma_ends, placement) -> Candidates:
+    """Phase: selection (rules 1-2), then each tracked process's hot and idle ranges."""
+    out = Candidates(hot_bytes={n: 0 for n in snapshot.topology.memory_nodes},
+                     cold_bytes={n: 0 for n in snapshot.topology.memory_nodes})
     for p in snapshot.processes:
-        skip = _selection(p, balance, comm_exclude, comm_include)
+        skip = selection.select(p, balance) if balance is not None else selection.owner_placed(p)
         if skip is not None:
-            verdicts[p.pid] = Verdict(p.pid, p.comm, *skip)
+            out.verdicts[p.pid] = Verdict(p.pid, p.comm, *skip)
             continue
         regions = hotness.get(p.pid)
         if regions is None:
-            verdicts[p.pid] = Verdict(p.pid, p.comm, "not-tracked", "no hotness sample for it yet")
+            out.verdicts[p.pid] = Verdict(p.pid, p.comm, "not-tracked", "no hotness sample for it yet")
             continue
         h = history.processes.get((p.pid, p.start_ticks))
         if h and h.backoff_until_s > now_s:
-            verdicts[p.pid] = Verdict(p.pid, p.comm, "pingpong-backoff",
-                                      f"its ranges went back and forth {h.pingpongs} time(s); backing off for "
-                                      f"{h.backoff_until_s - now_s:.0f} s")
+            out.verdicts[p.pid] = Verdict(p.pid, p.comm, "pingpong-backoff",
+                                          f"its ranges went back and forth {h.pingpongs} time(s); backing off "
+                                          f"for {h.backoff_until_s - now_s:.0f} s")
             continue
-        index = _VmaIndex(p, (vma_ends or {}).get(p.pid))
-        placed = (placement or {}).get(p.pid, {})
-        home = _fast_home(p, topo, plan)
-        for r in regions:
-            by_node = placed.get((r.start, r.end))
-            if by_node is None:
-                by_node = index.bytes_by_node(r)
-            if is_hot(r, config):
-                for n, b in by_node.items():
-                    hot_bytes[n] = hot_bytes.get(n, 0) + b
-                on_slow = sum(b for n, b in by_node.items() if n in slow)
-                if on_slow and home is not None:
-                    promos.append(_Candidate(p, r, index.overlapping(r), on_slow, home))
-                continue
-            if r.accesses_fraction != 0:
-                continue
-            if r.age_s >= config.cold_age_s:
-                for n, b in by_node.items():
-                    cold_bytes[n] = cold_bytes.get(n, 0) + b
-            for n, b in by_node.items():
-                if n not in fast or not b:
-                    continue
-                if h and any(_overlaps(r.start, r.end, s, e) and now_s - t < config.promote_cooldown_s
-                             for s, e, t in h.promoted):
-                    continue
-                if r.age_s >= idle_s:
-                    colds.append(_Candidate(p, r, index.overlapping(r), b, n))
-                else:
-                    maturing_s[n] = max(maturing_s.get(n, 0.0), r.age_s)
+        _process_candidates(out, p, regions, h, config, now_s, snapshot.topology, plan,
+                            _VmaIndex(p, (vma_ends or {}).get(p.pid)), (placement or {}).get(p.pid, {}))
+    return out
 
-    # Headroom per fast node. Hot memory waiting on the slow tier is counted
-    # whoever promotes it: with kernel promotion on, the room the daemon
-    # makes is the room the kernel's promotion lacks.
-    headroom: dict[int, NodeHeadroom] = {}
+
+def _process_candidates(out: Candidates, p: ProcessView, regions, h, config, now_s: float, topo: Topology,
+                        plan: TierPlan, index: "_VmaIndex", placed) -> None:
+    """Rules 3-4 for one process: hot ranges with pages on the slow tier, idle ranges on a fast node."""
+    fast, slow = set(plan.fast_nodes), set(plan.slow_nodes)
+    home = _fast_home(p, topo, plan)
+    idle_s = min(config.cold_age_s, config.exchange_age_s)
+    for r in regions:
+        by_node = placed.get((r.start, r.end))
+        if by_node is None:
+            by_node = index.bytes_by_node(r)
+        if is_hot(r, config):
+            _add(out.hot_bytes, by_node)
+            on_slow = sum(b for n, b in by_node.items() if n in slow)
+            if on_slow and home is not None:
+                out.promos.append(_Candidate(p, r, index.overlapping(r), on_slow, home))
+            continue
+        if r.accesses_fraction != 0:
+            continue
+        if r.age_s >= config.cold_age_s:
+            _add(out.cold_bytes, by_node)
+        for n, b in by_node.items():
+            if n not in fast or not b:
+                continue
+            if h and any(_overlaps(r.start, r.end, s, e) and now_s - t < config.promote_cooldown_s
+                         for s, e, t in h.promoted):
+                continue  # hysteresis: just promoted
+            if r.age_s >= idle_s:
+                out.colds.append(_Candidate(p, r, index.overlapping(r), b, n))
+            else:
+                out.maturing_s[n] = max(out.maturing_s.get(n, 0.0), r.age_s)
+
+
+def _add(total: dict[int, int], by_node: Mapping[int, int]) -> None:
+    for n, b in by_node.items():
+        total[n] = total.get(n, 0) + b
+
+
+def control_headroom(snapshot: HostSnapshot, history: TieringHistory, config, plan: TierPlan,
+                     cands: Candidates, free: Mapping[int, int]) -> dict[int, NodeHeadroom]:
+    """Phase: each fast node's floor, adaptive headroom and free target (the control law, `_adapt`).
+
+    Hot memory waiting on the slow tier is counted whoever promotes it: with
+    kernel promotion on, the room the daemon makes is the room the kernel's
+    promotion lacks.
+    """
+    topo = snapshot.topology
+    wmarks = node_watermarks(snapshot.zones)
+    page = snapshot.page_size_bytes
     candidate_by_node = {n: 0 for n in plan.fast_nodes}
-    for c in promos:
+    for c in cands.promos:
         candidate_by_node[c.node] = candidate_by_node.get(c.node, 0) + c.est_bytes
-    free = {n.id: n.memory_free_bytes for n in topo.nodes}
+    headroom: dict[int, NodeHeadroom] = {}
     for n in plan.fast_nodes:
-        node = topo.node(n)
-        total = node.memory_total_bytes
+        total = topo.node(n).memory_total_bytes
         lo = config.headroom_min.resolve_bytes(total)
         hi = max(lo, config.headroom_max.resolve_bytes(total))
         wm = wmarks.get(n)
-        floor = floor_bytes(wm)
-        size, change = _adapt(history, config, n, total, lo, hi, free[n] - floor, wm)
+        floor = floor_bytes(wm, page)
         room = free[n] - floor
+        size, change = _adapt(history, config, n, total, lo, hi, room, wm)
         headroom[n] = NodeHeadroom(n, plan.demotion_targets[n], total, free[n], floor + size, floor, size,
-                                   hot_bytes.get(n, 0), cold_bytes.get(n, 0), candidate_by_node.get(n, 0),
-                                   candidate_by_node.get(n, 0) > max(0, room), change)
+                                   cands.hot_bytes.get(n, 0), cands.cold_bytes.get(n, 0),
+                                   candidate_by_node.get(n, 0), candidate_by_node.get(n, 0) > max(0, room), change)
+    return headroom
 
-    # What each fast node wants demoted: the free target's shortfall (served
-    # by memory idle for cold_age_s), and room for the hot memory waiting
-    # with the free target still met after it (memory idle exchange_age_s).
+
+def demand(headroom: Mapping[int, NodeHeadroom]) -> tuple[dict[int, int], dict[int, int]]:
+    """What each fast node wants demoted: the free target's shortfall (served by memory idle for
+    cold_age_s), and room for the hot memory waiting with the free target still met after it
+    (memory idle exchange_age_s)."""
     want_headroom = {n: max(0, hr.target_bytes - hr.free_bytes) for n, hr in headroom.items()}
     want_exchange = {n: max(0, hr.candidate_bytes + hr.target_bytes - hr.free_bytes) if hr.candidate_bytes else 0
                      for n, hr in headroom.items()}
+    return want_headroom, want_exchange
 
-    recheck: list[float] = []
-    # Budget split.
-    # With kernel promotion on, the kernel's hint faults promote; what it
-    # leaves on the slow tier for kernel_grace_s is promoted here (its
-    # hot-page threshold strands part of a hot set under pressure: measured
-    # in docs/benchmarks.md).
-    ours, kernels = promos, []
-    if kernel_promotes:
-        ours, kernels = [], []
-        for c in promos:
-            h = history.processes.get((c.p.pid, c.p.start_ticks))
-            since = h.waiting_since_s if h else None
-            waited = now_s - since if since is not None else 0.0
-            if config.kernel_grace_s and waited >= config.kernel_grace_s:
-                ours.append(c)
-            else:
-                kernels.append(c)
-                if config.kernel_grace_s:
-                    recheck.append(config.kernel_grace_s - waited)
-    promote_need = sum(c.est_bytes for c in ours)
-    demote_need = sum(max(want_headroom[n], want_exchange[n]) for n in headroom)
-    promote_budget, demote_budget = _split_budget(budget_bytes, config.promote_share, promote_need, demote_need)
 
+def kernel_share(promos: list[_Candidate], history: TieringHistory, config, now_s: float,
+                 kernel_promotes: bool) -> tuple[list[_Candidate], list[_Candidate], list[float]]:
+    """Phase: which promotions are ours and which the kernel's, and when that changes.
+
+    With kernel promotion on, the kernel's hint faults promote; what it
+    leaves on the slow tier for kernel_grace_s is promoted here (its
+    hot-page threshold strands part of a hot set under pressure: measured
+    in docs/benchmarks.md).
+    """
+    if not kernel_promotes:
+        return promos, [], []
+    ours, kernels, recheck = [], [], []
+    for c in promos:
+        h = history.processes.get((c.p.pid, c.p.start_ticks))
+        since = h.waiting_since_s if h else None
+        waited = now_s - since if since is not None else 0.0
+        if config.kernel_grace_s and waited >= config.kernel_grace_s:
+            ours.append(c)
+        else:
+            kernels.append(c)
+            if config.kernel_grace_s:
+                recheck.append(config.kernel_grace_s - waited)
+    return ours, kernels, recheck
+
+
+def plan_demotions(topo: Topology, config, plan: TierPlan, cands: Candidates, headroom: Mapping[int, NodeHeadroom],
+                   want_headroom: Mapping[int, int], want_exchange: Mapping[int, int], free: dict[int, int],
+                   budget: int) -> tuple[list[Action], list[float]]:
+    """Phase: demotions, idlest first, per fast node; `free` is updated. Returns the actions and
+    the waits after which idle memory will be old enough for an exchange."""
     actions: list[Action] = []
-    planned: dict[int, list[Action]] = {}
-    # Demotions, idlest first.
+    recheck: list[float] = []
     slow_free = {n: free[n] for n in plan.slow_nodes}
     for n, hr in headroom.items():
         dst = hr.demotion_target
         taken = 0
-        for c in sorted((c for c in colds if c.node == n), key=lambda c: (-c.region.age_s, c.p.pid, c.region.start)):
-            age = c.region.age_s
-            by_headroom = want_headroom[n] if age >= config.cold_age_s else 0
-            by_exchange = want_exchange[n] if age >= config.exchange_age_s else 0
+        for c in sorted((c for c in cands.colds if c.node == n),
+                        key=lambda c: (-c.region.age_s, c.p.pid, c.region.start)):
+            by_headroom = want_headroom[n] if c.region.age_s >= config.cold_age_s else 0
+            by_exchange = want_exchange[n] if c.region.age_s >= config.exchange_age_s else 0
             left = max(by_headroom, by_exchange) - taken
-            if left <= 0 or demote_budget <= 0:
+            if left <= 0 or budget <= 0:
                 break  # sorted idlest first: no later range is eligible for more
             if dst not in c.p.status.mems_allowed:
                 continue
-            room_dst = slow_free.get(dst, 0) - _slow_reserve(topo, dst)
-            take = min(c.est_bytes, left, demote_budget, max(0, room_dst))
+            take = min(c.est_bytes, left, budget, max(0, slow_free.get(dst, 0) - _slow_reserve(topo, dst)))
             if take <= 0:
                 continue
-            why = (f"node {n} has {_mib(hr.free_bytes)} free, below its free target of "
-                   f"{_mib(hr.target_bytes)}" if by_headroom - taken > 0 else
-                   f"{_mib(hr.candidate_bytes)} of hot memory waits on the slow tier for room on node {n}")
-            a = _range_action(c, dst, RULE_DEMOTE, take,
-                              f"{why}; {_mib(c.est_bytes)} on node {n} in {_mib(c.region.size_bytes)} at "
-                              f"{c.region.start:#x}, unused for {age:.0f} s, moves to node {dst}")
-            actions.append(a)
-            planned.setdefault(c.p.pid, []).append(a)
+            why = (f"node {n} has {mib(hr.free_bytes)} free, below its free target of "
+                   f"{mib(hr.target_bytes)}" if by_headroom - taken > 0 else
+                   f"{mib(hr.candidate_bytes)} of hot memory waits on the slow tier for room on node {n}")
+            actions.append(_range_action(c, dst, RULE_DEMOTE, take,
+                                         f"{why}; {mib(c.est_bytes)} on node {n} in {mib(c.region.size_bytes)} at "
+                                         f"{c.region.start:#x}, unused for {c.region.age_s:.0f} s, moves to node "
+                                         f"{dst}"))
             taken += take
-            demote_budget -= take
+            budget -= take
             slow_free[dst] = slow_free.get(dst, 0) - take
             free[n] += take
-        if want_exchange[n] > taken and n in maturing_s:
-            recheck.append(config.exchange_age_s - maturing_s[n])
+        if want_exchange[n] > taken and n in cands.maturing_s:
+            recheck.append(config.exchange_age_s - cands.maturing_s[n])
+    return actions, recheck
 
-    # Promotions: hottest first, into the room above each node's floor.
+
+def plan_promotions(config, ours: list[_Candidate], headroom: Mapping[int, NodeHeadroom], free: dict[int, int],
+                    budget: int, kernel_promotes: bool) -> tuple[list[Action], dict[int, Verdict]]:
+    """Phase: promotions, hottest first, into the room above each node's floor. Returns the
+    actions and, for processes whose hot memory must wait, why."""
+    actions: list[Action] = []
+    waiting: dict[int, Verdict] = {}
+    for c in sorted(ours, key=lambda c: (-c.region.accesses_fraction, -c.est_bytes, c.p.pid, c.region.start)):
+        hr = headroom[c.node]
+        if c.node not in c.p.status.mems_allowed:
+            waiting.setdefault(c.p.pid, Verdict(c.p.pid, c.p.comm, "home-not-allowed",
+                                                f"node {c.node} is not in its Mems_allowed_list"))
+            continue
+        room = free[c.node] - hr.floor_bytes
+        take = min(c.est_bytes, budget, max(0, room))
+        if take <= 0:
+            waiting.setdefault(c.p.pid, Verdict(
+                c.p.pid, c.p.comm, "fast-tier-full" if room <= 0 else "budget",
+                f"hot memory waits on the slow tier: node {c.node} has {mib(free[c.node])} free against a "
+                f"floor of {mib(hr.floor_bytes)}" if room <= 0 else
+                "hot memory waits on the slow tier: this pass's promotion budget is spent"))
+            continue
+        actions.append(_range_action(
+            c, c.node, RULE_PROMOTE, take,
+            f"{mib(c.region.size_bytes)} at {c.region.start:#x} accessed in {c.region.accesses_fraction:.0%} of "
+            f"samples (hot from {config.hot_access_fraction:.0%}) has {mib(c.est_bytes)} on the slow tier; its "
+            f"threads run on node {c.node}"
+            + (f"; the kernel has left it there for {config.kernel_grace_s:g} s or more" if kernel_promotes
+               else "")))
+        budget -= take
+        free[c.node] -= take
+    return actions, waiting
+
+
+def _verdicts(snapshot: HostSnapshot, config, verdicts: dict[int, Verdict], kernels: list[_Candidate],
+              waiting: Mapping[int, Verdict], actions: list[Action]) -> dict[int, Verdict]:
+    """Phase: one verdict per process, the actions planned for it named in it."""
+    verdicts = dict(verdicts)
     for c in kernels:
         verdicts.setdefault(c.p.pid, Verdict(
             c.p.pid, c.p.comm, "kernel-promotes",
             "kernel.numa_balancing tiering mode is on: the kernel promotes hot pages; autonumad keeps the "
             "headroom" + (f" and promotes what the kernel leaves on the slow tier for {config.kernel_grace_s:g} s"
                           if config.kernel_grace_s else "")))
-    for c in sorted(ours, key=lambda c: (-c.region.accesses_fraction, -c.est_bytes, c.p.pid, c.region.start)):
-        hr = headroom[c.node]
-        if c.node not in c.p.status.mems_allowed:
-            verdicts.setdefault(c.p.pid, Verdict(c.p.pid, c.p.comm, "home-not-allowed",
-                                                 f"node {c.node} is not in its Mems_allowed_list"))
-            continue
-        room = free[c.node] - hr.floor_bytes
-        take = min(c.est_bytes, promote_budget, max(0, room))
-        if take <= 0:
-            verdicts.setdefault(c.p.pid, Verdict(
-                c.p.pid, c.p.comm, "fast-tier-full" if room <= 0 else "budget",
-                f"hot memory waits on the slow tier: node {c.node} has {_mib(free[c.node])} free against a "
-                f"floor of {_mib(hr.floor_bytes)}" if room <= 0 else
-                "hot memory waits on the slow tier: this pass's promotion budget is spent"))
-            continue
-        a = _range_action(c, c.node, RULE_PROMOTE, take,
-                          f"{_mib(c.region.size_bytes)} at {c.region.start:#x} accessed in "
-                          f"{c.region.accesses_fraction:.0%} of samples (hot from "
-                          f"{config.hot_access_fraction:.0%}) has {_mib(c.est_bytes)} on the slow tier; its "
-                          f"threads run on node {c.node}"
-                          + (f"; the kernel has left it there for {config.kernel_grace_s:g} s or more"
-                             if kernel_promotes else ""))
-        actions.append(a)
-        planned.setdefault(c.p.pid, []).append(a)
-        promote_budget -= take
-        free[c.node] -= take
-
+    for pid, v in waiting.items():
+        verdicts.setdefault(pid, v)
+    planned: dict[int, list[Action]] = {}
+    for a in actions:
+        planned.setdefault(a.pid, []).append(a)
     for pid, acts in planned.items():
-        p = acts[0]
         rules = sorted({a.rule for a in acts})
-        verdicts[pid] = Verdict(pid, p.comm, "+".join(rules),
-                                "; ".join(a.reason for a in acts[:3]) + (f"; and {len(acts) - 3} more range(s)"
-                                                                          if len(acts) > 3 else ""), tuple(acts))
+        verdicts[pid] = Verdict(pid, acts[0].comm, "+".join(rules),
+                                "; ".join(a.reason for a in acts[:3])
+                                + (f"; and {len(acts) - 3} more range(s)" if len(acts) > 3 else ""), tuple(acts))
     for p in snapshot.processes:
         verdicts.setdefault(p.pid, Verdict(p.pid, p.comm, "in-place",
                                            "no hot memory on the slow tier and no cold memory a fast node "
                                            "needs to shed"))
-    # Demotions first: they make the room promotions land in.
-    actions.sort(key=lambda a: a.rule != RULE_DEMOTE)
-    note = (f"fast {_nodes(plan.fast_nodes)}, slow {_nodes(plan.slow_nodes)} ({plan.source}); "
-            + kernel_roles(knobs))
-    return TieringDecision(plan, tuple(actions), verdicts, headroom, note, snapshot.processes,
-                           hot_bytes, cold_bytes, min(recheck) if recheck else None,
-                           frozenset((c.p.pid, c.p.start_ticks) for c in promos))
+    return verdicts
 
 
 def _kernel_promotes(knobs: Mapping[str, object]) -> bool:
@@ -555,29 +620,9 @@ def kernel_roles(knobs: Mapping[str, object]) -> str:
             + ("; the kernel also demotes in reclaim (demotion_enabled)" if knobs.get("demotion_enabled") else ""))
 
 
-def _selection(p: ProcessView, cfg: BalancePolicyConfig, comm_exclude, comm_include) -> tuple[str, str] | None:
-    """The balancing policy's selection and explicit-placement rules (policy.py rules 1-2)."""
-    if p.pid in cfg.exclude_pids:
-        return "excluded-pid", f"pid {p.pid} is in balance.exclude_pids"
-    for rx in comm_exclude:
-        if rx.search(p.comm):
-            return "excluded-comm", f"command {p.comm!r} matches balance.exclude_comm {rx.pattern!r}"
-    if comm_include and not any(rx.search(p.comm) for rx in comm_include):
-        return "not-included", f"command {p.comm!r} matches no balance.include_comm pattern"
-    for prefix in cfg.exclude_cgroup:
-        if _cgroup_under(p.cgroup, prefix):
-            return "excluded-cgroup", f"cgroup {p.cgroup} is under balance.exclude_cgroup {prefix!r}"
-    if cfg.include_cgroup and not any(_cgroup_under(p.cgroup, c) for c in cfg.include_cgroup):
-        return "not-included", f"cgroup {p.cgroup} is under no balance.include_cgroup prefix"
-    if p.policy != "default":
-        return ("explicit-memory-policy",
-                f"memory policy {p.policy!r} set by its owner (numactl/mbind): left as it is")
-    return None
-
-
-def floor_bytes(wm) -> int:
+def floor_bytes(wm, page_bytes: int) -> int:
     """A fast node's promotion floor: its zones' promo watermarks (high where the kernel has no promo)."""
-    return (wm.promo_pages or wm.high_pages) * BASE_PAGE_BYTES if wm else 0
+    return (wm.promo_pages or wm.high_pages) * page_bytes if wm else 0
 
 
 def _adapt(history: TieringHistory, config, node: int, total: int, lo: int, hi: int, above_floor: int, wm):
@@ -598,7 +643,7 @@ def _adapt(history: TieringHistory, config, node: int, total: int, lo: int, hi: 
     if enomem:
         blocked.append(f"{enomem} page(s) failed with ENOMEM")
     if candidates > promoted and history.last_room_short.get(node):
-        blocked.append(f"{_mib(candidates - promoted)} wanted promotion without room")
+        blocked.append(f"{mib(candidates - promoted)} wanted promotion without room")
     if below_promo and candidates:
         blocked.append("free pages below the promo watermark")
     if blocked:
@@ -694,13 +739,5 @@ def _range_action(c: _Candidate, target: int, rule: str, nbytes: int, reason: st
     for v in c.vmas:
         start = max(c.region.start, v.start)
         moves.append(VmaMove(start, v.page_size_bytes, 0, end=c.region.end))
-    return Action("migrate", c.p.pid, c.p.start_ticks, c.p.comm, rule, reason, target_node=target,
+    return Action(MIGRATE, c.p.pid, c.p.start_ticks, c.p.comm, rule, reason, target_node=target,
                   vmas=tuple(moves), bytes=int(nbytes))
-
-
-def _mib(n: float) -> str:
-    return f"{n / 2**20:,.0f} MiB"
-
-
-def _nodes(ns) -> str:
-    return ",".join(map(str, ns)) or "-"

@@ -24,7 +24,8 @@ the first line's. Callers use it to name a process's service or container.
 
 from __future__ import annotations
 
-from autonumad.errors import MalformedProcFile, ParseError
+from autonumad.readers import read_proc_file
+from autonumad.errors import ParseError
 
 
 def parse_cgroup(text: str) -> str:
@@ -54,8 +55,4 @@ def parse_cgroup(text: str) -> str:
 
 def read_cgroup(host, pid: int) -> str:
     """Read /proc/<pid>/cgroup; raises ProcessGone / AccessDenied / MalformedProcFile."""
-    text = host.read_proc_text(pid, "cgroup")
-    try:
-        return parse_cgroup(text)
-    except ParseError as e:
-        raise MalformedProcFile(pid, f"/proc/{pid}/cgroup", str(e)) from None
+    return read_proc_file(host, pid, "cgroup", parse_cgroup)

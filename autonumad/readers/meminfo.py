@@ -26,6 +26,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Mapping
 
+from autonumad.readers import read_host_file
 from autonumad.errors import HostError, ParseError
 
 def parse_meminfo(text: str) -> Mapping[str, int]:
@@ -63,13 +64,7 @@ def parse_meminfo(text: str) -> Mapping[str, int]:
 
 def read_meminfo(host) -> Mapping[str, int]:
     """Read /proc/meminfo through `host`; HostError naming the file if missing or malformed."""
-    path = "/proc/meminfo"
-    try:
-        fields = parse_meminfo(host.read_text(path))
-    except OSError as e:
-        raise HostError(path, e.strerror or str(e)) from None
-    except ParseError as e:
-        raise HostError(path, str(e)) from None
+    fields = read_host_file(host, "/proc/meminfo", parse_meminfo)
     if "MemTotal" not in fields:
-        raise HostError(path, "no MemTotal line")
+        raise HostError("/proc/meminfo", "no MemTotal line")
     return fields

@@ -66,6 +66,7 @@ from itertools import compress
 from operator import ne
 
 from autonumad.errors import MalformedProcFile, ParseError
+from autonumad.model import DEFAULT_PAGE_BYTES
 from autonumad.readers.lists import parse_list
 
 # Policies that do not constrain which node memory comes from beyond "near
@@ -101,7 +102,7 @@ class Vma:
     dirty_pages: int
     mapped_pages: int  # the raw `mapped=` count: 0 when the kernel omitted it (see module doc)
     huge: bool  # a hugetlbfs mapping
-    page_size_bytes: int  # kernelpagesize_kB * 1024; 4096 when the kernel printed none
+    page_size_bytes: int  # kernelpagesize_kB * 1024; the base page when the kernel printed none
     pages_by_node: tuple[tuple[int, int], ...]  # sorted (node, pages)
     is_file: bool
     policy_flags: str = ""  # "static", "relative", "balancing", "static|balancing", or ""
@@ -115,7 +116,7 @@ class Vma:
         """Resident pages of this VMA in its own page size (the kernel's md->pages)."""
         return sum(pages for _, pages in self.pages_by_node)
 
-    def base_pages_by_node(self, base_page_size: int = 4096) -> dict[int, int]:
+    def base_pages_by_node(self, base_page_size: int = DEFAULT_PAGE_BYTES) -> dict[int, int]:
         """Pages per node in units of `base_page_size` bytes: a 2 MiB page counts 512."""
         scale = self.page_size_bytes
         return {node: pages * scale // base_page_size for node, pages in self.pages_by_node}
@@ -246,7 +247,7 @@ class NumaMaps:
                         vma.pages_by_node)
             object.__setattr__(self, "totals", acc.totals())
 
-    def pages_by_node(self, base_page_size: int = 4096) -> dict[int, int]:
+    def pages_by_node(self, base_page_size: int = DEFAULT_PAGE_BYTES) -> dict[int, int]:
         """Resident memory per node over all VMAs, in `base_page_size`-byte pages."""
         total: dict[int, int] = {}
         if any(size % base_page_size for _, size, _, _ in self.totals.pages):
@@ -366,7 +367,7 @@ def _parse_fields(line: str) -> tuple:
     is_file = huge = False
     # anon, dirty, mapped, mapmax, swapcache, writeback, active (None: not printed)
     counts: list[int | None] = [0, 0, 0, 0, 0, 0, None]
-    page_size_bytes = 4096
+    page_size_bytes = DEFAULT_PAGE_BYTES
     by_node: dict[int, int] = {}
     # Ordered by how often each token occurs: N<node> is on every populated
     # line, then the counts, then kernelpagesize_kB once per line.

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from autonumad.errors import ParseError
 from autonumad.host import process_error
+from autonumad.model import DEFAULT_PAGE_BYTES
 
 ENTRY_BYTES = 8
 SOFT_DIRTY_BIT = 1 << 55
@@ -65,7 +66,7 @@ def parse_pagemap(data: bytes) -> PageBits:
     return PageBits(present, dirty)
 
 
-def read_pagemap(host, pid: int, start: int, end: int, page_size: int = 4096) -> PageBits:
+def read_pagemap(host, pid: int, start: int, end: int, page_size: int = DEFAULT_PAGE_BYTES) -> PageBits:
     """Soft-dirty and present bits of [start, end) of `pid`; ProcessGone/AccessDenied on errno."""
     path = f"/proc/{pid}/pagemap"
     first, last = start // page_size, (end + page_size - 1) // page_size

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autonumad.errors import MalformedProcFile, ParseError
+from autonumad.readers import read_proc_file
+from autonumad.errors import ParseError
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +88,4 @@ def parse_maps(text: str) -> tuple[MapRange, ...]:
 
 def read_maps(host, pid: int) -> tuple[MapRange, ...]:
     """Read /proc/<pid>/maps; raises ProcessGone / AccessDenied / MalformedProcFile."""
-    text = host.read_proc_text(pid, "maps")
-    try:
-        return parse_maps(text)
-    except ParseError as e:
-        raise MalformedProcFile(pid, f"/proc/{pid}/maps", str(e)) from None
+    return read_proc_file(host, pid, "maps", parse_maps)

@@ -23,7 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from autonumad.errors import HostError, ParseError
+from autonumad.readers import read_host_file
+from autonumad.errors import ParseError
 
 # Column indexes (after the cpuN name) that count as busy; 3 idle and 4 iowait do not.
 _BUSY_COLUMNS = (0, 1, 2, 5, 6, 7)
@@ -63,13 +64,7 @@ def parse_proc_stat(text: str) -> dict[int, CpuTimes]:
 
 def read_proc_stat(host) -> dict[int, CpuTimes]:
     """Read /proc/stat through `host`; HostError naming the file if missing or malformed."""
-    path = "/proc/stat"
-    try:
-        return parse_proc_stat(host.read_text(path))
-    except OSError as e:
-        raise HostError(path, e.strerror or str(e)) from None
-    except ParseError as e:
-        raise HostError(path, str(e)) from None
+    return read_host_file(host, "/proc/stat", parse_proc_stat)
 
 
 def cpu_busy_fraction(prev: Mapping[int, CpuTimes], cur: Mapping[int, CpuTimes]) -> dict[int, float]:

@@ -37,7 +37,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autonumad.errors import MalformedProcFile, ParseError
+from autonumad.readers import read_proc_file
+from autonumad.errors import ParseError
 from autonumad.readers.lists import parse_list
 
 _WANTED = frozenset({
@@ -139,8 +140,4 @@ def parse_status(text: str) -> ProcStatus:
 
 def read_status(host, pid: int) -> ProcStatus:
     """Read /proc/<pid>/status; raises ProcessGone / AccessDenied / MalformedProcFile."""
-    text = host.read_proc_text(pid, "status")
-    try:
-        return parse_status(text)
-    except ParseError as e:
-        raise MalformedProcFile(pid, f"/proc/{pid}/status", str(e)) from None
+    return read_proc_file(host, pid, "status", parse_status)

@@ -33,7 +33,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from autonumad.errors import MalformedProcFile, ParseError
+from autonumad.readers import read_proc_file
+from autonumad.errors import ParseError
 
 # Seven unsigned decimals separated by single spaces, then a space (more
 # fields), the newline or the end. ASCII digits only, no signs, no "_": what
@@ -78,8 +79,4 @@ def parse_statm(text: str) -> Statm:
 
 def read_statm(host, pid: int) -> Statm:
     """Read /proc/<pid>/statm; raises ProcessGone / AccessDenied / MalformedProcFile."""
-    text = host.read_proc_text(pid, "statm")
-    try:
-        return parse_statm(text)
-    except ParseError as e:
-        raise MalformedProcFile(pid, f"/proc/{pid}/statm", str(e)) from None
+    return read_proc_file(host, pid, "statm", parse_statm)

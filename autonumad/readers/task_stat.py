@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from autonumad.readers import read_proc_file
 from autonumad.errors import MalformedProcFile, ParseError, ProcessGone
 
 # Index into the fields after ")" of proc(5) field N: N - 3.
@@ -78,11 +79,7 @@ def parse_stat(text: str) -> TaskStat:
 
 def read_stat(host, pid: int) -> TaskStat:
     """Read /proc/<pid>/stat; raises ProcessGone / AccessDenied / MalformedProcFile."""
-    text = host.read_proc_text(pid, "stat")
-    try:
-        return parse_stat(text)
-    except ParseError as e:
-        raise MalformedProcFile(pid, f"/proc/{pid}/stat", str(e)) from None
+    return read_proc_file(host, pid, "stat", parse_stat)
 
 
 def read_thread_stats(host, pid: int) -> dict[int, TaskStat]:

@@ -22,7 +22,8 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Mapping
 
-from autonumad.errors import HostError, ParseError
+from autonumad.readers import read_host_file
+from autonumad.errors import ParseError
 
 def parse_vmstat(text: str) -> Mapping[str, int]:
     """Parse `name value` lines into a read-only mapping of counter -> value.
@@ -48,14 +49,5 @@ def parse_vmstat(text: str) -> Mapping[str, int]:
 
 def read_vmstat(host) -> Mapping[str, int]:
     """Read /proc/vmstat through `host`; HostError naming the file if missing or malformed."""
-    path = "/proc/vmstat"
-    try:
-        counters = parse_vmstat(host.read_text(path))
-    except OSError as e:
-        raise HostError(path, e.strerror or str(e)) from None
-    except ParseError as e:
-        raise HostError(path, str(e)) from None
-    if not counters:
-        # Every kernel prints a few hundred counters; none means a broken tree.
-        raise HostError(path, "no counters")
-    return counters
+    # Every kernel prints a few hundred counters; none means a broken tree.
+    return read_host_file(host, "/proc/vmstat", parse_vmstat, empty="no counters")

@@ -40,7 +40,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 
-from autonumad.errors import HostError, ParseError
+from autonumad.readers import read_host_file
+from autonumad.errors import ParseError
 
 _REQUIRED = ("free", "min", "low", "high", "spanned", "present", "managed")
 _KEYS = frozenset({"min", "low", "high", "promo", "boost", "spanned", "present", "managed"})
@@ -113,16 +114,7 @@ def parse_zoneinfo(text: str) -> tuple[Zone, ...]:
 
 def read_zoneinfo(host) -> tuple[Zone, ...]:
     """Read /proc/zoneinfo through `host`; HostError naming the file if missing or malformed."""
-    path = "/proc/zoneinfo"
-    try:
-        zones = parse_zoneinfo(host.read_text(path))
-    except OSError as e:
-        raise HostError(path, e.strerror or str(e)) from None
-    except ParseError as e:
-        raise HostError(path, str(e)) from None
-    if not zones:
-        raise HostError(path, "no zones")
-    return zones
+    return read_host_file(host, "/proc/zoneinfo", parse_zoneinfo, empty="no zones")
 
 
 def node_watermarks(zones: Iterable[Zone]) -> dict[int, NodeWatermarks]:

@@ -660,34 +660,6 @@ class BalanceConfig:
     # 0 means no limit. Bounds a pass on hosts with thousands of big processes.
     scan_max_processes: int = _key(0, _Integer(0, 1_000_000))
 
-    def exclusion_reason(self, *, pid: int, comm: str, cgroup: str | None) -> str | None:
-        """Why the selection rules leave this process alone, or None if they select it.
-
-        `cgroup` is the process's cgroup v2 path (None if unknown: cgroup rules
-        then neither include nor exclude it).
-        """
-        if pid in self.exclude_pids:
-            return f"pid {pid} is in balance.exclude_pids"
-        for i, p in enumerate(self.exclude_comm):
-            if p.search(comm):
-                return f"comm {comm!r} matches balance.exclude_comm[{i}] {p.pattern!r}"
-        if self.include_comm and not any(p.search(comm) for p in self.include_comm):
-            return f"comm {comm!r} matches no balance.include_comm pattern"
-        if cgroup is not None:
-            for i, prefix in enumerate(self.exclude_cgroup):
-                if cgroup_under(cgroup, prefix):
-                    return f"cgroup {cgroup} is under balance.exclude_cgroup[{i}] {prefix}"
-            if self.include_cgroup and not any(cgroup_under(cgroup, p) for p in self.include_cgroup):
-                return f"cgroup {cgroup} is under no balance.include_cgroup path"
-        return None
-
-
-def cgroup_under(path: str, prefix: str) -> bool:
-    """True if cgroup `path` is `prefix` or below it ("/a/b" is under "/a", "/ab" is not)."""
-    if prefix == "/":
-        return True
-    return path == prefix or path.startswith(prefix + "/")
-
 
 # Kernel knob names shared with autonumad/readers/knobs.py (which maps each to
 # the file this kernel keeps it in) and the sysctl apply/restore code.
@@ -968,32 +940,6 @@ def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
         section = getattr(cfg, name)
         out[name] = {f.name: f.metadata["check"].render(getattr(section, f.name)) for f in fields(section)}
     return out
-
-
-def config_warnings(cfg: Config) -> list[str]:
-    """Valid but questionable combinations, for `check-config` and the start-up log."""
-    warnings = []
-    d, k, b, m = cfg.daemon, cfg.kernel, cfg.balance, cfg.metrics
-    # Not an error: lowering interval_s alone must not trip over a default.
-    if d.fast_recheck_s and d.fast_recheck_s >= d.interval_s:
-        warnings.append(f"daemon.fast_recheck_s: {_decimal_text(d.fast_recheck_s)} s is not below daemon.interval_s "
-                        f"({_decimal_text(d.interval_s)} s), so there are no re-checks between passes")
-    if k.numa_balancing in (1, 3) and b.enabled:
-        warnings.append("kernel.numa_balancing: the kernel's own NUMA balancing stays on alongside [balance]; "
-                        "both will place memory (see docs/operations.md, coexistence)")
-    if k.demotion_enabled:
-        warnings.append("kernel.demotion_enabled: reclaim may demote pages outside a cgroup's cpuset.mems "
-                        "(Documentation/ABI/testing/sysfs-kernel-mm-numa)")
-    if not k.restore_on_exit and k.desired():
-        warnings.append("kernel.restore_on_exit = false: the knobs stay changed after autonumad stops")
-    addr = m.listen_address()
-    if addr is not None and not ipaddress.ip_address(addr[0]).is_loopback:
-        warnings.append(f"metrics.listen = {m.listen!r} is reachable from other hosts; the shipped unit's "
-                        "IPAddressAllow=localhost drops those scrapes until a drop-in allows the Prometheus server")
-    if b.pass_budget_mib / b.migrate_rate_mib_s > 15:
-        warnings.append(f"balance.pass_budget_mib: moving it at balance.migrate_rate_mib_s takes "
-                        f"{b.pass_budget_mib / b.migrate_rate_mib_s:.0f} s, more than half the unit's WatchdogSec=30s")
-    return warnings
 
 
 # -- load: a file -> Config ----------------------------------------------------------------

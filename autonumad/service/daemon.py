@@ -1,19 +1,21 @@
-"""The daemon: snapshot -> decide -> execute, pass after pass.
+"""The daemon: read -> plan -> execute -> record, pass after pass.
 
     while not stopping:
-        snapshot = take_snapshot(host)          # one immutable read
-        history.observe(snapshot)               # where things ran, CPU use
-        decision = decide(snapshot, history)    # pure: actions with reasons
-        outcomes = executor.run(decision)       # rate-limited, budgeted
-        history.record(outcomes); metrics; state.json; sd_notify
+        inputs = read_pass_inputs(host, ...)     # observe/inputs.py: snapshot, hotness, placement
+        history.observe(inputs.snapshot)         # where things ran, CPU use
+        plan = plan(inputs, history, config)     # plan/planner.py: pure, actions with reasons
+        outcomes = executor.run(plan.actions)    # act/executor.py: one run, rate, budget, deadline
+        record(outcomes): history, metrics, state.json, sd_notify
         sleep on an Event until the next pass, a signal, or a cheap re-check
         finding a candidate re-pinned
 
 Signals only set flags (SIGTERM/SIGINT stop, SIGHUP reload); the loop
-notices them within a second, after the current batch. Between passes the
-daemon re-reads `/proc/<pid>/status` of the processes it already knows
-every `fast_recheck_s` (tens of small reads) and starts a pass at once when
-one's CPU affinity changed: that is how it reacts to a re-pinned workload in
+notices them within a second. A stop ends the mover after its current
+batch; a reload never does: it is applied between passes, so a burst of
+SIGHUPs cannot cut an in-flight migration short. Between passes the daemon
+re-reads `/proc/<pid>/status` of the processes it already knows every
+`fast_recheck_s` (tens of small reads) and starts a pass at once when one's
+CPU affinity changed: that is how it reacts to a re-pinned workload in
 about a second instead of a whole interval.
 """
 
@@ -27,17 +29,20 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from autonumad import __version__
 from autonumad.errors import AutonumadError, HostError, ProcessError
-from autonumad.act.executor import Executor, Outcome, TokenBucket
-from autonumad.plan.history import History
+from autonumad.act.executor import Executor, TokenBucket
 from autonumad.host import Host
-from autonumad.plan.policy import BalancePolicyConfig, Decision, decide, owned_from_action
+from autonumad.model import MIGRATE, RESTORE_AFFINITY, SET_AFFINITY, Decision, Outcome
+from autonumad.observe.inputs import HotnessSource, PassInputs, read_pass_inputs
+from autonumad.observe.snapshot import HostSnapshot, SnapshotCache
+from autonumad.plan.history import History
+from autonumad.plan.planner import Plan, plan
+from autonumad.plan.policy import owned_from_action
+from autonumad.plan.tiering import RULE_DEMOTE, RULE_PROMOTE, TieringDecision
 from autonumad.readers.proc_status import read_status
-from autonumad.observe.snapshot import HostSnapshot, ScanLimits, SnapshotCache, take_snapshot
-from autonumad.service.tiering_step import TieringStep, leave_slow_tier_to_tiering, tiering_doc
 
 log = logging.getLogger("autonumad")
 
@@ -49,6 +54,31 @@ _QUIET_RULES = frozenset({"already-local", "single-node", "disabled"})
 WATCHDOG_STEP_S = 5.0
 
 
+@dataclass(frozen=True, slots=True)
+class TieringReport:
+    """One pass of tiering, for PassReport, metrics and views: the decision and the totals so far."""
+
+    decision: TieringDecision
+    tracker: str  # "damon", "softdirty (DAMON unavailable: ...)", "none (...)"
+    tracker_cost_s: float  # cumulative wall time in track() and sample()
+    moved_pages: Mapping[tuple[str, int, int], int]  # (rule, from node, to node) -> base pages, cumulative
+    moved_bytes: Mapping[tuple[str, int, int], int]
+    blocked_promotions: int  # promotion moves that met ENOMEM, cumulative
+    pingpongs: int
+    # Seconds until a tiering pass could do more than this one did (the
+    # tracker's first sample, idle memory maturing for an exchange); the
+    # daemon wakes for it instead of waiting a whole interval. None: nothing.
+    recheck_in_s: float | None = None
+
+    @property
+    def headroom(self):
+        return self.decision.headroom
+
+    @property
+    def note(self) -> str:
+        return self.decision.note
+
+
 @dataclass
 class PassReport:
     """What one pass saw and did; metrics, state.json and the demo read it."""
@@ -57,11 +87,12 @@ class PassReport:
     started_s: float
     duration_s: float
     snapshot: HostSnapshot
-    decision: Decision
-    outcomes: list[Outcome]
+    decision: Decision  # balancing's verdicts and actions
+    outcomes: list[Outcome]  # balancing's
     drifts: list[Any] = field(default_factory=list)
-    tiering: Any = None  # tiering.TieringDecision, when tiering ran
+    tiering: TieringReport | None = None
     tiering_outcomes: list[Outcome] = field(default_factory=list)
+    plan: Plan | None = None
 
 
 class Daemon:
@@ -77,20 +108,19 @@ class Daemon:
         self.notifier = notifier
         self.metrics = metrics
         self.clock = clock
+        # stop_event ends the mover (SIGTERM); wake only ends a sleep (any signal).
         self.stop_event = threading.Event()
+        self.wake = threading.Event()
         self.reload_requested = threading.Event()
         self.history = History()
         self.generation = 0
         self.last_reload: dict[str, Any] = {"ok": True, "error": None}
-        # Only the last report is kept: metrics, state.json and the demo read
-        # the last pass, and each report holds a whole snapshot.
-        self.reports: list[PassReport] = []
         self.snapshot_cache = SnapshotCache()
         self.knobs = None
-        self._prev_cpu = None
         self._single_node_logged = False
         self._last_rules: dict[tuple[int, int], str] = {}
-        self.tiering = TieringStep(host, clock)
+        self.hotness = HotnessSource(host, clock)
+        self.once = False  # run(once=True): a single pass
         self._build_from_config()
 
     # -- configuration ---------------------------------------------------------
@@ -103,17 +133,18 @@ class Daemon:
         return self.config.daemon.dry_run if self.dry_run_override is None else self.dry_run_override
 
     def _build_from_config(self) -> None:
-        self.policy_cfg = BalancePolicyConfig.from_config(self.config.balance)
         rate = self.config.balance.migrate_rate_mib_s * 2**20
         self.executor = Executor(self.host, TokenBucket(rate, clock=self.clock), self.stop_event,
                                  self.dry_run, self.clock)
 
     def request_stop(self, *_: Any) -> None:
         self.stop_event.set()
+        self.wake.set()
 
     def request_reload(self, *_: Any) -> None:
+        # Only the sleep wakes: the mover finishes its pass, the reload comes after it.
         self.reload_requested.set()
-        self.stop_event.set()  # wake the sleep; cleared again after the reload
+        self.wake.set()
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
@@ -170,6 +201,7 @@ class Daemon:
     def run(self, once: bool = False) -> int:
         from autonumad.act.sysctl import KnobManager
 
+        self.once = once
         runtime_dir = Path(self.config.daemon.runtime_dir)
         if self.manage_knobs or self.config.kernel.desired():
             self.knobs = KnobManager(self.host, runtime_dir)
@@ -184,24 +216,25 @@ class Daemon:
                             "exit cleanly", c.name, c.new)
             self._apply_knobs()
         log.info("autonumad %s started on %s: interval %.1f s, migrate rate %.0f MiB/s%s", __version__,
-                 "this host" if not self.host.is_fake else f"fake host {self.host.root}", self.interval_s,
+                 self.host, self.interval_s,
                  self.config.balance.migrate_rate_mib_s, ", DRY RUN" if self.dry_run else "")
         ready = False
         try:
             while True:
-                if self.reload_requested.is_set():
-                    self.reload_requested.clear()
-                    self.stop_event.clear()
-                    self.reload()
                 if self.stop_event.is_set():
                     break
+                if self.reload_requested.is_set():
+                    self.reload_requested.clear()
+                    self.reload()
                 try:
                     report = self.run_pass()
                 except HostError:
                     # Logged by run_pass; a host file may come back (a node
-                    # onlined again). Try again after one interval.
-                    if once or self.stop_event.wait(self.interval_s):
+                    # onlined again). Try again after one interval; a reload
+                    # wakes the wait and is applied at the top of the loop.
+                    if once:
                         break
+                    self._wait(self.interval_s)
                     continue
                 if not ready:
                     self._notify("ready")
@@ -215,55 +248,86 @@ class Daemon:
         return 0
 
     def run_pass(self) -> PassReport:
+        """One pass: read -> plan -> execute -> record."""
         t0 = self.clock()
         number = self.history.passes + 1
+        inputs = self._read(number, t0)
+        self.history.observe(inputs.snapshot, t0)
+        the_plan = plan(inputs, self.history, self.config)
+        self._log_plan(inputs.snapshot, the_plan)
+        self.history.tiering.record_decision(the_plan.tiering, t0)
+        self.executor.dry_run = self.dry_run
+        outcomes = self.executor.run(the_plan.actions, t0 + inputs.window_s, the_plan.budget_bytes)
+        return self._record(number, t0, inputs, the_plan, outcomes)
+
+    def pass_window_s(self) -> float:
+        """How long a pass may move pages: 80 % of the interval, and never more than half the
+        watchdog's ping interval, so that reading, planning and moving end well inside WatchdogSec.
+
+        A single pass (`run --once`) has no next pass to continue in: it may take as long as moving
+        the whole pass budget at the configured rate.
+        """
+        window = max(0.5, self.interval_s * 0.8)
+        if self.once:
+            b = self.config.balance
+            window = max(window, b.pass_budget_mib / b.migrate_rate_mib_s)
+        watchdog_s = self.notifier.watchdog_interval_s() if self.notifier is not None and hasattr(
+            self.notifier, "watchdog_interval_s") else None
+        if watchdog_s:
+            window = min(window, max(0.1, watchdog_s / 2))
+        return window
+
+    def _read(self, number: int, t0: float) -> PassInputs:
         try:
-            snap = take_snapshot(self.host, ScanLimits(min_rss_bytes=self.config.balance.min_rss_bytes),
-                                 cache=self.snapshot_cache)
+            inputs = read_pass_inputs(self.host, self.config, self.hotness, self.snapshot_cache, t0,
+                                      self.pass_window_s())
         except HostError as e:
             # A host-level file went bad mid-run (a node offlined?): skip this pass, keep serving.
             log.error("pass %d skipped: %s", number, e)
             if self.metrics:
                 self.metrics.pass_error("snapshot")
             raise
-        if len(snap.topology.nodes) < 2:
-            if not self._single_node_logged:
-                log.info("this host has a single NUMA node: nothing to balance; serving views and metrics only")
-                self._single_node_logged = True
-        self.history.observe(snap, t0)
-        decision = decide(snap, self.history, self.policy_cfg, t0, self._prev_cpu)
-        decision = leave_slow_tier_to_tiering(snap, decision, self.config, self.host)
-        self._prev_cpu = snap.cpu_times
-        for a in decision.actions:
+        if len(inputs.snapshot.topology.nodes) < 2 and not self._single_node_logged:
+            log.info("this host has a single NUMA node: nothing to balance; serving views and metrics only")
+            self._single_node_logged = True
+        return inputs
+
+    def _log_plan(self, snap: HostSnapshot, the_plan: Plan) -> None:
+        for a in the_plan.balancing.actions:
             log.info("%s pid %d (%s): %s%s", a.kind.replace("_", " "), a.pid, a.comm, a.reason,
                      " [dry run]" if self.dry_run else "")
-        self._log_verdict_changes(snap, decision)
-        self.executor.dry_run = self.dry_run
-        deadline = t0 + max(0.5, self.interval_s * 0.8)
-        outcomes = self.executor.run(decision.actions, deadline)
+        self._log_verdict_changes(snap, the_plan.balancing)
+
+    def _record(self, number: int, t0: float, inputs: PassInputs, the_plan: Plan,
+                outcomes: list[Outcome]) -> PassReport:
+        """After the executor: history, log lines, metrics, state.json."""
         now = self.clock()
+        balancing, tiering = [], []
         for o in outcomes:
-            self._record(o, now)
-        tiering, tiering_outcomes = self._tiering_pass(snap, deadline, t0, outcomes)
+            if o.action.rule in (RULE_PROMOTE, RULE_DEMOTE):
+                tiering.append(o)
+                self.history.tiering.record_outcome(o, now, self.config.tiering.promote_cooldown_s)
+                a = o.action
+                log.info("%s pid %d (%s): %s: %s%s", a.rule, a.pid, a.comm, a.reason, o.status,
+                         f" ({o.detail})" if o.detail else "")
+            else:
+                balancing.append(o)
+                self._record_outcome(o, now)
         drifts = self._check_drift()
-        report = PassReport(number, t0, self.clock() - t0, snap, decision, outcomes, drifts, tiering,
-                            tiering_outcomes)
-        self.reports = [report]
+        report = PassReport(number, t0, self.clock() - t0, inputs.snapshot, the_plan.balancing, balancing, drifts,
+                            self._tiering_report(inputs, the_plan), tiering, the_plan)
         if self.metrics:
             self.metrics.observe_pass(report)
         self._write_state(report)
         return report
 
-    def _tiering_pass(self, snap: HostSnapshot, deadline: float, t0: float, outcomes: list[Outcome]):
-        """Tiering after balancing, in the bytes of this pass's budget that balancing left."""
-        budget = int(self.config.balance.migrate_rate_mib_s * 2**20 * (deadline - t0))
-        budget -= sum(o.moved_bytes for o in outcomes)
-        decision, tiering_outcomes = self.tiering.run(snap, self.config, self.executor, deadline, t0, budget)
-        for o in tiering_outcomes:
-            a = o.action
-            log.info("%s pid %d (%s): %s: %s%s", a.rule, a.pid, a.comm, a.reason, o.status,
-                     f" ({o.detail})" if o.detail else "")
-        return decision, tiering_outcomes
+    def _tiering_report(self, inputs: PassInputs, the_plan: Plan) -> TieringReport:
+        h = self.history.tiering
+        d = the_plan.tiering
+        waits = [w for w in (d.recheck_in_s, inputs.tracker_ready_in_s) if w is not None and w > 0]
+        return TieringReport(d, self.hotness.tracker_name, self.hotness.tracker_cost_s, dict(h.moved_pages),
+                             dict(h.moved_bytes), h.blocked_promotions, h.pingpongs_total,
+                             min(waits) if waits else None)
 
     def _log_verdict_changes(self, snap: HostSnapshot, decision: Decision) -> None:
         """Say why a misplaced process is left alone, once per change of rule.
@@ -286,15 +350,15 @@ class Daemon:
                 log.info("pid %d (%s) left alone: %s: %s", p.pid, p.comm, v.rule, v.reason)
         self._last_rules = seen
 
-    def _record(self, o: Outcome, now: float) -> None:
+    def _record_outcome(self, o: Outcome, now: float) -> None:
         a = o.action
-        if o.status in ("done", "partial") and a.kind == "migrate":
+        if o.status in ("done", "partial") and a.kind == MIGRATE:
             self.history.record_migration(a.key, now, a.target_node)
             log.info("pid %d (%s): %s", a.pid, a.comm, o.detail)
-        elif o.status == "done" and a.kind == "set_affinity":
+        elif o.status == "done" and a.kind == SET_AFFINITY:
             self.history.record_affinity(a.key, now, owned_from_action(a))
             log.info("pid %d (%s): affinity set to node %s, %s", a.pid, a.comm, a.target_node, o.detail)
-        elif o.status == "done" and a.kind == "restore_affinity":
+        elif o.status == "done" and a.kind == RESTORE_AFFINITY:
             self.history.record_affinity(a.key, now, None)
         elif o.status not in ("dry-run", "done"):
             log.info("pid %d (%s): %s %s: %s", a.pid, a.comm, a.kind, o.status, o.detail)
@@ -309,7 +373,7 @@ class Daemon:
         """
         now = self.clock()
         at = report.started_s + self.interval_s
-        if any(o.status == "partial" for o in (*report.outcomes, *report.tiering_outcomes)):
+        if any(o.status in ("partial", "budget") for o in (*report.outcomes, *report.tiering_outcomes)):
             at = min(at, now + self.config.daemon.fast_recheck_s)
         recheck = report.tiering.recheck_in_s if report.tiering is not None else None
         if recheck is not None:
@@ -327,7 +391,7 @@ class Daemon:
                 return
             # fast_recheck_s = 0 turns the re-checks off; the watchdog is still
             # fed every WATCHDOG_STEP_S.
-            if self.stop_event.wait(min(step or WATCHDOG_STEP_S, left)):
+            if self._wait(min(step or WATCHDOG_STEP_S, left)):
                 return
             # The loop is alive between passes: keep systemd's watchdog fed when
             # the interval is longer than half of WatchdogSec. A wedged *pass*
@@ -335,6 +399,13 @@ class Daemon:
             self._notify("watchdog")
             if step and self._affinity_changed(watched):
                 return
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep until a signal (True) or `seconds` pass (False)."""
+        woke = self.wake.wait(seconds)
+        if woke:
+            self.wake.clear()
+        return woke or self.stop_event.is_set()
 
     def _affinity_changed(self, watched: dict[int, tuple[int, ...]]) -> bool:
         for pid, cpus in watched.items():
@@ -348,7 +419,7 @@ class Daemon:
 
     def _shutdown(self) -> None:
         self._notify("stopping")
-        self.tiering.close()
+        self.hotness.close()
         if self.config.daemon.restore_affinity_on_exit:
             self.restore_owned_affinities()
         if self.manage_knobs and self.knobs is not None and self.config.kernel.restore_on_exit:
@@ -384,6 +455,8 @@ class Daemon:
         doc = {
             "schema_version": 1,
             "pid": os.getpid(),
+            # Read by `explain`, which plans with the daemon's configuration.
+            "config_path": os.path.abspath(self.config_path) if self.config_path else None,
             "version": __version__,
             "generation": self.generation,
             "last_reload": self.last_reload,
@@ -407,3 +480,32 @@ class Daemon:
             os.replace(tmp, runtime_dir / "state.json")
         except OSError as e:
             log.debug("state.json not written: %s", e)
+
+
+def tiering_doc(report: TieringReport | None, max_verdicts: int = 200) -> dict | None:
+    """The JSON form of a tiering pass, for state.json (read back by `status` and `explain`)."""
+    if report is None:
+        return None
+    d = report.decision
+    plan = d.plan
+    interesting = [v for v in d.verdicts.values() if v.actions or v.rule not in ("in-place", "not-tracked")]
+    return {
+        "note": d.note,
+        "tracker": report.tracker,
+        "tracker_seconds": round(report.tracker_cost_s, 3),
+        "fast_nodes": list(plan.fast_nodes) if plan else [],
+        "slow_nodes": list(plan.slow_nodes) if plan else [],
+        "demotion_targets": {str(k): v for k, v in plan.demotion_targets.items()} if plan else {},
+        "headroom": [{"node": h.node, "target_bytes": h.target_bytes, "free_bytes": h.free_bytes,
+                      "floor_bytes": h.floor_bytes, "headroom_bytes": h.headroom_bytes,
+                      "hot_bytes": h.hot_bytes, "cold_bytes": h.cold_bytes,
+                      "candidate_bytes": h.candidate_bytes, "change": h.change}
+                     for h in sorted(d.headroom.values(), key=lambda h: h.node)],
+        "hot_bytes_by_node": {str(n): b for n, b in sorted(d.hot_bytes_by_node.items())},
+        "cold_bytes_by_node": {str(n): b for n, b in sorted(d.cold_bytes_by_node.items())},
+        "moved_bytes": [{"rule": r, "from_node": s, "to_node": t, "bytes": b}
+                        for (r, s, t), b in sorted(report.moved_bytes.items())],
+        "blocked_promotions": report.blocked_promotions,
+        "pingpongs": report.pingpongs,
+        "verdicts": {str(v.pid): {"rule": v.rule, "reason": v.reason} for v in interesting[:max_verdicts]},
+    }

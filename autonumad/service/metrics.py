@@ -47,7 +47,7 @@ from prometheus_client.process_collector import ProcessCollector
 from autonumad import __version__
 from autonumad.errors import AutonumadError, ParseError
 from autonumad.readers.knobs import KNOBS
-from autonumad.observe.snapshot import BASE_PAGE_BYTES, HostSnapshot, ProcessView
+from autonumad.observe.snapshot import HostSnapshot, ProcessView
 
 if TYPE_CHECKING:  # for annotations only: metrics must not import the loop it observes
     from autonumad.service.daemon import PassReport
@@ -260,7 +260,7 @@ class PassCollector:
                 "processes as autonumad_process_remote_bytes." + _AS_OF, labels=["pid", "comm"])
             for p in top_remote_processes(snap.processes, self.top_processes):
                 labels = [str(p.pid), p.comm]
-                remote.add_metric(labels, (p.total_pages - local_pages(p)) * BASE_PAGE_BYTES)
+                remote.add_metric(labels, (p.total_pages - local_pages(p)) * snap.page_size_bytes)
                 local_fraction.add_metric(labels, p.local_fraction())
             yield from (remote, local_fraction)
 
@@ -445,13 +445,13 @@ class DaemonMetrics:
             attributed = 0
             for from_node, pages in sorted(o.moved_from.items()):
                 self.migrated_pages.labels(str(from_node), to_node).inc(pages)
-                self.migrated_bytes.labels(str(from_node), to_node).inc(pages * BASE_PAGE_BYTES)
+                self.migrated_bytes.labels(str(from_node), to_node).inc(pages * o.page_size_bytes)
                 attributed += pages
             # Pages whose source the mover could not tell still count in the totals.
             rest = o.moved_pages - attributed
             if rest > 0:
                 self.migrated_pages.labels("unknown", to_node).inc(rest)
-                self.migrated_bytes.labels("unknown", to_node).inc(rest * BASE_PAGE_BYTES)
+                self.migrated_bytes.labels("unknown", to_node).inc(rest * o.page_size_bytes)
         for name, pages in o.failures.items():
             self.migration_failures.labels(name).inc(pages)
         if a.kind in ("set_affinity", "restore_affinity") and o.status == "done":

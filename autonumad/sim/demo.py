@@ -17,15 +17,15 @@ in the tiered VM).
 from __future__ import annotations
 
 import random
-from dataclasses import replace
 from pathlib import Path
 
+from autonumad.model import DEFAULT_PAGE_BYTES
 from autonumad.sim.fakehost import (FakeHost, HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host,
                                 numa_maps_line)
 
 GiB = 2**30
 MiB = 2**20
-PAGE = 4096
+PAGE = DEFAULT_PAGE_BYTES
 
 NODE0_CPUS = tuple(range(0, 8))
 NODE1_CPUS = tuple(range(8, 16))
@@ -149,11 +149,12 @@ def _grow(host: FakeHost, pid: int, start: int, pages_by_node: dict[int, int]) -
 
 
 def demo_config(runtime_dir: Path, interval_s: float):
-    """The daemon's defaults, with the demo's exclusions and a quick pace."""
-    from autonumad.service.config import Config
+    """The daemon's defaults, with the demo's exclusions and a quick pace, compiled as a file would be."""
+    from autonumad.service.config import compile_config
 
-    c = Config()
-    return replace(c,
-                   daemon=replace(c.daemon, interval_s=interval_s, runtime_dir=str(runtime_dir)),
-                   balance=replace(c.balance, exclude_comm=("^backup",), cooldown_s=interval_s * 2.5,
-                                   min_rss_bytes=64 * MiB, migrate_rate_mib_s=2048.0))
+    return compile_config({
+        "daemon": {"interval_s": interval_s, "runtime_dir": str(runtime_dir)},
+        "balance": {"exclude_comm": ["^backup"], "cooldown_s": interval_s * 2.5, "min_rss_bytes": 64 * MiB,
+                    # A quick pace: the simulated postgres (2 GiB remote) moves in one pass.
+                    "migrate_rate_mib_s": 2048.0, "pass_budget_mib": 4096},
+    })

@@ -36,7 +36,7 @@ def _table(report: PassReport, events: list[str], history_lf: dict[int, list[flo
         v = report.decision.verdicts.get(pid)
         trend = "".join("▁▂▃▄▅▆▇█"[min(7, int(x * 8))] for x in history_lf.get(pid, [])[-8:])
         t.add_row(str(pid), p.comm, ",".join(map(str, p.running_nodes)),
-                  *(f"{p.pages_by_node.get(n, 0) * 4096 / 2**30:.1f}" for n in (0, 1, 2)),
+                  *(f"{p.pages_by_node.get(n, 0) * snap.page_size_bytes / 2**30:.1f}" for n in (0, 1, 2)),
                   Text(f"{lf:.0%}", style=style), trend, Text(v.rule if v else "-", style="bold" if v and v.actions else ""))
     lines = [t]
     for o in report.outcomes:

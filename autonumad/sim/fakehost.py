@@ -29,17 +29,22 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from autonumad.errors import ProcessGone
-from autonumad.host import Host, MoveResult
+from autonumad.host import Host
+from autonumad.model import DEFAULT_PAGE_BYTES, MoveResult
+from autonumad.readers.proc_maps import parse_maps
 from autonumad.readers.lists import format_list, parse_list
 
-BASE_PAGE_BYTES = 4096
+BASE_PAGE_BYTES = DEFAULT_PAGE_BYTES
+# A process's virtual size is its resident memory plus this much mapped but untouched.
+_MAPPED_NOT_RESIDENT_KB = 4 * 1024
 _NODE_TOKEN = re.compile(r"^N(\d+)=(\d+)$")
 
 
 class FakeHost(Host):
     """A host tree on disk whose actuators rewrite the tree."""
 
-    is_fake = True
+    def __repr__(self) -> str:
+        return f"fake host {self.root}"
 
     # -- knobs -----------------------------------------------------------------
     def write_text(self, host_path: str, value: str) -> None:
@@ -144,6 +149,42 @@ class FakeHost(Host):
         failed = {"ENOMEM": failed_nomem} if failed_nomem else {}
         return MoveResult(requested=moved + failed_nomem, moved=moved, already=already,
                           failed=failed, moved_from=moved_from, page_size=page_size)
+
+    def range_nodes(self, pid: int, ranges: list[tuple[int, int]], max_pages: int) -> list[dict[int, int]]:
+        """Bytes per node of each range, the tree's model of move_pages(2)'s query.
+
+        numa_maps gives each VMA's pages per node and /proc/<pid>/maps its
+        end; the fake's pages lie evenly over their VMA, so a range holds
+        each node's share of the VMAs it overlaps. `max_pages` does not
+        apply: the answer costs no per-page work here.
+        """
+        nm = self.read_proc_text(pid, "numa_maps").splitlines()
+        maps = self.read_text_or_none(f"/proc/{pid}/maps")  # a captured tree may lack it
+        ends = {m.start: m.end for m in parse_maps(maps)} if maps else {}
+        vmas = []
+        for line in nm:
+            tokens = line.split()
+            if not tokens:
+                continue
+            start = int(tokens[0], 16)
+            psz = next((int(t.split("=")[1]) * 1024 for t in tokens if t.startswith("kernelpagesize_kB=")),
+                       self.page_size_bytes)
+            counts = {int(m.group(1)): int(m.group(2)) * psz for t in tokens if (m := _NODE_TOKEN.match(t))}
+            vmas.append((start, ends.get(start, start + max(psz, sum(counts.values()))), counts))
+        # Without maps, a VMA ends at the next one's start at the latest.
+        vmas = [(v0, min(v1, vmas[i + 1][0]) if i + 1 < len(vmas) and v0 not in ends else v1, c)
+                for i, (v0, v1, c) in enumerate(vmas)]
+        out = []
+        for r0, r1 in ranges:
+            by_node: dict[int, int] = {}
+            for v0, v1, counts in vmas:
+                overlap = min(r1, v1) - max(r0, v0)
+                if overlap <= 0 or v1 <= v0:
+                    continue
+                for node, b in counts.items():
+                    by_node[node] = by_node.get(node, 0) + b * overlap // (v1 - v0)
+            out.append({n: b for n, b in by_node.items() if b})
+        return out
 
     def _meminfo_path(self, node: int) -> Path:
         return self.path(f"/sys/devices/system/node/node{node}/meminfo")
@@ -385,7 +426,7 @@ def write_process(root: Path, p: ProcessSpec, *, all_cpus: Sequence[int], all_no
     rss_kb = p.rss_bytes() // 1024
     threads = p.threads or (ThreadSpec(p.pid, cpus[0] if cpus else 0),)
     vm_lines = "" if p.kernel_thread else (
-        f"VmPeak:\t{rss_kb + 4096} kB\nVmSize:\t{rss_kb + 4096} kB\nVmRSS:\t{rss_kb} kB\n"
+        f"VmPeak:\t{rss_kb + _MAPPED_NOT_RESIDENT_KB} kB\nVmSize:\t{rss_kb + _MAPPED_NOT_RESIDENT_KB} kB\nVmRSS:\t{rss_kb} kB\n"
         f"RssAnon:\t{rss_kb} kB\nRssFile:\t0 kB\n")
 
     def status(tid_cpus: Sequence[int]) -> str:
@@ -429,7 +470,7 @@ def _statm(p: ProcessSpec, rss_kb: int) -> str:
     if p.kernel_thread:
         return "0 0 0 0 0 0 0\n"  # no mm: the kernel prints zeros
     pages = BASE_PAGE_BYTES // 1024
-    size, resident = (rss_kb + 4096) // pages, rss_kb // pages
+    size, resident = (rss_kb + _MAPPED_NOT_RESIDENT_KB) // pages, rss_kb // pages
     # size resident shared text lib data dt: anonymous memory only, so no
     # shared (file) pages; lib and dt are always 0.
     return f"{size} {resident} 0 1 0 {resident} 0\n"

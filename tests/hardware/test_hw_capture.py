@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from autonumad.host import LinuxHost, open_host
+from autonumad.cli import open_host
+from autonumad.host import LinuxHost
 from autonumad.readers.knobs import read_knobs
 from autonumad.readers.nodes import read_topology
 

@@ -1,8 +1,8 @@
 """Tiering on the real kernel (tiered guest: nodes 0,1 fast with a CPU each, node 2 CPU-less and slower).
 
-The daemon's tiering step (autonumad.service.tiering_step.TieringStep: DAMON
-tracker, decide_tiering, the executor's move_pages) runs pass after pass
-on LinuxHost, with kernel NUMA balancing off so that only it moves pages.
+The daemon's pass (observe.inputs.read_pass_inputs with the DAMON tracker,
+plan.planner.plan, the executor's move_pages) runs pass after pass on
+LinuxHost, limited to the workloads' processes, with kernel NUMA balancing off so that only it moves pages.
 Workloads are tests/hardware/tier_workload.py: one process with a hot and
 a cold mapping. Checked from numa_maps, per mapping:
 
@@ -27,9 +27,11 @@ from autonumad.service.config import compile_config
 from autonumad.observe.damon import damon_available, read_slots
 from autonumad.act.executor import Executor, TokenBucket
 from autonumad.host import LinuxHost
+from autonumad.observe.inputs import HotnessSource, read_pass_inputs
 from autonumad.observe.snapshot import ScanLimits, take_snapshot
+from autonumad.plan.history import History
+from autonumad.plan.planner import plan
 from autonumad.plan.tiering import RULE_DEMOTE, RULE_PROMOTE
-from autonumad.service.tiering_step import TieringStep
 from hardware.tier_workload import TierWorkload
 from hardware.workload import numa_balancing
 
@@ -58,26 +60,33 @@ def _run(host, tmp_path, tiering: dict, until, timeout_s: float, pids):
     """Passes every second until `until(decision)` holds or the time is up; returns the last decision."""
     cfg = compile_config({"daemon": {"runtime_dir": str(tmp_path / "run")}, "balance": {"enabled": False},
                           "tiering": tiering})
-    step = TieringStep(host)
+    hotness = HotnessSource(host)
+    history = History()
     ex = Executor(host, TokenBucket(RATE_MIB_S * MIB), threading.Event())
     t0 = time.monotonic()
     try:
         while True:
             now = time.monotonic()
-            snap = take_snapshot(host, ScanLimits(only_pids=frozenset(pids)))
-            d, outcomes = step.run(snap, cfg, ex, now + 0.8, now, RATE_MIB_S * MIB)
+            inputs = read_pass_inputs(host, cfg, hotness, None, now, 1.0, ScanLimits(only_pids=frozenset(pids)))
+            history.observe(inputs.snapshot, now)
+            p = plan(inputs, history, cfg)
+            history.tiering.record_decision(p.tiering, now)
+            outcomes = ex.run(p.actions, now + 0.8, p.budget_bytes)
+            done = time.monotonic()
             moved: dict = {}
             for o in outcomes:
+                history.tiering.record_outcome(o, done, cfg.tiering.promote_cooldown_s)
                 k = (o.action.rule, o.action.pid)
                 moved[k] = moved.get(k, 0) + o.moved_bytes // MIB
+            d = p.tiering
             hr = d.headroom.get(0)
-            print(f"{now - t0:5.1f} s tracker {step.tracker_name} (cost {step.tracker_cost_s:.2f} s): moved MiB {moved}; node 0 free "
-                  f"{hr.free_bytes // MIB} MiB, target {hr.target_bytes // MIB} MiB ({hr.change})")
+            print(f"{now - t0:5.1f} s tracker {hotness.tracker_name} (cost {hotness.tracker_cost_s:.2f} s): moved MiB "
+                  f"{moved}; node 0 free {hr.free_bytes // MIB} MiB, target {hr.target_bytes // MIB} MiB ({hr.change})")
             if until(d) or now - t0 > timeout_s:
-                return d.decision, step
+                return d, history.tiering
             time.sleep(max(0.0, 1.0 - (time.monotonic() - now)))
     finally:
-        step.close()
+        hotness.close()
 
 
 @pytest.mark.parametrize("tracker", ["damon", "softdirty"])
@@ -91,8 +100,8 @@ def test_promotion_moves_the_hot_mapping_and_leaves_the_cold_one(host, tmp_path,
     def hot_on_fast(_d) -> bool:
         return w.nodes(w.hot).get(0, 0) >= 0.99 * hot_pages
 
-    _, step = _run(host, tmp_path, {"tracker": tracker}, hot_on_fast, 90, [w.pid])
-    assert step.history.moved_bytes.get((RULE_PROMOTE, 2, 0), 0) >= 0.99 * 64 * MIB
+    _, tiering = _run(host, tmp_path, {"tracker": tracker}, hot_on_fast, 90, [w.pid])
+    assert tiering.moved_bytes.get((RULE_PROMOTE, 2, 0), 0) >= 0.99 * 64 * MIB
     hot, cold = w.nodes(w.hot), w.nodes(w.cold)
     print(f"hot mapping pages by node {hot}; cold mapping {cold}")
     assert hot.get(0, 0) >= 0.99 * hot_pages
@@ -118,17 +127,17 @@ def test_demotion_frees_and_holds_the_headroom(host, tmp_path, workloads):
         return len(held) >= 3 and all(held[-3:])
 
     tiering = {"headroom": "96MiB", "adaptive_headroom": False, "cold_age_s": 5}
-    d, step = _run(host, tmp_path, tiering, headroom_held, 120, [f.pid])
+    d, tiering = _run(host, tmp_path, tiering, headroom_held, 120, [f.pid])
     assert all(held[-3:]), "node 0's free memory did not reach and stay at the headroom target"
-    assert step.history.moved_bytes.get((RULE_DEMOTE, 0, 2), 0) >= (headroom - start_free) * 0.9
+    assert tiering.moved_bytes.get((RULE_DEMOTE, 0, 2), 0) >= (headroom - start_free) * 0.9
     # Nothing went down and came back up (that would be a ping-pong) ...
-    assert step.history.pingpongs_total == 0
+    assert tiering.pingpongs_total == 0
     # ... and what was promoted, if anything, is small: with node 0 this full, the
     # filler's own later allocations (its interpreter's heap) can land on the slow
     # node, and they are hot, so promoting them once demotion made room is right
     # (seen once in CI: 2 MiB promoted right after the headroom was reached). Its
     # mappings themselves must stay put, checked below.
-    promoted = sum(v for k, v in step.history.moved_bytes.items() if k[0] == RULE_PROMOTE)
+    promoted = sum(v for k, v in tiering.moved_bytes.items() if k[0] == RULE_PROMOTE)
     assert promoted <= 8 * MIB, f"{promoted / MIB:.1f} MiB promoted while only demoting for headroom"
     hot, cold = f.nodes(f.hot), f.nodes(f.cold)
     print(f"filler hot mapping by node {hot}; cold mapping {cold}")
