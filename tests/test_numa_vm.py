@@ -526,3 +526,11 @@ def test_run_guest_failure_and_timeout_are_one_line(tmp_path, monkeypatch):
                        text=True, env=dict(env, FAKE_GUEST="hang"), cwd=tmp_path, timeout=60)
     assert r.returncode == 124
     assert r.stderr == "numa-vm: timeout: guest (2node) still running after 2 s; killed it\n"
+
+
+def test_kernel_package_override_must_be_of_the_series(monkeypatch, tmp_path):
+    monkeypatch.setenv("AUTONUMAD_VM_KERNEL_PACKAGE", "linux-image-6.12.38+deb12-amd64-unsigned")
+    assert cache.Cache(str(tmp_path), False, "6.12").kernel_package() == \
+        "linux-image-6.12.38+deb12-amd64-unsigned"
+    with pytest.raises(cache.VMError, match="is not a 6.1 kernel"):
+        cache.Cache(str(tmp_path), False, "6.1").kernel_package()

@@ -264,10 +264,15 @@ class Cache:
         initramfs.build(self.path, state)
 
     def kernel_package(self):
+        spec = KERNELS[self.kernel]
         pkg = os.environ.get("AUTONUMAD_VM_KERNEL_PACKAGE")
         if pkg:
+            # It names one package, for one series: a 6.12 package must not
+            # end up cached as the 6.1 kernel.
+            if not pkg.startswith(spec["prefix"]):
+                raise VMError(f"AUTONUMAD_VM_KERNEL_PACKAGE={pkg} is not a {self.kernel} kernel"
+                              f" (--kernel {self.kernel} wants {spec['prefix']}...)")
             return pkg
-        spec = KERNELS[self.kernel]
         for attempt in (0, 1):
             out = subprocess.run(["apt-cache", "pkgnames", spec["prefix"]],
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,

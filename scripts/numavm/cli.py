@@ -64,7 +64,8 @@ environment:
                           exact Debian kernel package to use on first setup of
                           the --kernel series (default: the newest
                           linux-image-6.12.N+deb12-amd64-unsigned, or for 6.1
-                          linux-image-6.1.0-N-amd64-unsigned)
+                          linux-image-6.1.0-N-amd64-unsigned); it must be of
+                          that series
 
 first use:
   Installs qemu-system-x86 and numactl with apt-get if missing, downloads
