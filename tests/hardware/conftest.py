@@ -7,7 +7,15 @@ to the guest's topology name.  Outside a guest every test here is skipped.
 - Every test under tests/hardware gets the `hardware` marker automatically.
 - `@pytest.mark.topology("tiered", ...)` limits a test to the named
   topologies; without it a test runs on every topology.
-- The `vm_topology` fixture returns the current guest's topology name.
+- `@pytest.mark.systemd` marks a test that needs systemd as PID 1 (a guest
+  booted with `numa-vm --init systemd`); every test in a module named
+  `test_*_systemd.py` gets it too.  It is skipped in other guests, and
+  scripts/hardware-tests runs it only in its `systemd` guest.
+- `@pytest.mark.every_guest` marks a test that also runs in the guests that
+  differ from the default in one way (no cgroup hierarchy, the 6.1 kernel);
+  scripts/hardware-tests selects it there with `-m "hardware and every_guest"`.
+- The `vm_topology` fixture returns the current guest's topology name;
+  `vm_guest` returns the guest's init, cgroup setup and kernel series.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 TOPOLOGY_ENV = "AUTONUMAD_VM_TOPOLOGY"
+INIT_ENV = "AUTONUMAD_VM_INIT"
 KNOWN_TOPOLOGIES = ("2node", "tiered", "4node")
 
 
@@ -42,6 +51,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if not _is_hardware_item(item):
             continue
         item.add_marker(pytest.mark.hardware)
+        if Path(str(item.path)).name.endswith("_systemd.py"):
+            item.add_marker(pytest.mark.systemd)
         if topology is None:
             item.add_marker(pytest.mark.skip(
                 reason=f"hardware test: needs a scripts/numa-vm guest ({TOPOLOGY_ENV} is unset);"
@@ -58,6 +69,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if wanted and topology not in wanted:
             item.add_marker(pytest.mark.skip(
                 reason=f"topology {topology} not in {', '.join(wanted)}"))
+        init = os.environ.get(INIT_ENV, "busybox")
+        if item.get_closest_marker("systemd") and init != "systemd":
+            item.add_marker(pytest.mark.skip(
+                reason=f"needs systemd as PID 1 (numa-vm --init systemd); this guest's init is {init}"))
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +82,16 @@ def vm_topology() -> str:
     if topology is None:
         pytest.skip(f"{TOPOLOGY_ENV} is unset: not inside a scripts/numa-vm guest")
     return topology
+
+
+@pytest.fixture(scope="session")
+def vm_guest() -> dict[str, str]:
+    """How this guest was booted: {"init", "cgroup", "kernel"} as numa-vm's options."""
+    if current_topology() is None:
+        pytest.skip(f"{TOPOLOGY_ENV} is unset: not inside a scripts/numa-vm guest")
+    return {"init": os.environ.get(INIT_ENV, "busybox"),
+            "cgroup": os.environ.get("AUTONUMAD_VM_CGROUP", "v2"),
+            "kernel": os.environ.get("AUTONUMAD_VM_KERNEL", "6.12")}
 
 
 @pytest.fixture(scope="module")

@@ -132,6 +132,7 @@ def excluded_python(tmp_path: Path) -> tuple[str, dict]:
     return str(link), env
 
 
+@pytest.mark.every_guest  # also in the no-cgroup and 6.1-kernel guests
 def test_daemon_converges_a_pinned_process_and_leaves_placed_ones_alone(tmp_path, cfg, workloads):
     original = knob()
     misplaced = workload("--mib", "64", "--node", "1", "--cpunode", "0", "--threads", "2")
@@ -178,6 +179,7 @@ def test_daemon_converges_a_pinned_process_and_leaves_placed_ones_alone(tmp_path
     print(f"converged to 95% local in {converged_s:.1f} s (including daemon start)")
 
 
+@pytest.mark.every_guest  # also in the no-cgroup and 6.1-kernel guests
 def test_dry_run_changes_nothing_and_logs_the_same_decisions(tmp_path, cfg, workloads):
     w = workload("--mib", "48", "--node", "1", "--cpunode", "0")
     workloads.append(w)

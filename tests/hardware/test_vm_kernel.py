@@ -16,6 +16,10 @@ from pathlib import Path
 
 import pytest
 
+# Cheap (about a second): they check every guest of the matrix, including
+# the no-cgroup and 6.1-kernel ones.
+pytestmark = pytest.mark.every_guest
+
 NODE_SYSFS = Path("/sys/devices/system/node")
 TIER_SYSFS = Path("/sys/devices/virtual/memory_tiering")
 
@@ -136,3 +140,20 @@ def test_cpuless_node_is_in_a_slower_tier():
 def test_single_tier_without_hmat():
     tiers = tier_of_nodes()
     assert len(set(tiers.values())) == 1, tiers
+
+
+def test_kernel_is_the_requested_series(vm_guest):
+    """--kernel 6.12 boots a 6.12.N kernel, --kernel 6.1 Debian's 6.1.0-ABI one."""
+    release = os.uname().release
+    assert release.startswith(vm_guest["kernel"] + "."), release
+
+
+def test_cgroup_hierarchy_as_requested(vm_guest):
+    """--cgroup none leaves /proc/PID/cgroup empty; v2 gives the one "0::" line."""
+    text = Path("/proc/self/cgroup").read_text()
+    if vm_guest["cgroup"] == "none":
+        assert text == "", text
+        assert not Path("/sys/fs/cgroup/cgroup.controllers").exists()
+    else:
+        assert text.startswith("0::/"), text
+        assert Path("/sys/fs/cgroup/cgroup.controllers").exists()
