@@ -92,6 +92,13 @@ def prop(name: str) -> str:
     return sh("systemctl", "show", "-P", name, UNIT).stdout.strip()
 
 
+def main_pid() -> int:
+    """The daemon's pid; never 0, which os.kill() would take for this test's own process group."""
+    pid = int(prop("MainPID"))
+    assert pid > 1, f"{UNIT} has no main process: {prop('ActiveState')}/{prop('SubState')}"
+    return pid
+
+
 def knob() -> str:
     return KNOB.read_text().strip()
 
@@ -256,9 +263,18 @@ def test_2_misplaced_pinned_process_goes_local_without_hint_faults():
         assert w.local_fraction(0) < 0.05
         t = wait_for("95 % local", lambda: w.local_fraction(0) >= 0.95, 180, step=0.5)
         record("time_to_95pct_local_s", round(t, 1))
+        # Zero hint faults caused: the kernel never scanned the workload
+        # (knob 0 under the unit) and it took no NUMA hinting fault.
+        sched = Path(f"/proc/{w.pid}/sched").read_text()
+        assert re.search(r"^mm->numa_scan_seq\s*:\s*0$", sched, re.M), sched
+        assert re.search(r"^total_numa_faults\s*:\s*0$", sched, re.M), sched
     finally:
         w.stop()
-    assert (vmstat("numa_hint_faults") - faults0, vmstat("numa_pte_updates") - pte0) == (0, 0)
+    # No PTE was made PROT_NONE anywhere meanwhile. (Host-wide hint faults
+    # are only recorded: processes that lived while the knob was 1, before
+    # the daemon started, keep PROT_NONE entries that still fault.)
+    assert vmstat("numa_pte_updates") - pte0 == 0
+    record("hint_faults_host_wide_during_convergence", vmstat("numa_hint_faults") - faults0)
 
     body = urllib.request.urlopen(f"http://127.0.0.1:{PORT}/metrics", timeout=30).read().decode()
     assert "autonumad_build_info" in body
@@ -307,7 +323,7 @@ def test_4_bad_reload_rejected_good_reload_applied_knob_never_flips():
 # 5. kill -9: restarted, the knob restored in between and set again after
 
 def test_5_kill9_restarts_with_the_knob_restored_in_between():
-    restarts, pid = int(prop("NRestarts")), int(prop("MainPID"))
+    restarts, pid = int(prop("NRestarts")), main_pid()
     with KnobWatch() as watch:
         os.kill(pid, signal.SIGKILL)
         t = wait_for("restarted after kill -9",
@@ -327,7 +343,7 @@ def test_5b_kill9_new_instance_undoes_the_affinities_the_old_one_set():
         for tid in os.listdir(f"/proc/{w.pid}/task"):
             os.sched_setaffinity(int(tid), all_cpus)
         wait_for("the daemon set an affinity", lambda: thread_cpus(w.pid) == {"1"}, 90, step=0.5)
-        pid, restarts = int(prop("MainPID")), int(prop("NRestarts"))
+        pid, restarts = main_pid(), int(prop("NRestarts"))
         os.kill(pid, signal.SIGKILL)
         wait_for("restarted", lambda: int(prop("NRestarts")) == restarts + 1
                  and prop("ActiveState") == "active", 90)
@@ -342,7 +358,7 @@ def test_5b_kill9_new_instance_undoes_the_affinities_the_old_one_set():
 # 6. watchdog: a daemon that stops making progress is killed and restarted
 
 def test_6_watchdog_restarts_a_stopped_daemon():
-    restarts, pid = int(prop("NRestarts")), int(prop("MainPID"))
+    restarts, pid = int(prop("NRestarts")), main_pid()
     watchdog_s = int(prop("WatchdogUSec").removesuffix("s")) if prop("WatchdogUSec").endswith("s") else 30
     mark = cursor()
     with KnobWatch() as watch:
