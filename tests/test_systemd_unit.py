@@ -420,7 +420,9 @@ def test_install_stages_every_file(tmp_path):
     unit = expected_unit_dir().lstrip("/") + "/autonumad.service"
     assert files == {unit, "usr/lib/tmpfiles.d/autonumad.conf", "usr/share/doc/autonumad/operations.md",
                      "usr/share/doc/autonumad/metrics.md", "usr/share/autonumad/prometheus/autonumad-rules.yml",
-                     "usr/share/autonumad/grafana/autonumad-dashboard.json", "etc/autonumad/autonumad.toml"}
+                     "usr/share/autonumad/grafana/autonumad-dashboard.json", "etc/autonumad/autonumad.toml",
+                     "usr/share/man/man8/autonumad.8", "usr/share/man/man5/autonumad.toml.5",
+                     "usr/share/bash-completion/completions/autonumad"}
     assert (tmp_path / "usr/share/autonumad/prometheus/autonumad-rules.yml").read_bytes() == \
         (REPO / "config/prometheus/autonumad-rules.yml").read_bytes()
     assert (tmp_path / unit).read_text() == UNIT.read_text()
