@@ -125,7 +125,7 @@ def test_a_line_the_fast_path_reads_is_read_alike_by_the_full_parser(line):
     assert mode == fields[nm_mod._F_POLICY]
     assert unmovable == nm_mod._unmovable(fields)
     by_node: dict[int, int] = {}
-    for node, count in nm_mod._NODE_COUNT.findall(nm_mod._ROW_NODES(row)):
+    for node, count in nm_mod._NODE_TOKEN.findall(nm_mod._ROW_NODES(row)):
         by_node[int(node)] = by_node.get(int(node), 0) + int(count)
     assert tuple(sorted(by_node.items())) == fields[nm_mod._F_PAGES_BY_NODE]
     if by_node:  # the page size matters only where there are pages

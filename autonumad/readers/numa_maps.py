@@ -451,7 +451,6 @@ _FAST_LINE = re.compile(
     r"(?: swapcache=[0-9]{1,20})?(?: active=[0-9]{1,20})?(?: writeback=[0-9]{1,20})?"
     r"((?: N[0-9]{1,5}=[0-9]{1,20})*)"
     r"(?: kernelpagesize_kB=([0-9]{1,20}))?$", re.M)
-_NODE_COUNT = re.compile(r"N([0-9]+)=([0-9]+)")
 # A match's groups: (policy, "file" or "", " huge" or "", mapmax, N<node> tokens, page size in kB).
 _ROW_CLASS = itemgetter(0, 1, 2, 3, 5)
 _ROW_NODES = itemgetter(4)
@@ -517,14 +516,42 @@ def _add_fast_rows(acc: _TotalsBuilder, rows: list[tuple], times: int) -> bool:
         n = len(group) * times
         acc.vma_count += n
         policy_vmas[mode] = policy_vmas.get(mode, 0) + n
-        # All the class's N<node>=count tokens in one string, read by one findall.
-        sums: dict[str, int] = {}
-        for node, count in _NODE_COUNT.findall("".join(map(_ROW_NODES, group))):
-            sums[node] = sums.get(node, 0) + int(count)
+        # All the class's N<node>=count tokens in one string.
+        sums = _node_sums("".join(map(_ROW_NODES, group)), {n for n, _, _ in pages})
         for node, count in sums.items():
-            k = (int(node), page_size_bytes, unmovable)
+            k = (node, page_size_bytes, unmovable)
             pages[k] = pages.get(k, 0) + count * times
     return True
+
+
+@lru_cache(maxsize=256)
+def _node_pattern(node: int) -> re.Pattern:
+    # With the leading zeros int() reads too ("N01=").
+    return re.compile(rf" N0*{node}=([0-9]+)" if node else r" N0+=([0-9]+)")
+
+
+def _node_sums(tokens: str, nodes) -> dict[int, int]:
+    """Sum the " N<node>=<count>" tokens of `tokens`, by node.
+
+    Where `nodes` names every node the tokens have (the nodes the file had
+    pages on, the usual case), one findall per node and a sum() in C read
+    them; else (or if there are " N" tokens of other nodes) one findall
+    and a loop over every token.
+    """
+    sums: dict[int, int] = {}
+    found = 0
+    for node in nodes:
+        counts = _node_pattern(node).findall(tokens)
+        if counts:
+            found += len(counts)
+            sums[node] = sum(map(int, counts))
+    if found == tokens.count(" N"):
+        return sums
+    sums = {}
+    for node, count in _NODE_TOKEN.findall(tokens):
+        n = int(node)
+        sums[n] = sums.get(n, 0) + int(count)
+    return sums
 
 
 def _add_lines(acc: _TotalsBuilder, lines: list[str], times: int) -> list[str]:
@@ -568,14 +595,12 @@ def _subtract_known_lines(acc: _TotalsBuilder, lines: list[str], totals: NumaMap
     joined = "\n".join(lines)
     if not joined.isascii():
         return False  # a Unicode digit is a digit to the full parser, not to [0-9]
-    sums: dict[str, int] = {}
-    for node, count in _NODE_TOKEN.findall(joined):
-        sums[node] = sums.get(node, 0) + int(count)
+    sums = _node_sums(joined, {n for n, _, _, _ in totals.pages})
     pages = acc.pages
     if totals.pages:
         _, page_size_bytes, unmovable, _ = totals.pages[0]
         for node, count in sums.items():
-            key = (int(node), page_size_bytes, unmovable)
+            key = (node, page_size_bytes, unmovable)
             pages[key] = pages.get(key, 0) - count
     elif any(sums.values()):
         return False  # cannot be: the file had no pages
