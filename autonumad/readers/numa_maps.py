@@ -54,16 +54,26 @@ checks every line, sums them into `NumaMapsTotals`, and keeps the text;
 are sums of per-line terms, so `reparse_numa_maps` brings last pass's
 totals up to date by parsing only the lines that changed. Zero page counts
 (never printed by the kernel) do not appear in the totals.
+
+How the totals are read fast: a line in the kernel's field order is read by
+one regular expression (`_FAST_LINE`, run over many lines at once, in C)
+instead of token by token; a line in any other shape goes to the full
+parser (`_parse_fields`), which alone decides what is malformed, so the two
+give the same totals and the same errors (`parse_numa_maps_slowly` is the
+reference the tests hold the fast path to). A re-parse takes out the lines
+that went without parsing them when the file is of one policy mode and one
+page class (`_subtract_known_lines`).
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import compress
-from operator import ne
+from operator import itemgetter, ne
 
 from autonumad.errors import MalformedProcFile, ParseError
 from autonumad.model import DEFAULT_PAGE_BYTES
@@ -418,8 +428,230 @@ def _parse_fields(line: str) -> tuple:
             is_file, policy_flags, mapmax, swapcache, active, writeback)
 
 
+# --------------------------------------------------------------------------
+# The fast path for totals
+#
+# `_parse_fields` costs a few microseconds a line in Python, and a pass under
+# churn parses tens of thousands of lines. The totals need only the policy
+# mode, the page size, whether the VMA is movable and the N<node> counts, and
+# the kernel prints every line in one order (show_numa_map). _FAST_LINE
+# matches exactly the lines in that order whose fields the full parser
+# accepts (numbers in ASCII digits, at most 20 of them: what %lu prints), in
+# C; everything else -- tokens it does not know, odd spacing, two-word
+# policy modes, a bad line -- goes to `_parse_fields`, which decides. So a
+# line the fast path reads is a line the full parser reads, to the same
+# contribution (tested with hypothesis against `parse_numa_maps_slowly`).
+# The policy token is checked by the same cached `_parse_policy` as in the
+# full parser.
+_FAST_LINE = re.compile(
+    r"^[0-9a-f]{1,16} ([^ \n]+)"  # start; policy (one token: see _fast_class)
+    r"(?: (?:(file)=[^ \n]*|heap|stack))?"
+    r"( huge)?"
+    r"(?: anon=[0-9]{1,20})?(?: dirty=[0-9]{1,20})?(?: mapped=[0-9]{1,20})?"
+    r"(?: mapmax=([0-9]{1,20}))?"
+    r"(?: swapcache=[0-9]{1,20})?(?: active=[0-9]{1,20})?(?: writeback=[0-9]{1,20})?"
+    r"((?: N[0-9]{1,5}=[0-9]{1,20})*)"
+    r"(?: kernelpagesize_kB=([0-9]{1,20}))?$", re.M)
+# A match's groups: (policy, "file" or "", " huge" or "", mapmax, N<node> tokens, page size in kB).
+_ROW_CLASS = itemgetter(0, 1, 2, 3, 5)
+_ROW_NODES = itemgetter(4)
+
+# Characters of text one findall reads: bounds its match tuples (about 400
+# bytes a line) on files of 100,000 VMAs.
+_CHUNK_CHARS = 1 << 18
+# Lines of a list one findall reads, for the same reason.
+_CHUNK_LINES = 4096
+
+
+@lru_cache(maxsize=1024)
+def _fast_class(key: tuple[str, str, str, str, str]) -> tuple[str, int, bool] | None:
+    """(mode, page size, unmovable) of a fast-path row's class; None if the full parser must decide.
+
+    A handful of classes per process: cached by the exact text, so pure.
+    """
+    policy_text, file, huge, mapmax, page_kb = key
+    # A two-word mode's second word is not a token _FAST_LINE allows after
+    # the policy, so a matched line's policy is one token, as the full parser
+    # reads it too.
+    try:
+        mode = _parse_policy(policy_text)[0]
+    except ParseError:
+        return None
+    page_size_bytes = int(page_kb) * 1024 if page_kb else 4096
+    if not page_size_bytes:
+        return None  # kernelpagesize_kB=0: the full parser's error
+    return mode, page_size_bytes, unmovable_vma(bool(huge), bool(file), int(mapmax) if mapmax else 0)
+
+
+def _fast_row(line: str) -> tuple | None:
+    """One line's match groups, if the fast path reads it."""
+    m = _FAST_LINE.match(line)
+    if m is None:
+        return None
+    row = m.groups(default="")
+    return row if _fast_class(_ROW_CLASS(row)) is not None else None
+
+
+def _add_fast_rows(acc: _TotalsBuilder, rows: list[tuple], times: int) -> bool:
+    """Add matched lines to `acc`; False, with nothing added, if one of them needs the full parser."""
+    classes = {}
+    for key in set(map(_ROW_CLASS, rows)):
+        cls = _fast_class(key)
+        if cls is None:
+            return False
+        classes[key] = cls
+    if len(classes) == 1:
+        groups = {key: rows for key in classes}
+    else:
+        groups = {}
+        for row in rows:
+            key = _ROW_CLASS(row)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [row]
+            else:
+                group.append(row)
+    pages, policy_vmas = acc.pages, acc.policy_vmas
+    for key, group in groups.items():
+        mode, page_size_bytes, unmovable = classes[key]
+        n = len(group) * times
+        acc.vma_count += n
+        policy_vmas[mode] = policy_vmas.get(mode, 0) + n
+        # All the class's N<node>=count tokens in one string.
+        sums = _node_sums("".join(map(_ROW_NODES, group)), {n for n, _, _ in pages})
+        for node, count in sums.items():
+            k = (node, page_size_bytes, unmovable)
+            pages[k] = pages.get(k, 0) + count * times
+    return True
+
+
+@lru_cache(maxsize=256)
+def _node_pattern(node: int) -> re.Pattern:
+    # With the leading zeros int() reads too ("N01=").
+    return re.compile(rf" N0*{node}=([0-9]+)" if node else r" N0+=([0-9]+)")
+
+
+def _node_sums(tokens: str, nodes) -> dict[int, int]:
+    """Sum the " N<node>=<count>" tokens of `tokens`, by node.
+
+    Where `nodes` names every node the tokens have (the nodes the file had
+    pages on, the usual case), one findall per node and a sum() in C read
+    them; else (or if there are " N" tokens of other nodes) one findall
+    and a loop over every token.
+    """
+    sums: dict[int, int] = {}
+    found = 0
+    for node in nodes:
+        counts = _node_pattern(node).findall(tokens)
+        if counts:
+            found += len(counts)
+            sums[node] = sum(map(int, counts))
+    if found == tokens.count(" N"):
+        return sums
+    sums = {}
+    for node, count in _NODE_TOKEN.findall(tokens):
+        n = int(node)
+        sums[n] = sums.get(n, 0) + int(count)
+    return sums
+
+
+def _add_lines(acc: _TotalsBuilder, lines: list[str], times: int) -> list[str]:
+    """Add `times` the non-empty `lines` the fast path reads; return the others, in order."""
+    rest: list[str] = []
+    for i in range(0, len(lines), _CHUNK_LINES):
+        chunk = lines[i:i + _CHUNK_LINES]
+        rows = _FAST_LINE.findall("\n".join(chunk))
+        if len(rows) == len(chunk) and _add_fast_rows(acc, rows, times):
+            continue
+        rows = []
+        for line in chunk:
+            row = _fast_row(line)
+            if row is None:
+                rest.append(line)
+            else:
+                rows.append(row)
+        _add_fast_rows(acc, rows, times)
+    return rest
+
+
+# In a line the full parser accepts, a space-delimited token "N<digits>=<digits>"
+# is an N<node> count and nothing else can look like one: the address token
+# has no "=", a policy "N..." is refused, a file path has its spaces escaped,
+# and a value with anything after its digits is refused.
+_NODE_TOKEN = re.compile(r" N([0-9]+)=([0-9]+)")
+
+
+def _subtract_known_lines(acc: _TotalsBuilder, lines: list[str], totals: NumaMapsTotals) -> bool:
+    """Take out lines of the file `totals` was summed from, without parsing them; False if it cannot.
+
+    Those lines were checked when they were added, so only their
+    contribution is needed. When all the file's VMAs are of one policy mode
+    and all its pages of one (page size, movable) class -- a process whose
+    changing lines are its anonymous memory, the usual case -- each line's
+    contribution is one VMA of that mode plus its N<node> counts in that
+    class, and one findall reads the counts of all the lines.
+    """
+    if len(totals.policy_vmas) != 1 or len({(size, unmovable) for _, size, unmovable, _ in totals.pages}) > 1:
+        return False
+    joined = "\n".join(lines)
+    if not joined.isascii():
+        return False  # a Unicode digit is a digit to the full parser, not to [0-9]
+    sums = _node_sums(joined, {n for n, _, _, _ in totals.pages})
+    pages = acc.pages
+    if totals.pages:
+        _, page_size_bytes, unmovable, _ = totals.pages[0]
+        for node, count in sums.items():
+            key = (node, page_size_bytes, unmovable)
+            pages[key] = pages.get(key, 0) - count
+    elif any(sums.values()):
+        return False  # cannot be: the file had no pages
+    mode = totals.policy_vmas[0][0]
+    acc.vma_count -= len(lines)
+    acc.policy_vmas[mode] = acc.policy_vmas.get(mode, 0) - len(lines)
+    return True
+
+
 def parse_numa_maps(text: str) -> NumaMaps:
     """Parse a whole numa_maps file; any malformed line raises ParseError."""
+    acc = _TotalsBuilder()
+    # Most files are read whole by the fast path, a chunk of lines at a time
+    # (a chunk's match tuples are the transient memory). Anything else goes
+    # line by line, in order, so the first bad line is the one named.
+    start = 0
+    end = len(text)
+    while start < end:
+        stop = text.find("\n", start + _CHUNK_CHARS)
+        stop = end if stop < 0 else stop + 1
+        chunk = text[start:stop] if start or stop < end else text
+        rows = _FAST_LINE.findall(chunk)
+        # _FAST_LINE matches whole non-empty lines only, at most one per line:
+        # as many matches as lines means every line matched.
+        if len(rows) != chunk.count("\n") + (chunk[-1] != "\n") or not _add_fast_rows(acc, rows, 1):
+            return _parse_line_by_line(text)
+        start = stop
+    return NumaMaps(VmaLines(text, acc.vma_count), acc.totals())
+
+
+def _parse_line_by_line(text: str) -> NumaMaps:
+    """`parse_numa_maps` for a file the fast path cannot read whole."""
+    acc = _TotalsBuilder()
+    rows = []
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if line:
+            row = _fast_row(line)
+            if row is not None:
+                rows.append(row)
+            else:
+                acc.add_fields(_parse_line(lineno, line))
+    _add_fast_rows(acc, rows, 1)
+    return NumaMaps(VmaLines(text, acc.vma_count), acc.totals())
+
+
+def parse_numa_maps_slowly(text: str) -> NumaMaps:
+    """`parse_numa_maps` without the fast path: every line through `_parse_fields`.
+
+    The reference the fast path is tested against.
+    """
     acc = _TotalsBuilder()
     for lineno, line in enumerate(text.split("\n"), 1):
         if line:
@@ -462,14 +694,15 @@ def reparse_numa_maps(text: str, previous_text: str, previous: NumaMaps) -> Numa
         return parse_numa_maps(text)
     acc = _TotalsBuilder(previous.totals)
     try:
-        for line in added:
+        for line in _add_lines(acc, added, 1):
             acc.add_fields(_parse_fields(line))
     except ParseError:
         # Name the line as parse_numa_maps would: the first bad one in the file.
         return parse_numa_maps(text)
-    for line in gone:
-        # Parsed before, so it parses again (the parser is pure).
-        acc.add_fields(_parse_fields(line), -1)
+    if not _subtract_known_lines(acc, gone, previous.totals):
+        for line in _add_lines(acc, gone, -1):
+            # Parsed before, so it parses again (the parser is pure).
+            acc.add_fields(_parse_fields(line), -1)
     return NumaMaps(VmaLines(text, acc.vma_count), acc.totals())
 
 
