@@ -203,9 +203,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not host.is_fake and args.sample_s > 0:
         time.sleep(args.sample_s)
     snap = take_snapshot(host, ScanLimits(min_rss_bytes=parse_size_arg(args.min_rss)))
-    for s in snap.skipped:
-        log.warning("left out %s", s.message)
     doc = status_doc(snap, prev, limit=args.limit or None)
+    doc["skipped"] = _skipped_status(args, host, snap)
     doc["tiering"] = _tiering_status(args, host, snap)
     if args.json:
         _print_json(doc)
@@ -215,6 +214,32 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         render_tiering(doc["tiering"], _console())
     return 0
+
+
+def _skipped_status(args: argparse.Namespace, host, snap) -> dict:
+    """Processes left out, by reason, of this read and of the daemon's last pass (issue 10).
+
+    When every candidate was left out for one reason, one warning says so
+    instead of a line per process: the cause is the host, not the processes.
+    """
+    from autonumad.observe.skips import summarize_skips
+
+    summary = summarize_skips(snap)
+    if summary.headline() is not None:
+        log.warning("%s", summary.headline())
+    else:
+        for s in snap.skipped:
+            log.warning("left out %s", s.message)
+    try:
+        config, _ = _load_config(getattr(args, "config", None))
+    except AutonumadError:
+        config = None
+    state = _daemon_state(config) if config is not None and (not host.is_fake or args.config) else None
+    daemon = (state or {}).get("skipped")
+    if daemon and daemon.get("all_skipped_reason"):
+        log.warning("the running daemon's last pass balanced nothing: every one of its %d candidates was "
+                    "left out (%s)", daemon.get("candidates", 0), daemon["all_skipped_reason"])
+    return {**summary.as_json(), "daemon_last_pass": daemon}
 
 
 def _daemon_state(config) -> dict | None:

@@ -36,6 +36,7 @@ from autonumad.plan.history import History
 from autonumad.host import Host
 from autonumad.plan.policy import BalancePolicyConfig, Decision, decide, owned_from_action
 from autonumad.readers.proc_status import read_status
+from autonumad.observe.skips import SkipWatch
 from autonumad.observe.snapshot import HostSnapshot, ScanLimits, SnapshotCache, take_snapshot
 from autonumad.service.tiering_step import TieringStep, leave_slow_tier_to_tiering, tiering_doc
 
@@ -91,6 +92,7 @@ class Daemon:
         self._single_node_logged = False
         self._last_rules: dict[tuple[int, int], str] = {}
         self.tiering = TieringStep(host, clock)
+        self.skip_watch = SkipWatch()  # issue 10: a pass that left every process out says so
         self._build_from_config()
 
     # -- configuration ---------------------------------------------------------
@@ -226,6 +228,7 @@ class Daemon:
             if self.metrics:
                 self.metrics.pass_error("snapshot")
             raise
+        self.skip_watch.observe(snap)
         if len(snap.topology.nodes) < 2:
             if not self._single_node_logged:
                 log.info("this host has a single NUMA node: nothing to balance; serving views and metrics only")
@@ -397,6 +400,7 @@ class Daemon:
                              "detail": o.detail} for o in report.outcomes],
             },
             "dry_run": self.dry_run,
+            "skipped": self.skip_watch.doc(),
             "tiering": tiering_doc(report.tiering),
             "updated_at": time.time(),
         }

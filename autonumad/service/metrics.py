@@ -47,6 +47,7 @@ from prometheus_client.process_collector import ProcessCollector
 from autonumad import __version__
 from autonumad.errors import AutonumadError, ParseError
 from autonumad.readers.knobs import KNOBS
+from autonumad.observe.skips import SKIP_FILES, skip_file
 from autonumad.observe.snapshot import BASE_PAGE_BYTES, HostSnapshot, ProcessView
 
 if TYPE_CHECKING:  # for annotations only: metrics must not import the loop it observes
@@ -372,7 +373,8 @@ class DaemonMetrics:
         self.skipped = Counter(f"{PREFIX}processes_skipped",
                                "Processes a pass left out, by reason: denied (ptrace access refused), "
                                "malformed (unparsable /proc file), gone (exited while an explicitly "
-                               "requested pid was read), error.", ["reason"], registry=r)
+                               "requested pid was read), error; and by the /proc/<pid> file concerned "
+                               "(numa_maps, status, stat, task, ...).", ["reason", "file"], registry=r)
         self.decisions = Counter(
             f"{PREFIX}decisions",
             "Policy verdicts, one per detailed process per pass: action is the action kinds taken "
@@ -408,7 +410,8 @@ class DaemonMetrics:
                                          "Unix time of the last successful config load (start or reload).",
                                          registry=r)
         for reason in SKIP_REASONS:
-            self.skipped.labels(reason)
+            for name in SKIP_FILES:
+                self.skipped.labels(reason, name)
         for stage in PASS_ERROR_STAGES:
             self.pass_errors.labels(stage)
         for outcome in RELOAD_OUTCOMES:
@@ -425,7 +428,7 @@ class DaemonMetrics:
         self.passes.inc()
         self.pass_duration.observe(report.duration_s)
         for s in report.snapshot.skipped:
-            self.skipped.labels(s.kind).inc()
+            self.skipped.labels(s.kind, skip_file(s.message)).inc()
         for v in report.decision.verdicts.values():
             self.decisions.labels(decision_label(v.actions), v.rule).inc()
         for o in report.outcomes:
