@@ -188,8 +188,9 @@ class LinuxHost(Host):
 
     def move_pages(self, pid: int, start: int, end: int, page_size: int,
                    target_node: int, max_pages: int | None = None) -> MoveResult:
-        from autonumad.act import syscalls
+        from autonumad.act import identity, syscalls
 
+        identity.check_held(self, pid)  # still the process the action was decided for (issue 10)
         return syscalls.move_range(pid, start, end, page_size, target_node, max_pages)
 
     def range_nodes(self, pid: int, ranges: list[tuple[int, int]], max_pages: int) -> list[dict[int, int]]:

@@ -91,3 +91,58 @@ def test_status_shows_the_all_skipped_reason(tmp_path, capsys, caplog):
     assert doc["skipped"]["all_skipped_reason"] == "malformed numa_maps"
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "processes balanced" in lines[0]
+
+
+# -- process identity -------------------------------------------------------------------
+
+
+def _set_start_ticks(host, pid: int, ticks: int) -> None:
+    """Make `pid` look like a new process (its pid reused): stat field 22 of the leader and its threads."""
+    from autonumad.sim.fakehost import _join_stat, _split_stat
+
+    paths = [host.path(f"/proc/{pid}/stat")] + sorted(host.path(f"/proc/{pid}/task").glob("*/stat"))
+    for p in paths:
+        f = _split_stat(p.read_text())
+        f[21] = str(ticks)
+        p.write_text(_join_stat(f))
+
+
+def test_no_action_on_a_pid_reused_between_snapshot_and_action(tmp_path):
+    """main: actions went by bare pid; a process that took over the pid got the moves and the pins."""
+    from autonumad.act.executor import Executor, TokenBucket
+    from autonumad.plan.history import History
+    from autonumad.plan.policy import BalancePolicyConfig, decide
+    from autonumad.observe.snapshot import ScanLimits, take_snapshot
+
+    host = build_demo_host(tmp_path / "host")
+    c = config(tmp_path)
+    snap = take_snapshot(host, ScanLimits(min_rss_bytes=c.balance.min_rss_bytes))
+    history = History()
+    history.observe(snap, 0.0)
+    decision = decide(snap, history, BalancePolicyConfig.from_config(c.balance), 0.0)
+    pids = {a.pid for a in decision.actions}
+    assert {1001, 2001} <= pids
+    for pid in pids:
+        _set_start_ticks(host, pid, 4242)  # every acted-on pid now belongs to another process
+    before = {pid: (host.path(f"/proc/{pid}/numa_maps").read_text(), host.path(f"/proc/{pid}/status").read_text())
+              for pid in pids}
+    outcomes = Executor(host, TokenBucket(2**40)).run(decision.actions, deadline_s=float("inf"))
+    assert {o.status for o in outcomes} == {"gone"}
+    assert all("pid reused" in o.detail for o in outcomes), [o.detail for o in outcomes]
+    after = {pid: (host.path(f"/proc/{pid}/numa_maps").read_text(), host.path(f"/proc/{pid}/status").read_text())
+             for pid in pids}
+    assert after == before
+
+
+def test_affinity_restore_at_stop_skips_a_reused_pid(tmp_path):
+    """main: a pid reused by a process pinned elsewhere got its affinity reset to the old owner's at stop."""
+    host = build_demo_host(tmp_path / "host")
+    d = Daemon(host, config(tmp_path), manage_knobs=False)
+    report = d.run_pass()
+    assert any(o.action.pid == 2001 and o.action.kind == "set_affinity" and o.status == "done"
+               for o in report.outcomes)
+    _set_start_ticks(host, 2001, 4242)
+    for tid in host.tids(2001):
+        host.set_thread_affinity(tid, {30, 31})  # the new owner's own pin
+    assert d.restore_owned_affinities() == 0
+    assert {host.thread_affinity(t) for t in host.tids(2001)} == {frozenset({30, 31})}

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from autonumad.act import identity
 from autonumad.act.affinity import set_process_affinity
 from autonumad.errors import AccessDenied, MalformedProcFile, ProcessError, ProcessGone
 from autonumad.host import Host, MoveResult
@@ -100,6 +101,7 @@ class Executor:
                 outcomes.append(Outcome(a, "dry-run", "dry run: not applied"))
                 continue
             try:
+                identity.hold(self.host, a.pid, a.start_ticks)  # the snapshot's process, or ProcessGone
                 if a.kind == "migrate":
                     o = self._migrate(a, deadline_s)
                 elif a.kind in ("set_affinity", "restore_affinity"):

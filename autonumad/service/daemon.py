@@ -360,6 +360,7 @@ class Daemon:
         log.info("autonumad stopped")
 
     def restore_owned_affinities(self) -> int:
+        from autonumad.act import identity
         from autonumad.act.affinity import set_process_affinity
 
         n = 0
@@ -367,6 +368,7 @@ class Daemon:
             if h.owned_affinity is None:
                 continue
             try:
+                identity.hold(self.host, pid, _start)  # never restore onto a process that reused the pid
                 set_process_affinity(self.host, pid, h.owned_affinity.original)
                 n += 1
             except (ProcessError, OSError) as e:
