@@ -281,17 +281,29 @@ def _load_config(path: str | None, *, fake_root: bool = False):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from autonumad.service.daemon import Daemon
+    from autonumad.service.runtime import InstanceLock, with_host_runtime_dir
     from autonumad.service.logsetup import setup_logging
     from autonumad.service.sdnotify import Notifier
 
     config, path = _load_config(args.config)
     setup_logging(config.daemon.log_level)
     host = _host(args)
-    daemon = Daemon(host, config, config_path=path, dry_run=True if args.dry_run else None,
-                    interval_s=args.interval, manage_knobs=args.kernel_knobs == "manage",
-                    notifier=Notifier(), metrics=_start_metrics(config, host))
-    daemon.install_signal_handlers()
-    return daemon.run(once=args.once)
+    # Runtime state belongs to one host: under --root it lives inside that root (issue 10).
+    config = with_host_runtime_dir(config, host)
+    dry_run = bool(args.dry_run or config.daemon.dry_run)
+    # One daemon per runtime directory: a second one must not "recover" the
+    # first one's saved knobs and pins. Held until this process exits.
+    lock = InstanceLock(config.daemon.runtime_dir).acquire()
+    try:
+        # A dry run changes nothing, kernel knobs included: it neither applies
+        # nor restores them (it still reports drift from the config).
+        daemon = Daemon(host, config, config_path=path, dry_run=True if args.dry_run else None,
+                        interval_s=args.interval, manage_knobs=args.kernel_knobs == "manage" and not dry_run,
+                        notifier=Notifier(), metrics=_start_metrics(config, host))
+        daemon.install_signal_handlers()
+        return daemon.run(once=args.once)
+    finally:
+        lock.release()
 
 
 def _start_metrics(config, host):
@@ -430,10 +442,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_sysctl(args: argparse.Namespace) -> int:
     from autonumad.act.sysctl import KnobManager
+    from autonumad.service.runtime import daemon_running, runtime_dir_for
 
     config, _ = _load_config(args.config)
     host = _host(args)
-    mgr = KnobManager(host, config.daemon.runtime_dir)
+    runtime_dir = runtime_dir_for(config, host)
+    mgr = KnobManager(host, runtime_dir)
     desired = config.kernel.desired()
     if args.action == "show":
         rows = mgr.show()
@@ -463,7 +477,11 @@ def cmd_sysctl(args: argparse.Namespace) -> int:
         if not drifts and not args.json:
             print("kernel knobs match the config")
         return 1 if drifts else 0
-    changes = mgr.recover() if args.action == "apply" else []
+    # A leftover saved file is a crashed run's only while no daemon runs: the
+    # unit's ExecReload=+sysctl apply runs beside the live daemon, whose saved
+    # originals must stay saved (restoring them flipped the knob 0 -> 1 -> 0).
+    recover = args.action == "apply" and not daemon_running(runtime_dir)
+    changes = mgr.recover() if recover else []
     changes += mgr.apply(desired) if args.action == "apply" else mgr.restore()
     doc = [{"knob": c.name, "path": c.path, "old": c.old, "new": c.new, "outcome": c.outcome, "error": c.error}
            for c in changes]
@@ -478,9 +496,10 @@ def cmd_sysctl(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    import os
     import signal
     from pathlib import Path
+
+    from autonumad.service.runtime import read_file, signal_daemon
 
     if args.runtime_dir:
         runtime_dir = args.runtime_dir
@@ -493,15 +512,12 @@ def cmd_reload(args: argparse.Namespace) -> int:
             runtime_dir = Config().daemon.runtime_dir
     state_path = Path(runtime_dir) / "state.json"
     try:
-        state = json.loads(state_path.read_text())
+        state = json.loads(read_file(runtime_dir, "state.json") or b"")
         pid = int(state["pid"])
-    except (OSError, ValueError, KeyError) as e:
+    except (AutonumadError, ValueError, KeyError, TypeError) as e:
         raise AutonumadError(f"{state_path}: no running daemon found ({e})") from None
     before = (state.get("generation"), json.dumps(state.get("last_reload")))
-    try:
-        os.kill(pid, signal.SIGHUP)
-    except ProcessLookupError:
-        raise AutonumadError(f"pid {pid} from {state_path} is not running") from None
+    signal_daemon(runtime_dir, state, signal.SIGHUP)
     if not args.wait:
         return 0
     deadline = time.monotonic() + args.timeout

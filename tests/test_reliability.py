@@ -146,3 +146,182 @@ def test_affinity_restore_at_stop_skips_a_reused_pid(tmp_path):
         host.set_thread_affinity(tid, {30, 31})  # the new owner's own pin
     assert d.restore_owned_affinities() == 0
     assert {host.thread_affinity(t) for t in host.tids(2001)} == {frozenset({30, 31})}
+
+
+# -- the CLI daemon: one instance, reload by identity, state per host ------------------------
+
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from autonumad.readers.knobs import read_knobs  # noqa: E402
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    os.chmod(path, 0o644)
+    return path
+
+
+def start_daemon(host_dir: Path, cfg: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "autonumad", "run", "--root", str(host_dir), "--config", str(cfg),
+                             *extra], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (run_dir / "state.json").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"daemon did not start: {proc.stderr.read()}")
+        time.sleep(0.05)
+    return proc
+
+
+def stop_daemon(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    return proc.stderr.read()
+
+
+def test_second_run_refuses_and_clean_stop_removes_state(tmp_path):
+    """main: a second `run` "recovered" the live daemon's saved knobs; state.json was never removed."""
+    host = build_demo_host(tmp_path / "host")
+    host.path("/proc/sys/kernel/numa_balancing").write_text("1\n")
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.toml", f'[daemon]\nruntime_dir = "{run}"\ninterval_s = 60\n'
+                                            '[kernel]\nnuma_balancing = "off"\n[metrics]\nlisten = ""\n')
+    first = start_daemon(host.root, cfg, run)
+    try:
+        assert read_knobs(host)["numa_balancing"].value == 0
+        second = subprocess.run([sys.executable, "-m", "autonumad", "run", "--root", str(host.root), "--config",
+                                 str(cfg), "--once"], capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1
+        assert "another autonumad daemon" in second.stderr and "Traceback" not in second.stderr
+        assert second.stderr.count("\n") == 1
+        assert read_knobs(host)["numa_balancing"].value == 0  # the first one's setting is untouched
+        assert first.poll() is None
+    finally:
+        err = stop_daemon(first)
+    assert "Traceback" not in err
+    assert not (run / "state.json").exists()
+    assert read_knobs(host)["numa_balancing"].value == 1
+
+
+def test_reload_signals_only_the_daemon_state_json_names(tmp_path):
+    """main: `reload` sent SIGHUP to whatever process had the pid of a stale state.json (killed a `sleep`)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        (run / "state.json").write_text(json.dumps({"pid": sleeper.pid, "generation": 0, "start_ticks": 1}))
+        assert main(["reload", "--runtime-dir", str(run)]) == 1
+        time.sleep(0.2)
+        assert sleeper.poll() is None  # alive: not signalled
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_reload_reaches_the_live_daemon(tmp_path):
+    host = build_demo_host(tmp_path / "host")
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.toml", f'[daemon]\nruntime_dir = "{run}"\ninterval_s = 60\n'
+                                            '[metrics]\nlisten = ""\n')
+    proc = start_daemon(host.root, cfg, run, "--dry-run")
+    try:
+        r = subprocess.run([sys.executable, "-m", "autonumad", "reload", "--runtime-dir", str(run), "--wait"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "reloaded (generation 1)" in r.stdout
+    finally:
+        stop_daemon(proc)
+
+
+def test_sysctl_apply_beside_a_running_daemon_does_not_restore_its_originals(tmp_path):
+    """issue 13: ExecReload=+sysctl apply called crash recovery: the knob went 0 -> 1 -> 0 on every reload."""
+    host = build_demo_host(tmp_path / "host")
+    host.path("/proc/sys/kernel/numa_balancing").write_text("1\n")
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.toml", f'[daemon]\nruntime_dir = "{run}"\ninterval_s = 60\n'
+                                            '[kernel]\nnuma_balancing = "off"\n[metrics]\nlisten = ""\n')
+    sysctl = [sys.executable, "-m", "autonumad", "sysctl", "apply", "--root", str(host.root), "--config", str(cfg),
+              "--json"]
+    start = subprocess.run(sysctl, capture_output=True, text=True, timeout=60)  # ExecStartPre
+    assert start.returncode == 0, start.stderr
+    assert read_knobs(host)["numa_balancing"].value == 0
+    proc = start_daemon(host.root, cfg, run, "--kernel-knobs=external")
+    try:
+        reload = subprocess.run(sysctl, capture_output=True, text=True, timeout=60)  # ExecReload
+        assert reload.returncode == 0, reload.stderr
+        outcomes = [c["outcome"] for c in json.loads(reload.stdout)["changes"]]
+        assert outcomes == ["unchanged"], outcomes  # main: ["restored", "written"]
+        saved = json.loads((run / "saved-knobs.json").read_text())
+        assert saved["knobs"]["numa_balancing"]["value"] == 1  # the original is still saved
+    finally:
+        stop_daemon(proc)
+
+
+def test_root_run_keeps_its_state_inside_the_root(tmp_path, monkeypatch):
+    """main: `run --root DIR` used the real /run/autonumad (and consumed a real daemon's saved originals)."""
+    from autonumad.service.runtime import runtime_dir_for
+
+    host = build_demo_host(tmp_path / "host")
+    assert runtime_dir_for(Config(), host) == host.root.resolve() / "run/autonumad"
+    cfg = write_config(tmp_path / "c.toml", '[metrics]\nlisten = ""\n')  # default runtime_dir
+    r = subprocess.run([sys.executable, "-m", "autonumad", "run", "--root", str(host.root), "--config", str(cfg),
+                        "--once", "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert not (host.root / "run/autonumad/state.json").exists()  # removed at the clean stop...
+    assert (host.root / "run/autonumad/lock").exists()  # ...but it was there, inside the root
+
+
+def test_dry_run_writes_no_kernel_knob(tmp_path):
+    """main: `run --dry-run` applied the [kernel] knobs at start (help, README and config say it changes nothing)."""
+    host = build_demo_host(tmp_path / "host")
+    host.path("/proc/sys/kernel/numa_balancing").write_text("1\n")
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.toml", f'[daemon]\nruntime_dir = "{run}"\n'
+                                            '[kernel]\nnuma_balancing = "off"\n[metrics]\nlisten = ""\n')
+    before = {p: p.read_text() for p in (host.root / "proc/sys").rglob("*") if p.is_file()}
+    r = subprocess.run([sys.executable, "-m", "autonumad", "run", "--root", str(host.root), "--config", str(cfg),
+                        "--once", "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert {p: p.read_text() for p in before} == before
+    assert not (run / "saved-knobs.json").exists()
+
+
+def test_pins_of_a_crashed_daemon_are_undone_at_the_next_start(tmp_path):
+    """main: after a SIGKILL the daemon's pins stayed forever (and were then taken for the owner's)."""
+    host = build_demo_host(tmp_path / "host")
+    run = tmp_path / "run"
+    original = {host.thread_affinity(t) for t in host.tids(2001)}
+    cfg = write_config(tmp_path / "c.toml", f'[daemon]\nruntime_dir = "{run}"\ninterval_s = 60\n'
+                                            '[metrics]\nlisten = ""\n')
+    proc = start_daemon(host.root, cfg, run)
+    pinned = {host.thread_affinity(t) for t in host.tids(2001)}
+    assert pinned != original  # java: task follows memory
+    assert json.loads((run / "pins.json").read_text())["pins"][0]["pid"] == 2001
+    proc.kill()  # a crash: no clean stop
+    proc.wait()
+    r = subprocess.run([sys.executable, "-m", "autonumad", "run", "--root", str(host.root), "--config", str(cfg),
+                        "--once", "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "previous autonumad run pinned" in r.stderr
+    assert {host.thread_affinity(t) for t in host.tids(2001)} == original
+    assert not (run / "pins.json").exists()
+
+
+def test_pins_of_a_reused_pid_are_not_undone(tmp_path):
+    host = build_demo_host(tmp_path / "host")
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.toml", f'[daemon]\nruntime_dir = "{run}"\ninterval_s = 60\n'
+                                            '[metrics]\nlisten = ""\n')
+    proc = start_daemon(host.root, cfg, run)
+    pinned = {host.thread_affinity(t) for t in host.tids(2001)}
+    proc.kill()
+    proc.wait()
+    _set_start_ticks(host, 2001, 4242)  # the pinned process died; its pid went to a new one
+    r = subprocess.run([sys.executable, "-m", "autonumad", "run", "--root", str(host.root), "--config", str(cfg),
+                        "--once", "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert {host.thread_affinity(t) for t in host.tids(2001)} == pinned

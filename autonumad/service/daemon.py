@@ -36,8 +36,8 @@ from autonumad.plan.history import History
 from autonumad.host import Host
 from autonumad.plan.policy import BalancePolicyConfig, Decision, decide, owned_from_action
 from autonumad.readers.proc_status import read_status
-from autonumad.observe.skips import SkipWatch
 from autonumad.observe.snapshot import HostSnapshot, ScanLimits, SnapshotCache, take_snapshot
+from autonumad.service.safety import Safety
 from autonumad.service.tiering_step import TieringStep, leave_slow_tier_to_tiering, tiering_doc
 
 log = logging.getLogger("autonumad")
@@ -92,7 +92,7 @@ class Daemon:
         self._single_node_logged = False
         self._last_rules: dict[tuple[int, int], str] = {}
         self.tiering = TieringStep(host, clock)
-        self.skip_watch = SkipWatch()  # issue 10: a pass that left every process out says so
+        self.safety = Safety(host, config)  # issue 10: pins on disk, skip warnings, state.json
         self._build_from_config()
 
     # -- configuration ---------------------------------------------------------
@@ -124,10 +124,12 @@ class Daemon:
 
     def reload(self) -> bool:
         from autonumad.service.config import load_config
+        from autonumad.service.runtime import keep_runtime_dir
 
         self._notify("reloading")
         try:
             new = load_config(self.config_path) if self.config_path else self.config
+            new = keep_runtime_dir(new, self.config)
         except AutonumadError as e:
             log.error("reload rejected, keeping the running config: %s", e)
             self.last_reload = {"ok": False, "error": str(e), "at": time.time()}
@@ -172,7 +174,7 @@ class Daemon:
     def run(self, once: bool = False) -> int:
         from autonumad.act.sysctl import KnobManager
 
-        runtime_dir = Path(self.config.daemon.runtime_dir)
+        runtime_dir = self.safety.dir
         if self.manage_knobs or self.config.kernel.desired():
             self.knobs = KnobManager(self.host, runtime_dir)
         if self.manage_knobs:
@@ -185,6 +187,7 @@ class Daemon:
                 log.warning("restored kernel knob %s to %s, left changed by a previous run that did not "
                             "exit cleanly", c.name, c.new)
             self._apply_knobs()
+        self.safety.start()
         log.info("autonumad %s started on %s: interval %.1f s, migrate rate %.0f MiB/s%s", __version__,
                  "this host" if not self.host.is_fake else f"fake host {self.host.root}", self.interval_s,
                  self.config.balance.migrate_rate_mib_s, ", DRY RUN" if self.dry_run else "")
@@ -228,7 +231,7 @@ class Daemon:
             if self.metrics:
                 self.metrics.pass_error("snapshot")
             raise
-        self.skip_watch.observe(snap)
+        self.safety.pass_seen(snap)
         if len(snap.topology.nodes) < 2:
             if not self._single_node_logged:
                 log.info("this host has a single NUMA node: nothing to balance; serving views and metrics only")
@@ -290,6 +293,7 @@ class Daemon:
         self._last_rules = seen
 
     def _record(self, o: Outcome, now: float) -> None:
+        self.safety.outcome(o)
         a = o.action
         if o.status in ("done", "partial") and a.kind == "migrate":
             self.history.record_migration(a.key, now, a.target_node)
@@ -357,6 +361,7 @@ class Daemon:
         if self.manage_knobs and self.knobs is not None and self.config.kernel.restore_on_exit:
             for c in self.knobs.restore():
                 log.info("kernel knob %s restored to %s", c.name, c.new)
+        self.safety.stop()
         log.info("autonumad stopped")
 
     def restore_owned_affinities(self) -> int:
@@ -385,7 +390,6 @@ class Daemon:
 
     def _write_state(self, report: PassReport) -> None:
         """state.json in the runtime dir, atomically: read by `reload --wait` and the CLI."""
-        runtime_dir = Path(self.config.daemon.runtime_dir)
         doc = {
             "schema_version": 1,
             "pid": os.getpid(),
@@ -402,14 +406,7 @@ class Daemon:
                              "detail": o.detail} for o in report.outcomes],
             },
             "dry_run": self.dry_run,
-            "skipped": self.skip_watch.doc(),
             "tiering": tiering_doc(report.tiering),
             "updated_at": time.time(),
         }
-        try:
-            runtime_dir.mkdir(parents=True, exist_ok=True)
-            tmp = runtime_dir / f".state.json.{os.getpid()}"
-            tmp.write_text(json.dumps(doc, indent=1) + "\n")
-            os.replace(tmp, runtime_dir / "state.json")
-        except OSError as e:
-            log.debug("state.json not written: %s", e)
+        self.safety.write_state(doc)
