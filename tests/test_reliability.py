@@ -288,6 +288,8 @@ def test_dry_run_writes_no_kernel_knob(tmp_path):
     assert r.returncode == 0, r.stderr
     assert {p: p.read_text() for p in before} == before
     assert not (run / "saved-knobs.json").exists()
+    # Written and put back at exit would leave the same tree: the log says whether it was written.
+    assert "kernel knob numa_balancing: 1 -> 0" not in r.stderr, r.stderr
 
 
 def test_pins_of_a_crashed_daemon_are_undone_at_the_next_start(tmp_path):
@@ -325,3 +327,30 @@ def test_pins_of_a_reused_pid_are_not_undone(tmp_path):
                         "--once", "--dry-run"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert {host.thread_affinity(t) for t in host.tids(2001)} == pinned
+
+
+# -- bad input and signals -------------------------------------------------------------------
+
+
+def test_corrupt_saved_knobs_and_sighup_keep_the_daemon_and_restore_at_stop(tmp_path):
+    """main: a corrupt saved-knobs file plus SIGHUP: the daemon exited and left the knob changed."""
+    host = build_demo_host(tmp_path / "host")
+    host.path("/proc/sys/kernel/numa_balancing").write_text("1\n")
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.toml", f'[daemon]\nruntime_dir = "{run}"\ninterval_s = 60\n'
+                                            '[kernel]\nnuma_balancing = "off"\n[metrics]\nlisten = ""\n')
+    proc = start_daemon(host.root, cfg, run)
+    try:
+        assert read_knobs(host)["numa_balancing"].value == 0
+        (run / "saved-knobs.json").write_bytes(b"\xff{torn")
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while json.loads((run / "state.json").read_text()).get("generation") != 1:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        assert proc.poll() is None
+    finally:
+        err = stop_daemon(proc)
+    assert "Traceback" not in err
+    assert "using the originals this daemon saved earlier" in err
+    assert read_knobs(host)["numa_balancing"].value == 1  # its original, restored at stop
