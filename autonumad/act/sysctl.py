@@ -330,7 +330,12 @@ class KnobManager:
                            if n not in saved and kv.path is not None and kv.value is not None}
             if new_entries:
                 saved.update(new_entries)
-                self._write_saved(saved)
+                try:
+                    self._write_saved(saved)
+                except SavedKnobsError as e:
+                    # No record of the originals, no write (read-only or unsafe directory).
+                    return changes + [KnobChange(n, current[n].path, current[n].value, v, "refused", str(e))
+                                      for n, v in desired.items()]
 
         for name, want in desired.items():
             kv = current[name]
