@@ -46,6 +46,20 @@ def _add_host_args(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
         p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
 
 
+def _interval_arg(text: str) -> float:
+    """--interval, validated exactly as the config's daemon.interval_s (issue 10: -1, 0, nan, inf, 0.0001)."""
+    from autonumad.service.config import check_key
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    try:
+        return check_key("daemon", "interval_s", value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"as daemon.interval_s: {e}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autonumad", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="PATH", default=None,
                    help="config file (default /etc/autonumad/autonumad.toml; missing = built-in defaults)")
     _add_host_args(p, json_flag=False)
-    p.add_argument("--interval", type=float, metavar="SECONDS", default=None,
-                   help="seconds between passes (overrides daemon.interval_s)")
+    p.add_argument("--interval", type=_interval_arg, metavar="SECONDS", default=None,
+                   help="seconds between passes (overrides daemon.interval_s; 0.5 to 3600)")
     p.add_argument("--once", action="store_true", help="run one pass and exit")
     p.add_argument("--dry-run", action="store_true",
                    help="decide and log every action with its reason, change nothing")
@@ -301,7 +315,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                         interval_s=args.interval, manage_knobs=args.kernel_knobs == "manage" and not dry_run,
                         notifier=Notifier(), metrics=_start_metrics(config, host))
         daemon.install_signal_handlers()
-        return daemon.run(once=args.once)
+        if getattr(args, "early_signals", None) is not None:
+            args.early_signals.hand_over(daemon)
+        rc = daemon.run(once=args.once)
+        if args.once and not daemon.reports and not daemon.stop_event.is_set():
+            # The one pass could not read the host (logged by the daemon): a
+            # script running `run --once` must not take that for success.
+            return 1
+        return rc
     finally:
         lock.release()
 
@@ -538,9 +559,42 @@ def cmd_reload(args: argparse.Namespace) -> int:
     raise AutonumadError(f"daemon pid {pid} did not report a reload within {args.timeout:g} s")
 
 
+class _EarlySignals:
+    """SIGHUP/SIGTERM/SIGINT arriving before the daemon's own handlers: remembered, then handed over.
+
+    SIGHUP's default action terminates the process, and starting `run`
+    (imports, config, metrics endpoint) takes a while: systemd's reload, or
+    an operator's, in that window killed the daemon (issue 10). So `main`
+    installs these first thing for `run`, and cmd_run hands what arrived to
+    the daemon once it has installed its own.
+    """
+
+    def __init__(self) -> None:
+        import signal
+
+        self.reload = self.stop = False
+        signal.signal(signal.SIGHUP, self._hup)
+        signal.signal(signal.SIGTERM, self._term)
+        signal.signal(signal.SIGINT, self._term)
+
+    def _hup(self, *_: Any) -> None:
+        self.reload = True
+
+    def _term(self, *_: Any) -> None:
+        self.stop = True
+
+    def hand_over(self, daemon) -> None:
+        if self.stop:
+            daemon.request_stop()
+        if self.reload:
+            daemon.request_reload()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    early = _EarlySignals() if list(sys.argv[1:] if argv is None else argv)[:1] == ["run"] else None
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.early_signals = early
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="autonumad: %(levelname)s: %(message)s")
     try:

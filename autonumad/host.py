@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from autonumad.errors import AccessDenied, HostError, ProcessGone
+from autonumad.errors import AccessDenied, HostError, MalformedProcFile, ProcessGone
 
 # errno values that, under /proc/<pid>, mean the process went away between
 # listing and reading (proc(5); ESRCH comes from files such as numa_maps whose
@@ -176,6 +176,10 @@ def process_error(pid: int, path: str, e: OSError) -> Exception:
         return ProcessGone(pid, path)
     if e.errno in _DENIED_ERRNOS:
         return AccessDenied(pid, path)
+    if e.errno in (errno.ENOTDIR, errno.EISDIR):
+        # Only a fake tree does this (/proc/<pid> a file, numa_maps a directory):
+        # a malformed process, not a crash (issue 10).
+        return MalformedProcFile(pid, path, os.strerror(e.errno))
     return e
 
 

@@ -354,3 +354,108 @@ def test_corrupt_saved_knobs_and_sighup_keep_the_daemon_and_restore_at_stop(tmp_
     assert "Traceback" not in err
     assert "using the originals this daemon saved earlier" in err
     assert read_knobs(host)["numa_balancing"].value == 1  # its original, restored at stop
+
+
+def _broken_tree(tmp_path: Path):
+    """The fake-tree inputs that crashed main with tracebacks (issue 10)."""
+    import re
+
+    host = build_demo_host(tmp_path / "host")
+    host.path("/proc/777").write_text("a pid entry that is a file\n")
+    host.path("/proc/3001/numa_maps").unlink()
+    host.path("/proc/3001/numa_maps").mkdir()
+    nm = host.path("/proc/1001/numa_maps")
+    nm.write_text(re.sub(r"N0=\d+", "N0=" + "9" * 300, nm.read_text(), count=1))
+    st = host.path("/proc/2001/status")
+    st.write_text(re.sub(r"VmRSS:\t\d+", "VmRSS:\t" + "9" * 300, st.read_text()))
+    for p in host.path("/proc/5001/task").glob("*/stat"):
+        f = p.read_text().split(" ")
+        f[13] = "9" * 300  # utime
+        p.write_text(" ".join(f))
+    return host
+
+
+def test_broken_fake_trees_give_typed_one_line_outcomes(tmp_path, capsys):
+    """main: a pid entry that is a file, numa_maps that is a directory, 300-digit counts: tracebacks."""
+    host = _broken_tree(tmp_path)
+    report = Daemon(host, config(tmp_path), manage_knobs=False).run_pass()
+    skipped = {s.pid: s for s in report.snapshot.skipped}
+    assert set(skipped) == {777, 1001, 2001, 3001, 5001}, skipped
+    assert {s.kind for s in skipped.values()} == {"malformed"}
+    assert main(["status", "--root", str(host.root), "--json"]) == 0
+    assert main(["explain", "3001", "--root", str(host.root)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "numa_maps: Is a directory" in err
+
+
+def test_run_once_fails_when_the_pass_cannot_read_the_host(tmp_path):
+    """main: `run --once` exited 0 although its only pass could not read the host."""
+    host = build_demo_host(tmp_path / "host")
+    host.path("/proc/vmstat").unlink()
+    cfg = write_config(tmp_path / "c.toml", f'[daemon]\nruntime_dir = "{tmp_path}/run"\n[metrics]\nlisten = ""\n')
+    r = subprocess.run([sys.executable, "-m", "autonumad", "run", "--root", str(host.root), "--config", str(cfg),
+                        "--once", "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert "/proc/vmstat" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_interval_on_the_command_line_is_validated_like_interval_s(capsys):
+    """main: -1, 0 and nan busy-looped, inf never passed again, 0.0001 spun at 95 % CPU."""
+    import pytest
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
+    try:
+        for bad in ("-1", "0", "0.0001", "nan", "inf", "ten"):
+            with pytest.raises(SystemExit) as ei:
+                main(["run", "--interval", bad, "--once"])
+            assert ei.value.code == 2
+            err = capsys.readouterr().err
+            assert err.strip().splitlines()[-1].startswith("autonumad run: error: argument --interval"), err
+    finally:
+        for s, h in saved.items():  # `run` installs its early handlers first thing
+            signal.signal(s, h)
+    import argparse
+
+    from autonumad.cli import _interval_arg
+
+    assert _interval_arg("0.5") == 0.5 and _interval_arg("3600") == 3600.0
+    for bad in ("3601", "0.49"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"\[0.5, 3600\]"):
+            _interval_arg(bad)
+
+
+def test_a_config_path_or_dropin_that_is_a_directory_is_one_line(tmp_path, capsys):
+    """main: IsADirectoryError traceback at start, and the daemon died on SIGHUP."""
+    d = tmp_path / "etc"
+    (d / "adir.toml").mkdir(parents=True)
+    assert main(["check-config", str(d / "adir.toml")]) == 78
+    assert "not a regular file (a directory)" in capsys.readouterr().err
+    cfg = write_config(d / "autonumad.toml", '[metrics]\nlisten = ""\n')
+    (d / "conf.d" / "10-x.toml").mkdir(parents=True)
+    assert main(["check-config", str(cfg)]) == 78
+    err = capsys.readouterr().err
+    assert "conf.d/10-x.toml: not a regular file" in err and "Traceback" not in err
+    # And a reload meeting it keeps the running config.
+    host = build_demo_host(tmp_path / "host")
+    d2 = Daemon(host, config(tmp_path), config_path=str(cfg), manage_knobs=False)
+    assert d2.reload() is False and "not a regular file" in d2.last_reload["error"]
+
+
+def test_sighup_during_start_up_does_not_kill_the_daemon(tmp_path):
+    """main: SIGHUP in the first ~0.1 s (before the daemon's handlers) terminated it."""
+    host = build_demo_host(tmp_path / "host")
+    cfg = write_config(tmp_path / "c.toml", f'[daemon]\nruntime_dir = "{tmp_path}/run"\n[metrics]\nlisten = ""\n')
+    # SIGHUP arrives while the config is being loaded: the earliest point a test can reach in-process.
+    script = f"""
+import os, signal, sys
+import autonumad.cli as cli
+real = cli._load_config
+def slow_load(*a, **k):
+    os.kill(os.getpid(), signal.SIGHUP)
+    return real(*a, **k)
+cli._load_config = slow_load
+sys.exit(cli.main(["run", "--root", {str(host.root)!r}, "--config", {str(cfg)!r}, "--once", "--dry-run"]))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    assert "configuration reloaded" in r.stderr  # the early SIGHUP was handed to the daemon

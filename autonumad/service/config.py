@@ -1100,11 +1100,18 @@ def _read_config_file(p: Path, require_secure: bool) -> bytes:
         raise
     except OSError as e:
         raise ConfigError([f"cannot open: {e.strerror}"], path=p) from None
+    # Check the file we opened, not the path (which may be replaced meanwhile),
+    # and before wrapping it: os.fdopen() raises IsADirectoryError on a
+    # directory (a config path or a conf.d entry that is one, issue 10).
+    try:
+        st = os.fstat(fd)
+    except OSError as e:
+        os.close(fd)
+        raise ConfigError([f"cannot stat: {e.strerror}"], path=p) from None
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ConfigError(["not a regular file" + (" (a directory)" if stat.S_ISDIR(st.st_mode) else "")], path=p)
     with os.fdopen(fd, "rb") as f:
-        # Check the file we opened, not the path (which may be replaced meanwhile).
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(["not a regular file"], path=p)
         if require_secure:
             uids = trusted_owner_uids()
             problems = security_problems(st, "the file", trusted_uids=uids)
@@ -1120,3 +1127,18 @@ def _read_config_file(p: Path, require_secure: bool) -> bytes:
     if len(data) > _MAX_CONFIG_BYTES:
         raise ConfigError([f"larger than {_MAX_CONFIG_BYTES} bytes"], path=p)
     return data
+
+
+def check_key(section: str, key: str, value: Any) -> Any:
+    """Validate one value exactly as the config file's `section.key` is validated (for command-line overrides).
+
+    Returns the converted value; raises ValueError with the config's message
+    ("expected a number in [0.5, 3600], got nan").
+    """
+    for f in fields(SECTIONS[section]):
+        if f.name == key:
+            try:
+                return f.metadata["check"](value)
+            except _Invalid as e:
+                raise ValueError("; ".join(reason for _, reason in e.problems)) from None
+    raise KeyError(f"{section}.{key}")
