@@ -34,12 +34,15 @@ executor needs one call per action and the actuators one per step.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import select
 from dataclasses import dataclass
 
 from autonumad.errors import ProcessError, ProcessGone
 from autonumad.readers.task_stat import read_stat
+
+log = logging.getLogger("autonumad")
 
 
 class ProcessReplaced(ProcessGone):
@@ -141,6 +144,9 @@ def hold(host, pid: int, expected_start_ticks: int) -> Handle:
     release(host)
     h = Handle.open(host, pid, expected_start_ticks)
     setattr(host, _HELD, h)
+    # One line per action at debug level: the pid-reuse storm test matches
+    # each against the kernel's own trace of who held the pid.
+    log.debug("acting on pid %d start_ticks %d", pid, expected_start_ticks)
     return h
 
 
