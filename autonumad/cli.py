@@ -301,6 +301,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config, path = _load_config(args.config)
     setup_logging(config.daemon.log_level)
+    for w in _all_warnings(config):
+        log.warning("%s", w)
     host = _host(args)
     # Runtime state belongs to one host: under --root it lives inside that root (issue 10).
     config = with_host_runtime_dir(config, host)
@@ -445,6 +447,15 @@ def _kernel_warnings(config) -> list[str]:
     return out
 
 
+def _all_warnings(config) -> list[str]:
+    """_kernel_warnings and the config module's own (metrics.listen beyond loopback, ...), once each."""
+    from autonumad.service.config import config_warnings
+
+    out = _kernel_warnings(config)
+    out += [w for w in config_warnings(config) if not w.startswith(("kernel.numa_balancing", "kernel.demotion"))]
+    return out
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -452,8 +463,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     path = args.path or DEFAULT_CONFIG_PATH
     config = load_config(path)
-    for w in _kernel_warnings(config):
+    for w in _all_warnings(config):
         print(f"autonumad: warning: {w}", file=sys.stderr)
+    if config.metrics.web_config:
+        from autonumad.service.webconfig import load_web_config
+
+        load_web_config(config.metrics.web_config)  # TLS files and bcrypt hashes checked now, not at start
     if args.json:
         _print_json(json.loads(json.dumps(asdict(config), default=lambda o: getattr(o, "pattern", str(o)))))
     else:

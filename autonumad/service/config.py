@@ -755,6 +755,9 @@ class MetricsConfig:
     # Also write the metrics to this file each pass, for node_exporter's
     # textfile collector (which reads only *.prom); "" for none.
     textfile: str = _key("", _AbsPath(allow_empty=True, suffix=".prom"))
+    # TLS and basic auth for the endpoint: a TOML file with exporter-toolkit's
+    # web config keys (service/webconfig.py); "" serves plain HTTP without auth.
+    web_config: str = _key("", _AbsPath(allow_empty=True))
 
     def listen_address(self) -> tuple[str, int] | None:
         """(address, port) to bind, or None when the endpoint is off."""
@@ -989,7 +992,9 @@ def config_warnings(cfg: Config) -> list[str]:
     addr = m.listen_address()
     if addr is not None and not ipaddress.ip_address(addr[0]).is_loopback:
         warnings.append(f"metrics.listen = {m.listen!r} is reachable from other hosts; the shipped unit's "
-                        "IPAddressAllow=localhost drops those scrapes until a drop-in allows the Prometheus server")
+                        "IPAddressAllow=localhost drops those scrapes until a drop-in allows the Prometheus server"
+                        + ("" if m.web_config else "; the metrics name processes and their placement: set "
+                           "metrics.web_config for TLS and basic auth"))
     if b.pass_budget_mib / b.migrate_rate_mib_s > 15:
         warnings.append(f"balance.pass_budget_mib: moving it at balance.migrate_rate_mib_s takes "
                         f"{b.pass_budget_mib / b.migrate_rate_mib_s:.0f} s, more than half the unit's WatchdogSec=30s")

@@ -124,6 +124,7 @@ class Daemon:
 
     def reload(self) -> bool:
         from autonumad.service.config import load_config
+        from autonumad.service.metrics import reload_metrics
         from autonumad.service.runtime import keep_runtime_dir
 
         self._notify("reloading")
@@ -137,6 +138,7 @@ class Daemon:
                 self.metrics.config_reload(False)
             self._notify("ready")
             return False
+        reload_metrics(self.metrics, self.config.metrics, new.metrics)  # applies it or says: restart
         self.config = new
         self._build_from_config()
         if self.manage_knobs and self.knobs is not None:
