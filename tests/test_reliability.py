@@ -459,3 +459,27 @@ sys.exit(cli.main(["run", "--root", {str(host.root)!r}, "--config", {str(cfg)!r}
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, (r.returncode, r.stderr)
     assert "configuration reloaded" in r.stderr  # the early SIGHUP was handed to the daemon
+
+
+def test_the_fake_host_does_not_follow_symlinks_out_of_its_root(tmp_path, capsys):
+    """A symlink in a fake tree must not make a view read, or an actuator write, outside the tree."""
+    host = build_demo_host(tmp_path / "host")
+    secret = tmp_path / "secret"
+    secret.write_text("root:$6$hash:0:0\n")
+    nm = host.path("/proc/1001/numa_maps")
+    nm.unlink()
+    nm.symlink_to(secret)
+    knob = tmp_path / "real-knob"
+    knob.write_text("1\n")
+    host.path("/proc/sys/kernel/numa_balancing").unlink()
+    host.path("/proc/sys/kernel/numa_balancing").symlink_to(knob)
+    report = Daemon(host, config(tmp_path), manage_knobs=False).run_pass()
+    assert report.snapshot.process(1001) is None
+    assert any(s.pid == 1001 and s.kind == "denied" for s in report.snapshot.skipped)
+    import pytest
+
+    with pytest.raises(PermissionError):
+        host.write_text("/proc/sys/kernel/numa_balancing", "0")
+    assert knob.read_text() == "1\n" and secret.read_text() == "root:$6$hash:0:0\n"
+    assert main(["explain", "1001", "--root", str(host.root)]) == 1
+    assert "root:$6$" not in capsys.readouterr().out

@@ -352,3 +352,21 @@ def signal_daemon(directory: str | os.PathLike[str], state: dict, signum: int) -
         if pidfd is not None:
             os.close(pidfd)
     return pid
+
+
+# -- a fake host stays inside its root --------------------------------------------------
+
+
+def inside_root(root_real: str, fs_path: str) -> str:
+    """`fs_path` if it resolves inside `root_real` (a realpath), else PermissionError.
+
+    A fake host is a directory tree anyone may have built; a symlink in it
+    (proc/123/numa_maps -> /etc/shadow, sys/.../knob -> /proc/sys/kernel/...)
+    must not make a view read, or an actuator write, outside the tree. The
+    EACCES maps to the usual outcomes: AccessDenied for a process's file,
+    "absent" for an optional one, a HostError naming the file otherwise.
+    """
+    real = os.path.realpath(fs_path)
+    if real != root_real and not real.startswith(root_real + "/"):
+        raise PermissionError(errno.EACCES, "a symlink leads out of the fake host's root", fs_path)
+    return fs_path
