@@ -342,9 +342,16 @@ def signal_daemon(directory: str | os.PathLike[str], state: dict, signum: int) -
         if now != start:
             raise AutonumadError(f"pid {pid} from {path} is another process now (started at tick {now}, the "
                                  f"daemon at {start}): not signalled")
+        sent = False
         if pidfd is not None:
-            _signal.pidfd_send_signal(pidfd, signum)
-        else:
+            try:
+                _signal.pidfd_send_signal(pidfd, signum)
+                sent = True
+            except ProcessLookupError:
+                raise
+            except OSError:
+                pass  # refused by a seccomp filter (EPERM): the start-time check alone
+        if not sent:
             os.kill(pid, signum)
     except ProcessLookupError:
         raise AutonumadError(f"pid {pid} from {path} is not running") from None
