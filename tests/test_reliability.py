@@ -305,8 +305,13 @@ def test_pins_of_a_crashed_daemon_are_undone_at_the_next_start(tmp_path):
     assert json.loads((run / "pins.json").read_text())["pins"][0]["pid"] == 2001
     proc.kill()  # a crash: no clean stop
     proc.wait()
-    r = subprocess.run([sys.executable, "-m", "autonumad", "run", "--root", str(host.root), "--config", str(cfg),
-                        "--once", "--dry-run"], capture_output=True, text=True, timeout=60)
+    run_once = [sys.executable, "-m", "autonumad", "run", "--root", str(host.root), "--config", str(cfg), "--once"]
+    dry = subprocess.run(run_once + ["--dry-run"], capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert {host.thread_affinity(t) for t in host.tids(2001)} == pinned  # a dry run changes nothing...
+    assert (run / "pins.json").exists()  # ...and leaves the record for the next real start
+    host.path("/proc/2001/numa_maps").write_text("")  # nothing for the real pass to re-pin
+    r = subprocess.run(run_once, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "previous autonumad run pinned" in r.stderr
     assert {host.thread_affinity(t) for t in host.tids(2001)} == original
@@ -323,10 +328,12 @@ def test_pins_of_a_reused_pid_are_not_undone(tmp_path):
     proc.kill()
     proc.wait()
     _set_start_ticks(host, 2001, 4242)  # the pinned process died; its pid went to a new one
+    host.path("/proc/2001/numa_maps").write_text("")  # nothing for the real pass to decide about it
     r = subprocess.run([sys.executable, "-m", "autonumad", "run", "--root", str(host.root), "--config", str(cfg),
-                        "--once", "--dry-run"], capture_output=True, text=True, timeout=60)
+                        "--once"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert {host.thread_affinity(t) for t in host.tids(2001)} == pinned
+    assert "previous autonumad run pinned" not in r.stderr
+    assert {host.thread_affinity(t) for t in host.tids(2001)} == pinned  # the new owner's, as it is
 
 
 # -- bad input and signals -------------------------------------------------------------------

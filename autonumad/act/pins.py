@@ -60,6 +60,7 @@ class PinLedger:
         self.dir = Path(directory)
         self.pins: dict[tuple[int, int], Pin] = {}
         self._dirty = False
+        self.keep_on_close = False  # a dry run leaves a crashed run's file alone
 
     # -- the file -----------------------------------------------------------------------
     def _load(self) -> list[Pin] | None:

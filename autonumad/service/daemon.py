@@ -189,7 +189,7 @@ class Daemon:
                 log.warning("restored kernel knob %s to %s, left changed by a previous run that did not "
                             "exit cleanly", c.name, c.new)
             self._apply_knobs()
-        self.safety.start()
+        self.safety.start(dry_run=self.dry_run)
         log.info("autonumad %s started on %s: interval %.1f s, migrate rate %.0f MiB/s%s", __version__,
                  "this host" if not self.host.is_fake else f"fake host {self.host.root}", self.interval_s,
                  self.config.balance.migrate_rate_mib_s, ", DRY RUN" if self.dry_run else "")

@@ -45,7 +45,12 @@ class Safety:
         self.skips = SkipWatch()
         self.pins = PinLedger(host, self.dir)
 
-    def start(self) -> None:
+    def start(self, dry_run: bool = False) -> None:
+        if dry_run:
+            # A dry run changes nothing, not even to undo a crashed run's pins:
+            # their file stays for the next real start.
+            self.pins.keep_on_close = True
+            return
         self.pins.recover()
 
     def pass_seen(self, snapshot) -> None:
@@ -66,5 +71,6 @@ class Safety:
             log.debug("state.json not written: %s", e)
 
     def stop(self) -> None:
-        self.pins.close()
+        if not self.pins.keep_on_close:
+            self.pins.close()
         runtime.remove_file(self.dir, runtime.STATE_FILE_NAME)
