@@ -46,6 +46,20 @@ def _add_host_args(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
         p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
 
 
+def _interval_arg(text: str) -> float:
+    """--interval, validated exactly as the config's daemon.interval_s (issue 10: -1, 0, nan, inf, 0.0001)."""
+    from autonumad.service.config import check_key
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    try:
+        return check_key("daemon", "interval_s", value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"as daemon.interval_s: {e}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autonumad", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="PATH", default=None,
                    help="config file (default /etc/autonumad/autonumad.toml; missing = built-in defaults)")
     _add_host_args(p, json_flag=False)
-    p.add_argument("--interval", type=float, metavar="SECONDS", default=None,
-                   help="seconds between passes (overrides daemon.interval_s)")
+    p.add_argument("--interval", type=_interval_arg, metavar="SECONDS", default=None,
+                   help="seconds between passes (overrides daemon.interval_s; 0.5 to 3600)")
     p.add_argument("--once", action="store_true", help="run one pass and exit")
     p.add_argument("--dry-run", action="store_true",
                    help="decide and log every action with its reason, change nothing")
@@ -237,9 +251,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if _live(host) and args.sample_s > 0:
         time.sleep(args.sample_s)
     snap = take_snapshot(host, ScanLimits(min_rss_bytes=parse_size_arg(args.min_rss)))
-    for s in snap.skipped:
-        log.warning("left out %s", s.message)
     doc = status_doc(snap, prev, limit=args.limit or None)
+    doc["skipped"] = _skipped_status(args, host, snap)
     doc["tiering"] = _tiering_status(args, host, snap)
     if args.json:
         _print_json(doc)
@@ -249,6 +262,32 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         render_tiering(doc["tiering"], _console())
     return 0
+
+
+def _skipped_status(args: argparse.Namespace, host, snap) -> dict:
+    """Processes left out, by reason, of this read and of the daemon's last pass (issue 10).
+
+    When every candidate was left out for one reason, one warning says so
+    instead of a line per process: the cause is the host, not the processes.
+    """
+    from autonumad.observe.skips import summarize_skips
+
+    summary = summarize_skips(snap)
+    if summary.headline() is not None:
+        log.warning("%s", summary.headline())
+    else:
+        for s in snap.skipped:
+            log.warning("left out %s", s.message)
+    try:
+        config, _ = _load_config(getattr(args, "config", None))
+    except AutonumadError:
+        config = None
+    state = _daemon_state(config) if config is not None and (_live(host) or args.config) else None
+    daemon = (state or {}).get("skipped")
+    if daemon and daemon.get("all_skipped_reason"):
+        log.warning("the running daemon's last pass balanced nothing: every one of its %d candidates was "
+                    "left out (%s)", daemon.get("candidates", 0), daemon["all_skipped_reason"])
+    return {**summary.as_json(), "daemon_last_pass": daemon}
 
 
 def _daemon_state(config) -> dict | None:
@@ -287,17 +326,34 @@ def _load_config(path: str | None, *, fake_root: bool = False):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from autonumad.service.daemon import Daemon
+    from autonumad.service.runtime import InstanceLock, with_host_runtime_dir
     from autonumad.service.logsetup import setup_logging
     from autonumad.service.sdnotify import Notifier
 
     config, path = _load_config(args.config)
     setup_logging(config.daemon.log_level)
+    for w in _all_warnings(config):
+        log.warning("%s", w)
     host = _host(args)
-    daemon = Daemon(host, config, config_path=path, dry_run=True if args.dry_run else None,
-                    interval_s=args.interval, manage_knobs=args.kernel_knobs == "manage",
-                    notifier=Notifier(), metrics=_start_metrics(config, host))
-    daemon.install_signal_handlers()
-    return daemon.run(once=args.once)
+    # Runtime state belongs to one host: under --root it lives inside that root (issue 10).
+    config = with_host_runtime_dir(config, host)
+    dry_run = bool(args.dry_run or config.daemon.dry_run)
+    # One daemon per runtime directory: a second one must not "recover" the
+    # first one's saved knobs and pins. Held until this process exits.
+    lock = InstanceLock(config.daemon.runtime_dir).acquire()
+    try:
+        # A dry run changes nothing, kernel knobs included: it neither applies
+        # nor restores them (it still reports drift from the config).
+        daemon = Daemon(host, config, config_path=path, dry_run=True if args.dry_run else None,
+                        interval_s=args.interval, manage_knobs=args.kernel_knobs == "manage" and not dry_run,
+                        notifier=Notifier(), metrics=_start_metrics(config, host))
+        daemon.install_signal_handlers()
+        if getattr(args, "early_signals", None) is not None:
+            args.early_signals.hand_over(daemon)
+        # 1 when `--once` could not read the host (logged by the daemon).
+        return daemon.run(once=args.once)
+    finally:
+        lock.release()
 
 
 def _start_metrics(config, host):
@@ -492,6 +548,15 @@ def _kernel_warnings(config) -> list[str]:
     return out
 
 
+def _all_warnings(config) -> list[str]:
+    """_kernel_warnings and the config module's own (metrics.listen beyond loopback, ...), once each."""
+    from autonumad.service.config import config_warnings
+
+    out = _kernel_warnings(config)
+    out += [w for w in config_warnings(config) if not w.startswith(("kernel.numa_balancing", "kernel.demotion"))]
+    return out
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -499,8 +564,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     path = args.path or DEFAULT_CONFIG_PATH
     config = load_config(path)
-    for w in _kernel_warnings(config):
+    for w in _all_warnings(config):
         print(f"autonumad: warning: {w}", file=sys.stderr)
+    if config.metrics.web_config:
+        from autonumad.service.webconfig import load_web_config
+
+        load_web_config(config.metrics.web_config)  # TLS files and bcrypt hashes checked now, not at start
     if args.json:
         _print_json(json.loads(json.dumps(asdict(config), default=lambda o: getattr(o, "pattern", str(o)))))
     else:
@@ -510,10 +579,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_sysctl(args: argparse.Namespace) -> int:
     from autonumad.act.sysctl import KnobManager
+    from autonumad.service.runtime import daemon_running, runtime_dir_for
 
     config, _ = _load_config(args.config)
     host = _host(args)
-    mgr = KnobManager(host, config.daemon.runtime_dir)
+    runtime_dir = runtime_dir_for(config, host)
+    mgr = KnobManager(host, runtime_dir)
     desired = config.kernel.desired()
     if args.action == "show":
         rows = mgr.show()
@@ -543,7 +614,11 @@ def cmd_sysctl(args: argparse.Namespace) -> int:
         if not drifts and not args.json:
             print("kernel knobs match the config")
         return 1 if drifts else 0
-    changes = mgr.recover() if args.action == "apply" else []
+    # A leftover saved file is a crashed run's only while no daemon runs: the
+    # unit's ExecReload=+sysctl apply runs beside the live daemon, whose saved
+    # originals must stay saved (restoring them flipped the knob 0 -> 1 -> 0).
+    recover = args.action == "apply" and not daemon_running(runtime_dir)
+    changes = mgr.recover() if recover else []
     changes += mgr.apply(desired) if args.action == "apply" else mgr.restore()
     doc = [{"knob": c.name, "path": c.path, "old": c.old, "new": c.new, "outcome": c.outcome, "error": c.error}
            for c in changes]
@@ -558,9 +633,10 @@ def cmd_sysctl(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    import os
     import signal
     from pathlib import Path
+
+    from autonumad.service.runtime import read_file, signal_daemon
 
     if args.runtime_dir:
         runtime_dir = args.runtime_dir
@@ -573,15 +649,12 @@ def cmd_reload(args: argparse.Namespace) -> int:
             runtime_dir = Config().daemon.runtime_dir
     state_path = Path(runtime_dir) / "state.json"
     try:
-        state = json.loads(state_path.read_text())
+        state = json.loads(read_file(runtime_dir, "state.json") or b"")
         pid = int(state["pid"])
-    except (OSError, ValueError, KeyError) as e:
+    except (AutonumadError, ValueError, KeyError, TypeError) as e:
         raise AutonumadError(f"{state_path}: no running daemon found ({e})") from None
     before = (state.get("generation"), json.dumps(state.get("last_reload")))
-    try:
-        os.kill(pid, signal.SIGHUP)
-    except ProcessLookupError:
-        raise AutonumadError(f"pid {pid} from {state_path} is not running") from None
+    signal_daemon(runtime_dir, state, signal.SIGHUP)
     if not args.wait:
         return 0
     deadline = time.monotonic() + args.timeout
@@ -602,9 +675,42 @@ def cmd_reload(args: argparse.Namespace) -> int:
     raise AutonumadError(f"daemon pid {pid} did not report a reload within {args.timeout:g} s")
 
 
+class _EarlySignals:
+    """SIGHUP/SIGTERM/SIGINT arriving before the daemon's own handlers: remembered, then handed over.
+
+    SIGHUP's default action terminates the process, and starting `run`
+    (imports, config, metrics endpoint) takes a while: systemd's reload, or
+    an operator's, in that window killed the daemon (issue 10). So `main`
+    installs these first thing for `run`, and cmd_run hands what arrived to
+    the daemon once it has installed its own.
+    """
+
+    def __init__(self) -> None:
+        import signal
+
+        self.reload = self.stop = False
+        signal.signal(signal.SIGHUP, self._hup)
+        signal.signal(signal.SIGTERM, self._term)
+        signal.signal(signal.SIGINT, self._term)
+
+    def _hup(self, *_: Any) -> None:
+        self.reload = True
+
+    def _term(self, *_: Any) -> None:
+        self.stop = True
+
+    def hand_over(self, daemon) -> None:
+        if self.stop:
+            daemon.request_stop()
+        if self.reload:
+            daemon.request_reload()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    early = _EarlySignals() if list(sys.argv[1:] if argv is None else argv)[:1] == ["run"] else None
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.early_signals = early
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="autonumad: %(levelname)s: %(message)s")
     try:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterable
 
 from autonumad.act import syscalls
-from autonumad.errors import AccessDenied, ProcessGone
+from autonumad.errors import AccessDenied, HostError, MalformedProcFile, ProcessGone
 from autonumad.model import DEFAULT_CLOCK_TICKS_PER_S, DEFAULT_PAGE_BYTES, MoveResult
 
 # errno values that, under /proc/<pid>, mean the process went away between
@@ -135,6 +135,10 @@ class Host:
         """This daemon's own pid when it runs on this host (it never plans for itself), else None."""
         return None
 
+    def pidfd_open(self, pid: int) -> int | None:
+        """A pidfd(2) for `pid`, or None where there are none: a host tree has no kernel process handles."""
+        return None
+
     def set_thread_affinity(self, tid: int, cpus: Iterable[int]) -> None:
         """sched_setaffinity(2) on one thread; raises ProcessGone/AccessDenied."""
         raise NotImplementedError
@@ -158,6 +162,10 @@ def process_error(pid: int, path: str, e: OSError) -> Exception:
         return ProcessGone(pid, path)
     if e.errno in _DENIED_ERRNOS:
         return AccessDenied(pid, path)
+    if e.errno in (errno.ENOTDIR, errno.EISDIR):
+        # Only a fake tree does this (/proc/<pid> a file, numa_maps a directory):
+        # a malformed process, not a crash (issue 10).
+        return MalformedProcFile(pid, path, os.strerror(e.errno))
     return e
 
 
@@ -175,8 +183,16 @@ class LinuxHost(Host):
     def self_pid(self) -> int | None:
         return os.getpid()
 
+    def pidfd_open(self, pid: int) -> int | None:
+        from autonumad.act import identity
+
+        return identity.open_pidfd(pid)
+
     def move_pages(self, pid: int, start: int, end: int, page_size: int,
                    target_node: int, max_pages: int | None = None) -> MoveResult:
+        from autonumad.act import identity
+
+        identity.check_held(self, pid)  # still the process the action was decided for (issue 10)
         return syscalls.move_range(pid, start, end, page_size, target_node, max_pages)
 
     def range_nodes(self, pid: int, ranges: list[tuple[int, int]], max_pages: int) -> list[dict[int, int]]:

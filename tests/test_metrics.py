@@ -83,7 +83,7 @@ def test_before_first_pass_only_the_loop_metrics_exist():
     assert _value(m, "autonumad_config_last_reload_successful") == 1
     # Label values known up front exist at 0, so increase() sees the first event.
     assert _value(m, "autonumad_config_reloads_total", outcome="failure") == 0
-    assert _value(m, "autonumad_processes_skipped_total", reason="denied") == 0
+    assert _value(m, "autonumad_processes_skipped_total", reason="denied", file="numa_maps") == 0
     assert _value(m, "autonumad_kernel_knob_drift_total", knob="numa_balancing") == 0
     # Host metrics come from a pass report: none yet.
     assert _value(m, "autonumad_node_cpus", node="0") is None
@@ -343,8 +343,9 @@ def test_skipped_processes_by_reason(tmp_path):
     daemon, metrics = _daemon(tmp_path)
     daemon.host.path("/proc/1001/numa_maps").write_text("this is not numa_maps\n")
     daemon.run_pass()
-    assert _value(metrics, "autonumad_processes_skipped_total", reason="malformed") == 1
-    assert _value(metrics, "autonumad_processes_skipped_total", reason="denied") == 0
+    assert _value(metrics, "autonumad_processes_skipped_total", reason="malformed", file="numa_maps") == 1
+    assert _value(metrics, "autonumad_processes_skipped_total", reason="malformed", file="cgroup") == 0
+    assert _value(metrics, "autonumad_processes_skipped_total", reason="denied", file="numa_maps") == 0
 
 
 def test_failed_snapshot_counts_a_pass_error(tmp_path):
@@ -524,7 +525,7 @@ def test_endpoint_port_in_use_is_one_clear_error():
 # Every label autonumad_ families may carry; pid/comm only on the opt-in
 # per-process families.
 _LABELS = {"node", "tier", "source", "counter", "knob", "action", "rule", "status", "from_node", "to_node",
-           "errno", "reason", "stage", "outcome", "version", "le"}
+           "errno", "reason", "file", "stage", "outcome", "version", "le"}
 _PER_PROCESS = {"autonumad_process_remote_bytes", "autonumad_process_local_fraction"}
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from autonumad.errors import HostError, MalformedProcFile, ParseError, ProcessGone
 from autonumad.host import Host
-from autonumad.readers.cgroup import parse_cgroup, read_cgroup
+from autonumad.readers.cgroup import UNKNOWN_CGROUP, parse_cgroup, read_cgroup, read_cgroup_or_unknown
 from autonumad.readers.meminfo import parse_meminfo, read_meminfo
 from autonumad.readers.numa_maps import NumaMaps, Vma, parse_numa_maps, read_numa_maps
 from autonumad.readers.proc_maps import MapRange, parse_maps, read_maps
@@ -828,6 +828,9 @@ CGROUP_CASES = [
     ("v1-other-only", "4:memory:/m\n2:pids:/p\n", "/m"),
     ("path-with-colon", "0::/machine.slice/libpod-abc:def.scope\n", "/machine.slice/libpod-abc:def.scope"),
     ("deleted", "0::/gone (deleted)\n", "/gone (deleted)"),
+    # No hierarchy mounted (busybox init, issue 10): the root cgroup, not malformed.
+    ("no-hierarchy-empty", "", "/"),
+    ("no-hierarchy-newline", "\n", "/"),
 ]
 
 
@@ -836,17 +839,25 @@ def test_cgroup(text, expected):
     assert parse_cgroup(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "garbage\n", "x::/a\n", "0:/a\n"],
-                         ids=["empty", "no-colons", "bad-id", "two-fields"])
+@pytest.mark.parametrize("text", ["garbage\n", "x::/a\n", "0:/a\n"],
+                         ids=["no-colons", "bad-id", "two-fields"])
 def test_cgroup_malformed(text):
     with pytest.raises(ParseError):
         parse_cgroup(text)
 
 
 def test_read_cgroup(tmp_path):
-    host = make_host(tmp_path, {"/proc/3/cgroup": "0::/a.service\n", "/proc/4/cgroup": ""})
+    host = make_host(tmp_path, {"/proc/3/cgroup": "0::/a.service\n", "/proc/4/cgroup": "",
+                                "/proc/6/cgroup": "garbage\n"})
     assert read_cgroup(host, 3) == "/a.service"
+    assert read_cgroup(host, 4) == "/"  # empty: no hierarchy mounted, the root cgroup
     with pytest.raises(MalformedProcFile):
-        read_cgroup(host, 4)
+        read_cgroup(host, 6)
     with pytest.raises(ProcessGone):
         read_cgroup(host, 5)
+    # The optional reading never hides a live process; it does not hide a gone one either.
+    assert read_cgroup_or_unknown(host, 3) == ("/a.service", None)
+    path, why = read_cgroup_or_unknown(host, 6)
+    assert path == UNKNOWN_CGROUP and "/proc/6/cgroup" in why
+    with pytest.raises(ProcessGone):
+        read_cgroup_or_unknown(host, 5)

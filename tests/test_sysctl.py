@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from autonumad.sim.fakehost import FakeHost
-from autonumad.readers.knobs import read_knobs
+from autonumad.readers.knobs import KNOBS, read_knob, read_knobs
 from autonumad.act.sysctl import (
     SAVED_FILE_NAME,
     Drift,
@@ -293,16 +295,45 @@ def test_verify_reports_unparseable_value(tree, state_dir):
 
 # -- the saved file ------------------------------------------------------------------
 
-@pytest.mark.parametrize("text", ["", "{", "[]", '{"version": 99, "knobs": {}}',
-                                  '{"version": 1, "knobs": {"numa_balancing": {"path": 1, "value": 1}}}',
-                                  '{"version": 1, "knobs": {"numa_balancing": {"value": "x", "path": "/p"}}}'],
-                         ids=["empty", "torn", "list", "version", "path-type", "value-type"])
+def _host(tree) -> dict:
+    """The host record a saved file written for the fake host `tree` carries."""
+    from autonumad.service.runtime import boot_id
+
+    return {"root": os.path.realpath(tree), "boot_id": boot_id()}
+
+
+def _saved_doc(tree, knobs, version=2) -> str:
+    return json.dumps({"version": version, "host": _host(tree), "knobs": knobs})
+
+
+@pytest.mark.parametrize("text", ["", "{", "[]", '{"version": 99, "knobs": {}}', "HOST-1",
+                                  "HOST-2", "HOST-3", "HOST-4", "HOST-5", "HOST-6"],
+                         ids=["empty", "torn", "list", "version", "path-type", "value-type", "bool-for-int",
+                              "300-digits", "knobs-not-a-table", "host-not-a-table"])
 def test_corrupt_saved_file(tree, state_dir, text):
+    """Each is one line (SavedKnobsError), never a traceback; main crashed on bool-for-int and 300 digits."""
+    knobs = {"HOST-1": {"numa_balancing": {"path": 1, "value": 1}},
+             "HOST-2": {"numa_balancing": {"value": "x", "path": "/proc/sys/kernel/numa_balancing"}},
+             "HOST-3": {"numa_balancing": {"value": True, "path": "/proc/sys/kernel/numa_balancing"}},
+             "HOST-4": {"numa_balancing": {"value": int("9" * 300), "path": "/proc/sys/kernel/numa_balancing"}},
+             "HOST-5": True}
+    if text == "HOST-6":
+        text = json.dumps({"version": 2, "host": True, "knobs": {}})
+    elif text in knobs:
+        text = _saved_doc(tree, knobs[text])
     state_dir.mkdir()
     (state_dir / SAVED_FILE_NAME).write_text(text)
     with pytest.raises(SavedKnobsError) as ei:
         KnobManager(FakeHost(tree), state_dir).recover()
-    assert SAVED_FILE_NAME in str(ei.value)
+    assert SAVED_FILE_NAME in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_non_utf8_saved_file_is_one_line(tree, state_dir):
+    """main: UnicodeDecodeError traceback."""
+    state_dir.mkdir()
+    (state_dir / SAVED_FILE_NAME).write_bytes(b'{"version": 2, "knobs": {"\xff": 1}}')
+    with pytest.raises(SavedKnobsError, match="not UTF-8"):
+        KnobManager(FakeHost(tree), state_dir).recover()
 
 
 def test_saved_path_outside_the_registry_is_never_written(tree, state_dir):
@@ -310,12 +341,65 @@ def test_saved_path_outside_the_registry_is_never_written(tree, state_dir):
     victim = tree / "etc/passwd"
     victim.parent.mkdir()
     victim.write_text("root:x:0:0\n")
-    (state_dir / SAVED_FILE_NAME).write_text(json.dumps(
-        {"version": 1, "knobs": {"numa_balancing": {"path": "/etc/passwd", "value": 0}}}))
+    (state_dir / SAVED_FILE_NAME).write_text(_saved_doc(tree, {"numa_balancing": {"path": "/etc/passwd",
+                                                                                  "value": 0}}))
     changes = KnobManager(FakeHost(tree), state_dir).recover()
     assert [c.outcome for c in changes] == ["refused"]
     assert victim.read_text() == "root:x:0:0\n"
     assert not (state_dir / SAVED_FILE_NAME).exists()
+
+
+def test_saved_originals_record_their_host_and_are_not_restored_on_another(tree, state_dir, tmp_path):
+    """main: a fake-host run consumed the real host's saved originals (a shared runtime directory)."""
+    mgr = KnobManager(FakeHost(tree), state_dir)
+    mgr.apply({"numa_balancing": 0})
+    doc = json.loads((state_dir / SAVED_FILE_NAME).read_text())
+    assert doc["host"] == _host(tree)
+    other = tmp_path / "other-host"
+    shutil.copytree(tree, other)
+    with pytest.raises(SavedKnobsError, match="saved for host root"):
+        KnobManager(FakeHost(other), state_dir).recover()
+    with pytest.raises(SavedKnobsError, match="saved for host root"):
+        KnobManager(FakeHost(other), state_dir).restore()
+    assert (state_dir / SAVED_FILE_NAME).exists()  # left for its own host
+    assert read_knob(FakeHost(other), KNOBS["numa_balancing"]).value == 0  # the copy was not touched
+
+
+def test_saved_originals_from_an_earlier_boot_are_set_aside(tree, state_dir):
+    mgr = KnobManager(FakeHost(tree), state_dir)
+    mgr.apply({"numa_balancing": 0})
+    doc = json.loads((state_dir / SAVED_FILE_NAME).read_text())
+    doc["host"]["boot_id"] = "00000000-0000-0000-0000-000000000000"
+    (state_dir / SAVED_FILE_NAME).write_text(json.dumps(doc))
+    assert KnobManager(FakeHost(tree), state_dir).recover() == []
+    assert not (state_dir / SAVED_FILE_NAME).exists()
+    assert (state_dir / (SAVED_FILE_NAME + ".stale")).exists()
+    assert read_knob(FakeHost(tree), KNOBS["numa_balancing"]).value == 0  # not "restored" after a reboot
+
+
+def test_planted_symlink_does_not_redirect_the_saved_file(tree, state_dir, tmp_path):
+    """A symlink at the saved file's (or its temporary file's) name must not redirect the write."""
+    state_dir.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (state_dir / SAVED_FILE_NAME).symlink_to(victim)
+    (state_dir / f".{SAVED_FILE_NAME}.{os.getpid()}.tmp").symlink_to(victim)
+    mgr = KnobManager(FakeHost(tree), state_dir)
+    [change] = mgr.apply({"numa_balancing": 0})  # reading the planted link is refused, nothing written
+    assert change.outcome == "refused" and "symlink" in change.error
+    (state_dir / SAVED_FILE_NAME).unlink()
+    mgr.apply({"numa_balancing": 0})
+    assert victim.read_text() == "precious\n"
+    assert not (state_dir / SAVED_FILE_NAME).is_symlink()
+
+
+def test_unsafe_runtime_directory_is_refused(tree, tmp_path):
+    d = tmp_path / "open"
+    d.mkdir()
+    os.chmod(d, 0o777)
+    [change] = KnobManager(FakeHost(tree), d).apply({"numa_balancing": 0})
+    assert change.outcome == "refused" and "writable by group or others" in change.error
+    assert read_knob(FakeHost(tree), KNOBS["numa_balancing"]).value == 1  # nothing written without a saved original
 
 
 def test_show(tree, state_dir):

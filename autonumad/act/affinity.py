@@ -22,6 +22,7 @@ import errno
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from autonumad.act import identity
 from autonumad.errors import AccessDenied, ParseError, ProcessGone
 from autonumad.host import Host
 from autonumad.readers.lists import parse_list
@@ -181,6 +182,9 @@ def set_process_affinity(host: Host, pid: int, cpus: Iterable[int]) -> AffinityR
             break
         for tid in new:
             done.add(tid)
+            # Before each thread: the held process is still the one decided about
+            # (act/identity.py), so this tid, listed under its task/, is its thread.
+            identity.check_held(host, pid)
             if not mask:
                 errors["EINVAL"] = errors.get("EINVAL", 0) + 1
                 continue

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from autonumad.act import identity
 from autonumad.act.affinity import set_process_affinity
 from autonumad.errors import AccessDenied, MalformedProcFile, ProcessError, ProcessGone
 from autonumad.host import Host
@@ -101,6 +102,7 @@ class Executor:
         if self.dry_run:
             return Outcome(a, "dry-run", "dry run: not applied")
         try:
+            identity.hold(self.host, a.pid, a.start_ticks)  # the snapshot's process, or ProcessGone
             if a.kind == MIGRATE:
                 if self._budget_left <= 0:
                     return Outcome(a, "budget", "this pass's byte budget is spent: continues next pass")

@@ -31,6 +31,7 @@ live in the fake tree and the saved file in the test's state directory.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +49,12 @@ from autonumad.readers.knobs import (
     same_value,
 )
 
+log = logging.getLogger("autonumad")
+
 SAVED_FILE_NAME = "saved-knobs.json"
-_SAVED_VERSION = 1
+# 2 records the host (root path and boot id) the originals belong to; 1 did not.
+_SAVED_VERSION = 2
+_LEGACY_VERSION = 1
 
 Outcome = Literal["written", "unchanged", "absent", "refused", "restored"]
 KnobScalar = int | bool
@@ -123,32 +128,103 @@ class KnobManager:
         self.state_dir = Path(state_dir)
         self.saved_path = self.state_dir / SAVED_FILE_NAME
         self.specs = specs
+        # The originals as this manager last read or wrote them: a daemon that
+        # finds its own file corrupted later (a disk error, a stray editor)
+        # still knows what to put back (issue 10: corrupt file + SIGHUP).
+        self._known: dict[str, SavedKnob] | None = None
 
     # -- the saved file -------------------------------------------------------
     def saved(self) -> dict[str, SavedKnob]:
-        """The originals on disk (empty when nothing is saved)."""
-        try:
-            text = self.saved_path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        """The originals on disk (empty when nothing is saved).
+
+        Raises SavedKnobsError for a file that cannot be read or parsed, and
+        for one written for another host tree or boot (`foreign()`): those
+        originals are not this host's to restore.
+        """
+        doc = self._load()
+        if doc is None:
             return {}
-        except OSError as e:
-            raise SavedKnobsError(self.saved_path, oserror_reason(e)) from None
+        why = self._foreign(doc)
+        if why is not None:
+            raise SavedKnobsError(self.saved_path, why)
+        entries = self._entries(doc)
+        self._known = dict(entries)
+        return entries
+
+    def _saved_or_known(self) -> dict[str, SavedKnob]:
+        """saved(), or, when the file went bad after this manager read or wrote it, what it knew then."""
         try:
-            doc = json.loads(text)
-            if doc.get("version") != _SAVED_VERSION:
-                raise ValueError(f"unknown version {doc.get('version')!r}")
+            return self.saved()
+        except SavedKnobsError as e:
+            if self._known is None:
+                raise
+            log.warning("%s; using the originals this daemon saved earlier", e)
+            return dict(self._known)
+
+    def _load(self) -> dict | None:
+        from autonumad.service import runtime
+
+        try:
+            data = runtime.read_file(self.state_dir, SAVED_FILE_NAME)
+        except AutonumadError as e:
+            raise SavedKnobsError(self.saved_path, str(e).removeprefix(f"{self.saved_path}: ")) from None
+        if data is None:
+            return None
+        try:
+            doc = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise SavedKnobsError(self.saved_path, "corrupt: not UTF-8 text") from None
+        except ValueError as e:
+            raise SavedKnobsError(self.saved_path, f"corrupt: {e}") from None
+        if not isinstance(doc, dict) or doc.get("version") not in (_SAVED_VERSION, _LEGACY_VERSION):
+            version = doc.get("version") if isinstance(doc, dict) else None
+            raise SavedKnobsError(self.saved_path, f"corrupt: unknown version {version!r}")
+        return doc
+
+    def _foreign(self, doc: dict) -> str | None:
+        """Why the saved originals are not this host's, or None."""
+        from autonumad.service import runtime
+
+        if doc.get("version") == _LEGACY_VERSION:
+            # Written before files named their host: only a real host's daemon wrote those.
+            if Path(self.host.root).resolve() != Path("/"):
+                return "saved by an older autonumad for the real host, not for this host tree: not restored here"
+            return None
+        why = runtime.foreign_host(doc.get("host"), self.host)
+        if why == "root":
+            recorded = doc.get("host", {}).get("root") if isinstance(doc.get("host"), dict) else None
+            return (f"saved for host root {recorded!r}, not {os.path.realpath(self.host.root)!r}: not restored "
+                    f"here (remove the file if those originals are no longer wanted)")
+        if why == "boot":
+            return ("saved before the machine rebooted (boot id differs): the reboot reset those knobs, "
+                    "so they are not restored")
+        return None
+
+    def _entries(self, doc: dict) -> dict[str, SavedKnob]:
+        try:
             out: dict[str, SavedKnob] = {}
             for name, entry in doc["knobs"].items():
-                value = entry["value"]
-                if not isinstance(value, (int, bool)) or not isinstance(entry["path"], str):
-                    raise ValueError(f"bad entry for {name}")
-                out[name] = SavedKnob(entry["path"], value)
+                value, path = entry["value"], entry["path"]
+                spec = self.specs.get(name)
+                if not isinstance(path, str):
+                    raise ValueError(f"bad path for {name}")
+                # The type the knob takes: a bool where an integer knob's value
+                # belongs (or the reverse) is corruption, not a value to write.
+                if spec is not None and spec.kind == "bool":
+                    if not (isinstance(value, bool) or (type(value) is int and value in (0, 1))):
+                        raise ValueError(f"{name}: expected a boolean, got {value!r:.40}")
+                elif type(value) is not int:
+                    raise ValueError(f"{name}: expected an integer, got {value!r:.40}")
+                if type(value) is int and abs(value) >= 1 << 64:
+                    raise ValueError(f"{name}: {str(value)[:20]}... is out of any knob's range")
+                out[name] = SavedKnob(path, value)
             return out
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise SavedKnobsError(self.saved_path, f"corrupt: {e}") from None
 
     def _write_saved(self, saved: Mapping[str, SavedKnob]) -> None:
         """Replace the saved file atomically, or remove it when nothing is saved."""
+        self._known = dict(saved)
         if not saved:
             try:
                 self.saved_path.unlink()
@@ -157,19 +233,19 @@ class KnobManager:
             else:
                 _fsync_dir(self.state_dir)
             return
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        doc = {"version": _SAVED_VERSION,
+        from autonumad.service import runtime
+
+        doc = {"version": _SAVED_VERSION, "host": runtime.host_doc(self.host),
                "knobs": {n: {"path": s.path, "value": s.value} for n, s in sorted(saved.items())}}
-        tmp = self.saved_path.with_name(f".{SAVED_FILE_NAME}.{os.getpid()}.tmp")
-        # Write, fsync, rename, fsync the directory: after a crash the file
-        # is either the old one or the new one, never a torn mix.
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.saved_path)
-        _fsync_dir(self.state_dir)
+        # Write, fsync, rename, fsync the directory (runtime.write_file): after
+        # a crash the file is either the old one or the new one, never a torn
+        # mix; created exclusively, following no symlink.
+        try:
+            runtime.write_file(self.state_dir, SAVED_FILE_NAME, (json.dumps(doc, indent=1) + "\n").encode())
+        except OSError as e:
+            raise SavedKnobsError(self.saved_path, f"cannot save the originals: {oserror_reason(e)}") from None
+        except AutonumadError as e:  # the directory is unsafe (runtime.check_dir)
+            raise SavedKnobsError(self.saved_path, f"cannot save the originals: {e}") from None
 
     # -- operations -----------------------------------------------------------
     def _spec(self, name: str) -> KnobSpec:
@@ -196,7 +272,12 @@ class KnobManager:
         """Set every knob in `desired` (None values mean keep); see module doc."""
         desired = {n: v for n, v in desired.items() if v is not None}
         specs = {n: self._spec(n) for n in desired}
-        saved = self.saved()
+        try:
+            saved = self._saved_or_known()
+        except SavedKnobsError as e:
+            # Writing without a record of the originals would lose them: refuse
+            # every knob with the reason, and let the caller carry on.
+            return [KnobChange(n, None, None, v, "refused", str(e)) for n, v in desired.items()]
         changes: list[KnobChange] = []
 
         # Knobs managed before (a previous apply) but no longer desired go back.
@@ -215,7 +296,12 @@ class KnobManager:
                            if n not in saved and kv.path is not None and kv.value is not None}
             if new_entries:
                 saved.update(new_entries)
-                self._write_saved(saved)
+                try:
+                    self._write_saved(saved)
+                except SavedKnobsError as e:
+                    # No record of the originals, no write (read-only or unsafe directory).
+                    return changes + [KnobChange(n, current[n].path, current[n].value, v, "refused", str(e))
+                                      for n, v in desired.items()]
 
         for name, want in desired.items():
             kv = current[name]
@@ -272,7 +358,7 @@ class KnobManager:
 
     def restore(self) -> list[KnobChange]:
         """Write back every saved original and remove the saved file (idempotent)."""
-        saved = self.saved()
+        saved = self._saved_or_known()
         if not saved:
             # No file (or an empty one): nothing was changed, nothing to undo.
             self._write_saved({})
@@ -280,8 +366,21 @@ class KnobManager:
         return self._restore_entries(dict(saved), saved)
 
     def recover(self) -> list[KnobChange]:
-        """At start: a saved file left behind means a crashed run; restore it."""
-        if not self.saved_path.exists():
+        """At start: a saved file left behind means a crashed run; restore it.
+
+        A file from before a reboot is set aside (renamed with a `.stale`
+        suffix, logged): the reboot already reset the knobs, and keeping it
+        would block every later start. A file of another host tree raises.
+        """
+        doc = self._load()
+        if doc is None:
+            return []
+        why = self._foreign(doc)
+        if why is not None and doc.get("version") == _SAVED_VERSION and isinstance(doc.get("host"), dict) and \
+                doc["host"].get("root") == os.path.realpath(self.host.root):
+            stale = self.saved_path.with_name(SAVED_FILE_NAME + ".stale")
+            os.replace(self.saved_path, stale)
+            log.warning("%s: %s; moved to %s", self.saved_path, why, stale)
             return []
         return self.restore()
 

@@ -33,7 +33,7 @@ from typing import Callable, Mapping
 
 from autonumad.errors import AccessDenied, MalformedProcFile, ParseError, ProcessError, ProcessGone
 from autonumad.host import Host
-from autonumad.readers.cgroup import read_cgroup
+from autonumad.readers.cgroup import read_cgroup_or_unknown
 from autonumad.readers.knobs import Knobs, read_knobs
 from autonumad.readers.nodes import Topology, read_topology
 from autonumad.model import DEFAULT_CLOCK_TICKS_PER_S, DEFAULT_PAGE_BYTES
@@ -260,7 +260,7 @@ def _too_small(host: Host, pid: int, min_rss_bytes: int) -> bool:
 def _read_process(host: Host, pid: int, status: ProcStatus, topology: Topology,
                   cache: SnapshotCache | None) -> ProcessView:
     threads = read_thread_stats(host, pid)
-    cgroup = read_cgroup(host, pid)
+    cgroup, _ = read_cgroup_or_unknown(host, pid)  # optional: never hides a process (issue 10)
     leader = threads.get(pid)
     start_ticks = leader.starttime_ticks if leader else 0
     text = host.read_proc_text(pid, "numa_maps")

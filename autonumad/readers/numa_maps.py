@@ -397,14 +397,16 @@ def _parse_fields(line: str) -> tuple:
             # isdecimal() rejects the signs, underscores and whitespace int()
             # would accept: the kernel prints these with %lu.
             if key[:1] == "N" and key[1:].isdecimal():
-                if not value.isdecimal():
+                # %lu: at most 20 digits. A longer count (a fake tree's 300
+                # digits) would overflow every float the views compute.
+                if not value.isdecimal() or len(value) > 20:
                     raise ParseError(f"{key}: bad count {value[:30]!r}")
                 node = int(key[1:])
                 by_node[node] = by_node.get(node, 0) + int(value)
                 continue
             slot = _COUNT_SLOTS.get(key)
             if slot is not None:
-                if not value.isdecimal():
+                if not value.isdecimal() or len(value) > 20:
                     raise ParseError(f"{key}: bad count {value[:30]!r}")
                 counts[slot] = int(value)
             elif key == "kernelpagesize_kB":

@@ -65,10 +65,15 @@ class ProcStatus:
 
 
 def _int(key: str, value: str) -> int:
+    # The kernel prints these with %d/%lu: at most 20 digits and a sign. A
+    # longer one is not from the kernel (and overflows the floats views compute).
     try:
-        return int(value)
+        n = int(value)
     except ValueError:
         raise ParseError(f"{key}: bad value {value.strip()[:30]!r}") from None
+    if not -2**63 <= n < 2**64:
+        raise ParseError(f"{key}: value out of range {value.strip()[:30]!r}")
+    return n
 
 
 def _kib_bytes(key: str, value: str) -> int:

@@ -60,6 +60,10 @@ def parse_stat(text: str) -> TaskStat:
     state = rest[0]
     if len(state) != 1:
         raise ParseError(f"bad state {state[:10]!r}")
+    # %d/%lu/%llu fields: anything wider than 64 bits is not from the kernel.
+    for i in (4, 14, 15, 20, 22, 24, 39):
+        if len(rest[i - 3]) > 21:
+            raise ParseError(f"field {i}: value out of range {rest[i - 3][:30]!r}")
     try:
         return TaskStat(
             tid=int(tid_s),

@@ -727,6 +727,9 @@ class MetricsConfig:
     # Also write the metrics to this file each pass, for node_exporter's
     # textfile collector (which reads only *.prom); "" for none.
     textfile: str = _key("", _AbsPath(allow_empty=True, suffix=".prom"))
+    # TLS and basic auth for the endpoint: a TOML file with exporter-toolkit's
+    # web config keys (service/webconfig.py); "" serves plain HTTP without auth.
+    web_config: str = _key("", _AbsPath(allow_empty=True))
 
     def listen_address(self) -> tuple[str, int] | None:
         """(address, port) to bind, or None when the endpoint is off."""
@@ -942,6 +945,34 @@ def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
     return out
 
 
+def config_warnings(cfg: Config) -> list[str]:
+    """Valid but questionable combinations, for `check-config` and the start-up log."""
+    warnings = []
+    d, k, b, m = cfg.daemon, cfg.kernel, cfg.balance, cfg.metrics
+    # Not an error: lowering interval_s alone must not trip over a default.
+    if d.fast_recheck_s and d.fast_recheck_s >= d.interval_s:
+        warnings.append(f"daemon.fast_recheck_s: {_decimal_text(d.fast_recheck_s)} s is not below daemon.interval_s "
+                        f"({_decimal_text(d.interval_s)} s), so there are no re-checks between passes")
+    if k.numa_balancing in (1, 3) and b.enabled:
+        warnings.append("kernel.numa_balancing: the kernel's own NUMA balancing stays on alongside [balance]; "
+                        "both will place memory (see docs/operations.md, coexistence)")
+    if k.demotion_enabled:
+        warnings.append("kernel.demotion_enabled: reclaim may demote pages outside a cgroup's cpuset.mems "
+                        "(Documentation/ABI/testing/sysfs-kernel-mm-numa)")
+    if not k.restore_on_exit and k.desired():
+        warnings.append("kernel.restore_on_exit = false: the knobs stay changed after autonumad stops")
+    addr = m.listen_address()
+    if addr is not None and not ipaddress.ip_address(addr[0]).is_loopback:
+        warnings.append(f"metrics.listen = {m.listen!r} is reachable from other hosts; the shipped unit's "
+                        "IPAddressAllow=localhost drops those scrapes until a drop-in allows the Prometheus server"
+                        + ("" if m.web_config else "; the metrics name processes and their placement: set "
+                           "metrics.web_config for TLS and basic auth"))
+    if b.pass_budget_mib / b.migrate_rate_mib_s > 15:
+        warnings.append(f"balance.pass_budget_mib: moving it at balance.migrate_rate_mib_s takes "
+                        f"{b.pass_budget_mib / b.migrate_rate_mib_s:.0f} s, more than half the unit's WatchdogSec=30s")
+    return warnings
+
+
 # -- load: a file -> Config ----------------------------------------------------------------
 
 
@@ -1046,11 +1077,18 @@ def _read_config_file(p: Path, require_secure: bool) -> bytes:
         raise
     except OSError as e:
         raise ConfigError([f"cannot open: {e.strerror}"], path=p) from None
+    # Check the file we opened, not the path (which may be replaced meanwhile),
+    # and before wrapping it: os.fdopen() raises IsADirectoryError on a
+    # directory (a config path or a conf.d entry that is one, issue 10).
+    try:
+        st = os.fstat(fd)
+    except OSError as e:
+        os.close(fd)
+        raise ConfigError([f"cannot stat: {e.strerror}"], path=p) from None
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ConfigError(["not a regular file" + (" (a directory)" if stat.S_ISDIR(st.st_mode) else "")], path=p)
     with os.fdopen(fd, "rb") as f:
-        # Check the file we opened, not the path (which may be replaced meanwhile).
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(["not a regular file"], path=p)
         if require_secure:
             uids = trusted_owner_uids()
             problems = security_problems(st, "the file", trusted_uids=uids)
@@ -1066,3 +1104,18 @@ def _read_config_file(p: Path, require_secure: bool) -> bytes:
     if len(data) > _MAX_CONFIG_BYTES:
         raise ConfigError([f"larger than {_MAX_CONFIG_BYTES} bytes"], path=p)
     return data
+
+
+def check_key(section: str, key: str, value: Any) -> Any:
+    """Validate one value exactly as the config file's `section.key` is validated (for command-line overrides).
+
+    Returns the converted value; raises ValueError with the config's message
+    ("expected a number in [0.5, 3600], got nan").
+    """
+    for f in fields(SECTIONS[section]):
+        if f.name == key:
+            try:
+                return f.metadata["check"](value)
+            except _Invalid as e:
+                raise ValueError("; ".join(reason for _, reason in e.problems)) from None
+    raise KeyError(f"{section}.{key}")

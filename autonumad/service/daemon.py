@@ -43,6 +43,7 @@ from autonumad.plan.planner import Plan, plan
 from autonumad.plan.policy import owned_from_action
 from autonumad.plan.tiering import RULE_DEMOTE, RULE_PROMOTE, TieringDecision
 from autonumad.readers.proc_status import read_status
+from autonumad.service.safety import Safety
 
 log = logging.getLogger("autonumad")
 
@@ -121,6 +122,7 @@ class Daemon:
         self._last_rules: dict[tuple[int, int], str] = {}
         self.hotness = HotnessSource(host, clock)
         self.once = False  # run(once=True): a single pass
+        self.safety = Safety(host, config)  # issue 10: pins on disk, skip warnings, state.json
         self._build_from_config()
 
     # -- configuration ---------------------------------------------------------
@@ -153,10 +155,13 @@ class Daemon:
 
     def reload(self) -> bool:
         from autonumad.service.config import load_config
+        from autonumad.service.metrics import reload_metrics
+        from autonumad.service.runtime import keep_runtime_dir
 
         self._notify("reloading")
         try:
             new = load_config(self.config_path) if self.config_path else self.config
+            new = keep_runtime_dir(new, self.config)
         except AutonumadError as e:
             log.error("reload rejected, keeping the running config: %s", e)
             self.last_reload = {"ok": False, "error": str(e), "at": time.time()}
@@ -164,6 +169,7 @@ class Daemon:
                 self.metrics.config_reload(False)
             self._notify("ready")
             return False
+        reload_metrics(self.metrics, self.config.metrics, new.metrics)  # applies it or says: restart
         self.config = new
         self._build_from_config()
         if self.manage_knobs and self.knobs is not None:
@@ -202,7 +208,7 @@ class Daemon:
         from autonumad.act.sysctl import KnobManager
 
         self.once = once
-        runtime_dir = Path(self.config.daemon.runtime_dir)
+        runtime_dir = self.safety.dir
         if self.manage_knobs or self.config.kernel.desired():
             self.knobs = KnobManager(self.host, runtime_dir)
         if self.manage_knobs:
@@ -215,10 +221,11 @@ class Daemon:
                 log.warning("restored kernel knob %s to %s, left changed by a previous run that did not "
                             "exit cleanly", c.name, c.new)
             self._apply_knobs()
+        self.safety.start(dry_run=self.dry_run)
         log.info("autonumad %s started on %s: interval %.1f s, migrate rate %.0f MiB/s%s", __version__,
                  self.host, self.interval_s,
                  self.config.balance.migrate_rate_mib_s, ", DRY RUN" if self.dry_run else "")
-        ready = False
+        ready = failed = False
         try:
             while True:
                 if self.stop_event.is_set():
@@ -233,6 +240,9 @@ class Daemon:
                     # onlined again). Try again after one interval; a reload
                     # wakes the wait and is applied at the top of the loop.
                     if once:
+                        # `run --once` is a script's single pass: one that
+                        # could not read the host is not a success.
+                        failed = not self.stop_event.is_set()
                         break
                     self._wait(self.interval_s)
                     continue
@@ -245,7 +255,7 @@ class Daemon:
                 self._sleep_until_next_pass(report)
         finally:
             self._shutdown()
-        return 0
+        return 1 if failed else 0
 
     def run_pass(self) -> PassReport:
         """One pass: read -> plan -> execute -> record."""
@@ -287,6 +297,7 @@ class Daemon:
             if self.metrics:
                 self.metrics.pass_error("snapshot")
             raise
+        self.safety.pass_seen(inputs.snapshot)
         if len(inputs.snapshot.topology.nodes) < 2 and not self._single_node_logged:
             log.info("this host has a single NUMA node: nothing to balance; serving views and metrics only")
             self._single_node_logged = True
@@ -351,6 +362,7 @@ class Daemon:
         self._last_rules = seen
 
     def _record_outcome(self, o: Outcome, now: float) -> None:
+        self.safety.outcome(o)
         a = o.action
         if o.status in ("done", "partial") and a.kind == MIGRATE:
             self.history.record_migration(a.key, now, a.target_node)
@@ -425,9 +437,11 @@ class Daemon:
         if self.manage_knobs and self.knobs is not None and self.config.kernel.restore_on_exit:
             for c in self.knobs.restore():
                 log.info("kernel knob %s restored to %s", c.name, c.new)
+        self.safety.stop()
         log.info("autonumad stopped")
 
     def restore_owned_affinities(self) -> int:
+        from autonumad.act import identity
         from autonumad.act.affinity import set_process_affinity
 
         n = 0
@@ -435,6 +449,7 @@ class Daemon:
             if h.owned_affinity is None:
                 continue
             try:
+                identity.hold(self.host, pid, _start)  # never restore onto a process that reused the pid
                 set_process_affinity(self.host, pid, h.owned_affinity.original)
                 n += 1
             except (ProcessError, OSError) as e:
@@ -451,7 +466,6 @@ class Daemon:
 
     def _write_state(self, report: PassReport) -> None:
         """state.json in the runtime dir, atomically: read by `reload --wait` and the CLI."""
-        runtime_dir = Path(self.config.daemon.runtime_dir)
         doc = {
             "schema_version": 1,
             "pid": os.getpid(),
@@ -473,13 +487,7 @@ class Daemon:
             "tiering": tiering_doc(report.tiering),
             "updated_at": time.time(),
         }
-        try:
-            runtime_dir.mkdir(parents=True, exist_ok=True)
-            tmp = runtime_dir / f".state.json.{os.getpid()}"
-            tmp.write_text(json.dumps(doc, indent=1) + "\n")
-            os.replace(tmp, runtime_dir / "state.json")
-        except OSError as e:
-            log.debug("state.json not written: %s", e)
+        self.safety.write_state(doc)
 
 
 def tiering_doc(report: TieringReport | None, max_verdicts: int = 200) -> dict | None:

@@ -47,6 +47,7 @@ from prometheus_client.process_collector import ProcessCollector
 from autonumad import __version__
 from autonumad.errors import AutonumadError, ParseError
 from autonumad.readers.knobs import KNOBS
+from autonumad.observe.skips import SKIP_FILES, skip_file
 from autonumad.observe.snapshot import HostSnapshot, ProcessView
 
 if TYPE_CHECKING:  # for annotations only: metrics must not import the loop it observes
@@ -372,7 +373,8 @@ class DaemonMetrics:
         self.skipped = Counter(f"{PREFIX}processes_skipped",
                                "Processes a pass left out, by reason: denied (ptrace access refused), "
                                "malformed (unparsable /proc file), gone (exited while an explicitly "
-                               "requested pid was read), error.", ["reason"], registry=r)
+                               "requested pid was read), error; and by the /proc/<pid> file concerned "
+                               "(numa_maps, status, stat, task, ...).", ["reason", "file"], registry=r)
         self.decisions = Counter(
             f"{PREFIX}decisions",
             "Policy verdicts, one per detailed process per pass: action is the action kinds taken "
@@ -408,7 +410,8 @@ class DaemonMetrics:
                                          "Unix time of the last successful config load (start or reload).",
                                          registry=r)
         for reason in SKIP_REASONS:
-            self.skipped.labels(reason)
+            for name in SKIP_FILES:
+                self.skipped.labels(reason, name)
         for stage in PASS_ERROR_STAGES:
             self.pass_errors.labels(stage)
         for outcome in RELOAD_OUTCOMES:
@@ -425,7 +428,7 @@ class DaemonMetrics:
         self.passes.inc()
         self.pass_duration.observe(report.duration_s)
         for s in report.snapshot.skipped:
-            self.skipped.labels(s.kind).inc()
+            self.skipped.labels(s.kind, skip_file(s.message)).inc()
         for v in report.decision.verdicts.values():
             self.decisions.labels(decision_label(v.actions), v.rule).inc()
         for o in report.outcomes:
@@ -483,14 +486,22 @@ class DaemonMetrics:
         except OSError as e:
             log.warning("metrics textfile %s not written: %s", self.textfile, e)
 
-    def serve(self, address: str, port: int) -> tuple[str, int]:
+    def serve(self, address: str, port: int, web=None) -> tuple[str, int]:
         """Serve the registry over HTTP on exactly `address`:`port` (port 0: any free one).
 
         Returns the bound (address, port). prometheus-client's own default
         address is 0.0.0.0, so the address is always passed explicitly.
+        `web` (a webconfig.WebConfig) adds TLS and basic authentication.
         """
         try:
-            self.server, self.server_thread = start_http_server(port, addr=address, registry=self.registry)
+            if web is not None:
+                from prometheus_client import make_wsgi_app
+
+                from autonumad.service.webconfig import serve
+
+                self.server, self.server_thread = serve(make_wsgi_app(self.registry), address, port, web)
+            else:
+                self.server, self.server_thread = start_http_server(port, addr=address, registry=self.registry)
         except OSError as e:
             raise AutonumadError(f"metrics endpoint {_show_address(address, port)}: cannot listen: "
                                  f"{e.strerror or e}") from None
@@ -538,8 +549,39 @@ def start_metrics(config, host=None) -> DaemonMetrics | None:
     from prometheus_client import disable_created_metrics
 
     disable_created_metrics()
+    web = None
+    if m.web_config and listen is not None:
+        from autonumad.service.webconfig import load_web_config
+
+        web = load_web_config(m.web_config)
     metrics = DaemonMetrics(top_processes=m.top_processes, textfile=m.textfile or None)
     if listen is not None:
-        address, port = metrics.serve(*listen)
-        log.info("metrics on http://%s/metrics", _show_address(address, port))
+        address, port = metrics.serve(*listen, web=web)
+        scheme = "https" if web is not None and web.tls else "http"
+        auth = " (basic auth)" if web is not None and web.users else ""
+        log.info("metrics on %s://%s/metrics%s", scheme, _show_address(address, port), auth)
     return metrics
+
+
+def reload_metrics(metrics: DaemonMetrics | None, old, new) -> None:
+    """A reload that changes [metrics]: apply what can change live, say what needs a restart.
+
+    `top_processes` and `textfile` take effect at the next pass; the
+    endpoint (`listen`, `web_config`) is bound once, at start, so a change
+    there is logged as needing a restart and the endpoint keeps serving as
+    it did (issue 10: "applies it or says it needs a restart").
+    """
+    if old == new:
+        return
+    restart = [k for k in ("listen", "web_config") if getattr(old, k) != getattr(new, k)]
+    if metrics is None:
+        if new.listen_address() is not None or new.textfile:
+            restart = restart or ["listen", "textfile"]
+    else:
+        metrics.collector.top_processes = new.top_processes
+        metrics.textfile = new.textfile or None
+    if restart:
+        log.warning("[metrics] %s changed: that needs a restart (systemctl restart autonumad); the endpoint "
+                    "keeps serving as before until then", ", ".join(restart))
+    else:
+        log.info("[metrics] changes applied")

@@ -46,6 +46,37 @@ class FakeHost(Host):
     def __repr__(self) -> str:
         return f"fake host {self.root}"
 
+    # Nothing is read or written outside the tree through a symlink (issue 10;
+    # service/runtime.py inside_root). Every read and actuator builds its path here.
+    def path(self, host_path: str) -> Path:
+        from autonumad.service.runtime import inside_root
+
+        return Path(inside_root(self._root_real, str(super().path(host_path))))
+
+    def _fs_path(self, host_path: str) -> str:
+        from autonumad.service.runtime import inside_root
+
+        return inside_root(self._root_real, super()._fs_path(host_path))
+
+    @property
+    def _root_real(self) -> str:
+        cached = self.__dict__.get("_root_real_cache")
+        if cached is None:
+            cached = self.__dict__["_root_real_cache"] = os.path.realpath(self.root)
+        return cached
+
+    def exists(self, host_path: str) -> bool:
+        try:
+            return super().exists(host_path)
+        except PermissionError:
+            return False
+
+    def listdir(self, host_path: str) -> list[str]:
+        try:
+            return super().listdir(host_path)
+        except PermissionError:
+            return []
+
     # -- knobs -----------------------------------------------------------------
     def write_text(self, host_path: str, value: str) -> None:
         p = self.path(host_path)
