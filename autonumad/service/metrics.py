@@ -119,6 +119,28 @@ def top_remote_processes(processes: Iterable[ProcessView], k: int) -> list[Proce
     return remote[:k]
 
 
+def remote_memory_families(processes: Iterable[ProcessView]) -> Iterator[Metric]:
+    """The local fraction's numerator and denominator in bytes, host-wide.
+
+    A fraction cannot be summed across hosts; these two can, so the fleet
+    rules get a memory-weighted fleet fraction and the hosts with the most
+    remote bytes (docs/fleet.md).
+    """
+    measured = remote = 0
+    for p in processes:
+        measured += p.total_pages
+        remote += p.total_pages - local_pages(p)
+    total = GaugeMetricFamily(f"{PREFIX}measured_memory_bytes",
+                              "Resident bytes of the detailed processes, on any node (the local fraction's "
+                              "denominator)." + _AS_OF)
+    total.add_metric([], measured * BASE_PAGE_BYTES)
+    away = GaugeMetricFamily(f"{PREFIX}remote_memory_bytes",
+                             "Resident bytes of the detailed processes away from the nodes their threads run on."
+                             + _AS_OF)
+    away.add_metric([], remote * BASE_PAGE_BYTES)
+    yield from (total, away)
+
+
 def decision_label(actions: Iterable[Action]) -> str:
     """The `action` label of one verdict: its action kinds joined by "+", or "none"."""
     kinds = [a.kind for a in actions]
@@ -248,6 +270,7 @@ class PassCollector:
                 "weighted by memory (1 = all local)." + _AS_OF)
             local.add_metric([], fraction)
             yield local
+        yield from remote_memory_families(snap.processes)  # fleet sums (config/prometheus/autonumad-fleet-rules.yml)
         if self.top_processes > 0:
             remote = GaugeMetricFamily(
                 f"{PREFIX}process_remote_bytes",
