@@ -64,6 +64,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from autonumad.plan.kubepods import pod_selection
 from autonumad.plan.history import History, OwnedAffinity, ProcKey
 from autonumad.readers.numa_maps import NumaMaps, unmovable_vma
 from autonumad.readers.proc_stat import cpu_busy_fraction
@@ -180,6 +181,8 @@ class BalancePolicyConfig:
     task_moves: bool = True
     page_moves: bool = True
     min_cpu_fraction: float = 0.0
+    pod_qos_classes: tuple[str, ...] = ("guaranteed", "burstable", "besteffort")
+    exclude_pods: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, balance) -> "BalancePolicyConfig":
@@ -274,6 +277,12 @@ def _decide_one(ctx: _Ctx, p: ProcessView) -> Verdict:
             return verdict("excluded-cgroup", f"cgroup {p.cgroup} is under balance.exclude_cgroup {prefix!r}")
     if cfg.include_cgroup and not any(_cgroup_under(p.cgroup, c) for c in cfg.include_cgroup):
         return verdict("not-included", f"cgroup {p.cgroup} is under no balance.include_cgroup prefix")
+    # Kubernetes pods: the kubelet's placement, then QoS class and UID (plan/kubepods.py).
+    pod = pod_selection(p.cgroup, p.status.cpus_allowed, p.status.mems_allowed, ctx.all_cpus,
+                        [n.id for n in ctx.snap.topology.nodes if n.memory_total_bytes > 0],
+                        qos_classes=cfg.pod_qos_classes, exclude_pods=cfg.exclude_pods)
+    if pod:
+        return verdict(*pod)
     if p.total_pages == 0:
         return verdict("no-memory", "no resident pages attributed to any node")
 

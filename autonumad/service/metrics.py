@@ -73,7 +73,8 @@ PASS_DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 # placed explicitly by its owner, or nothing to balance at all. Processes
 # under any other verdict count as managed.
 UNMANAGED_RULES = frozenset({"disabled", "single-node", "excluded-pid", "excluded-comm", "not-included",
-                             "excluded-cgroup", "explicit-memory-policy"})
+                             "excluded-cgroup", "explicit-memory-policy",
+                             "kubelet-placed", "excluded-qos", "excluded-pod"})  # plan/kubepods.py
 
 # Label values known up front, so their series exist (at 0) from the start
 # and rate()/increase() see the first event. Skipped.kind in snapshot.py;
