@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="manage: apply [kernel] knobs at start and restore them at exit (default); "
                         "external: the systemd unit's privileged ExecStartPre/ExecStopPost do it, the daemon "
                         "only watches for drift")
+    p.add_argument("--allow-pid-namespace", action="store_true",
+                   help="run even when /proc is not the host's PID namespace (a container without host PID); "
+                        "see autonumad/service/hostview.py")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("explain", help="say what the daemon would do for a process now, and why",
@@ -262,6 +265,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     config, path = _load_config(args.config)
     setup_logging(config.daemon.log_level)
     host = _host(args)
+    if args.root is None and not args.allow_pid_namespace:
+        from autonumad.service.hostview import check_host_pid_namespace
+        check_host_pid_namespace()  # a container without the host PID namespace sees nothing to balance
     daemon = Daemon(host, config, config_path=path, dry_run=True if args.dry_run else None,
                     interval_s=args.interval, manage_knobs=args.kernel_knobs == "manage",
                     notifier=Notifier(), metrics=_start_metrics(config, host))
