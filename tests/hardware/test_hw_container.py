@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hardware.test_hw_daemon import workload
+from hardware.test_hw_daemon import workload
 
 REPO = Path(__file__).resolve().parents[2]
 ARCHIVE = Path(os.environ.get("AUTONUMAD_IMAGE_ARCHIVE", REPO / "build/autonumad-image.oci.tar"))
