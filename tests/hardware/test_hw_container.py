@@ -34,6 +34,8 @@ IMAGE = "localhost/autonumad:latest"
 PROFILE = REPO / "config/kubernetes/base/seccomp-autonumad.json"
 PORT = 10117
 CAP_SYS_PTRACE, CAP_SYS_NICE = 19, 23
+# Logs to a file podman reads back: the guest has no journald.
+RUN = ("run", "--log-driver=k8s-file")
 
 pytestmark = [pytest.mark.topology("2node"),
               pytest.mark.skipif(not ARCHIVE.is_file(),
@@ -98,12 +100,12 @@ def test_container_starts_serves_metrics_balances_and_exits_0_on_sigterm(podman,
     try:
         assert w.local_fraction(0) < 0.05
         # 1. The privileged step, as ExecStartPre=+ / the kernel-knobs sidecar.
-        podman("run", "--rm", "--privileged", "--network=none", *mounts(cfg_path, run_dir), IMAGE, "sysctl", "apply")
+        podman(*RUN, "--rm", "--privileged", "--network=none", *mounts(cfg_path, run_dir), IMAGE, "sysctl", "apply")
         assert knob() == "0"
 
         # 2. The daemon, narrow.
         t0 = time.monotonic()
-        podman("run", "-d", "--name", "autonumad", "--pid=host", "--network=host", "--read-only",
+        podman(*RUN, "-d", "--name", "autonumad", "--pid=host", "--network=host", "--read-only",
                "--cap-drop=all", "--cap-add=SYS_PTRACE,SYS_NICE", "--security-opt", "no-new-privileges",
                "--security-opt", f"seccomp={PROFILE}", "--tmpfs", "/tmp", *mounts(cfg_path, run_dir),
                IMAGE, "run", "--kernel-knobs=external")
@@ -150,7 +152,7 @@ def test_container_starts_serves_metrics_balances_and_exits_0_on_sigterm(podman,
         assert knob() == "0"  # the daemon does not restore: the privileged step does
 
         # 4. The privileged restore, as ExecStopPost=+ / the sidecar at stop.
-        podman("run", "--rm", "--privileged", "--network=none", *mounts(cfg_path, run_dir), IMAGE, "sysctl",
+        podman(*RUN, "--rm", "--privileged", "--network=none", *mounts(cfg_path, run_dir), IMAGE, "sysctl",
                "restore")
         assert knob() == original
         image_mib = int(podman("image", "inspect", "--format", "{{.Size}}", IMAGE).stdout) / 2**20
@@ -163,7 +165,7 @@ def test_container_starts_serves_metrics_balances_and_exits_0_on_sigterm(podman,
 
 def test_without_the_host_pid_namespace_it_says_so_and_exits(podman, cfg):
     cfg_path, run_dir = cfg
-    r = podman("run", "--rm", "--network=none", "--read-only", "--cap-drop=all", "--cap-add=SYS_PTRACE,SYS_NICE",
+    r = podman(*RUN, "--rm", "--network=none", "--read-only", "--cap-drop=all", "--cap-add=SYS_PTRACE,SYS_NICE",
                *mounts(cfg_path, run_dir), IMAGE, "run", "--once", "--kernel-knobs=external", check=False)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "cannot see the host's processes" in r.stderr and "--pid=host" in r.stderr, r.stderr
