@@ -169,3 +169,26 @@ def test_without_the_host_pid_namespace_it_says_so_and_exits(podman, cfg):
                *mounts(cfg_path, run_dir), IMAGE, "run", "--once", "--kernel-knobs=external", check=False)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "cannot see the host's processes" in r.stderr and "--pid=host" in r.stderr, r.stderr
+
+
+PROBE = """
+import ctypes, os
+from autonumad.act.syscalls import page_nodes
+buf = ctypes.create_string_buffer(3 * 4096)
+page = (ctypes.addressof(buf) + 4095) // 4096 * 4096
+try:
+    print("nodes", page_nodes(os.getpid(), [page]))
+except Exception as e:
+    print("refused", type(e).__name__, e)
+"""
+
+
+def test_runtime_default_seccomp_refuses_move_pages_and_the_shipped_profile_allows_it(podman):
+    """Why the DaemonSet ships a Localhost profile: podman's default (containers-common) denies move_pages."""
+    common = ["--rm", "--network=none", "--read-only", "--cap-drop=all", "--cap-add=SYS_PTRACE,SYS_NICE",
+              "--entrypoint", "/usr/bin/python3"]
+    default = podman(*RUN, *common, IMAGE, "-I", "-c", PROBE).stdout
+    shipped = podman(*RUN, *common, "--security-opt", f"seccomp={PROFILE}", IMAGE, "-I", "-c", PROBE).stdout
+    print(f"default profile: {default.strip()}; shipped profile: {shipped.strip()}")
+    assert default.startswith("refused"), default
+    assert shipped.startswith("nodes [0]") or shipped.startswith("nodes [1]"), shipped
