@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="manage: apply [kernel] knobs at start and restore them at exit (default); "
                         "external: the systemd unit's privileged ExecStartPre/ExecStopPost do it, the daemon "
                         "only watches for drift")
+    p.add_argument("--allow-pid-namespace", action="store_true",
+                   help="run even when /proc is not the host's PID namespace (a container without host PID); "
+                        "see autonumad/service/hostview.py")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("explain", help="say what the daemon would do for a process now, and why",
@@ -335,6 +338,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for w in _all_warnings(config):
         log.warning("%s", w)
     host = _host(args)
+    if args.root is None and not args.allow_pid_namespace:
+        from autonumad.service.hostview import check_host_pid_namespace
+        check_host_pid_namespace()  # a container without the host PID namespace sees nothing to balance
     # Runtime state belongs to one host: under --root it lives inside that root (issue 10).
     config = with_host_runtime_dir(config, host)
     dry_run = bool(args.dry_run or config.daemon.dry_run)

@@ -17,7 +17,8 @@ def process(tmp_path, comm="java", cgroup="/user.slice", policy="default", pid=1
                     processes=(ProcessSpec(pid, comm, (ThreadSpec(pid, 0),), cgroup=cgroup,
                                            vmas=(VmaSpec(0x7F0000000000, {1: pages} if pages else {},
                                                          policy=policy),)),))
-    return take_snapshot(build_host(tmp_path, spec)).process(pid)
+    snap = take_snapshot(build_host(tmp_path, spec))
+    return snap.process(pid), snap.topology
 
 
 CASES = [
@@ -43,17 +44,18 @@ CASES = [
 
 @pytest.mark.parametrize("balance,proc,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_select(tmp_path, balance, proc, expected):
-    assert selection.select(process(tmp_path, **proc), compile_config({"balance": balance}).balance) == expected
+    p, topology = process(tmp_path, **proc)
+    assert selection.select(p, compile_config({"balance": balance}).balance, topology) == expected
 
 
 def test_no_memory_is_balancings_own_rule(tmp_path):
-    p = process(tmp_path, pages=0)
-    assert selection.select(p, compile_config({}).balance) is None
+    p, topology = process(tmp_path, pages=0)
+    assert selection.select(p, compile_config({}).balance, topology) is None
     assert selection.no_memory(p) == ("no-memory", "no resident pages attributed to any node")
 
 
 def test_pinned_by_owner_only_when_narrowed_by_someone_else(tmp_path):
-    p = process(tmp_path)  # allowed on every CPU
+    p, _ = process(tmp_path)  # allowed on every CPU
     everything = frozenset(p.status.cpus_allowed)
     assert not selection.pinned_by_owner(p, everything, None)
     assert selection.pinned_by_owner(p, everything | {99}, None)

@@ -141,7 +141,7 @@ def read_pass_inputs(host: Host, config, hotness: HotnessSource | None, cache: S
 
 def tracked_pids(snap: HostSnapshot, config) -> list[int]:
     """The largest MAX_TRACKED processes the selection lets tiering manage."""
-    ok = [p for p in snap.processes if selection.select(p, config.balance) is None and p.total_pages]
+    ok = [p for p in snap.processes if selection.select(p, config.balance, snap.topology) is None and p.total_pages]
     ok.sort(key=lambda p: (-p.total_pages, p.pid))
     return [p.pid for p in ok[:MAX_TRACKED]]
 

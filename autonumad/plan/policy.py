@@ -193,7 +193,7 @@ def _verdict(p: ProcessView, rule: str, reason: str, *actions: Action) -> Verdic
 def decide_process(ctx: _Ctx, p: ProcessView) -> Verdict:
     """One process, rules 1-7 in order (module docstring)."""
     h = ctx.history.get((p.pid, p.start_ticks))
-    skip = selection.excluded(p, ctx.cfg) or selection.no_memory(p)
+    skip = selection.excluded(p, ctx.cfg, ctx.snap.topology) or selection.no_memory(p)
     if skip:
         return _verdict(p, *skip)
     # 7. an affinity of ours that someone changed since is theirs now (the

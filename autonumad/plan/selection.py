@@ -25,6 +25,8 @@ the pinned node.
 from __future__ import annotations
 
 from autonumad.observe.snapshot import ProcessView
+from autonumad.plan.kubepods import pod_selection
+from autonumad.readers.nodes import Topology
 
 Skip = tuple[str, str]  # (rule, reason)
 
@@ -35,8 +37,8 @@ def cgroup_under(path: str, prefix: str) -> bool:
     return prefix == "" or path == prefix or path.startswith(prefix + "/")
 
 
-def excluded(p: ProcessView, balance) -> Skip | None:
-    """Rules 1-3: the include/exclude keys of [balance]."""
+def excluded(p: ProcessView, balance, topology: Topology) -> Skip | None:
+    """Rules 1-3: the include/exclude keys of [balance], then Kubernetes pods (`kubelet_placed`)."""
     if p.pid in balance.exclude_pids:
         return "excluded-pid", f"pid {p.pid} is in balance.exclude_pids"
     for rx in balance.exclude_comm:
@@ -49,7 +51,17 @@ def excluded(p: ProcessView, balance) -> Skip | None:
             return "excluded-cgroup", f"cgroup {p.cgroup} is under balance.exclude_cgroup {prefix!r}"
     if balance.include_cgroup and not any(cgroup_under(p.cgroup, c) for c in balance.include_cgroup):
         return "not-included", f"cgroup {p.cgroup} is under no balance.include_cgroup prefix"
-    return None
+    return kubelet_placed(p, balance, topology)
+
+
+def kubelet_placed(p: ProcessView, balance, topology: Topology) -> Skip | None:
+    """Rule 3b: a pod's process (plan/kubepods.py) the kubelet placed itself (CPU manager's exclusive
+    CPUs, Memory manager's pinned nodes), one in `balance.exclude_pods`, or one of a QoS class not in
+    `balance.pod_qos_classes`. Not a pod: None."""
+    return pod_selection(p.cgroup, p.status.cpus_allowed, p.status.mems_allowed,
+                         [c for n in topology.nodes for c in n.cpus],
+                         [n.id for n in topology.nodes if n.memory_total_bytes > 0],
+                         qos_classes=balance.pod_qos_classes, exclude_pods=balance.exclude_pods)
 
 
 def no_memory(p: ProcessView) -> Skip | None:
@@ -65,9 +77,9 @@ def owner_placed(p: ProcessView) -> Skip | None:
     return None
 
 
-def select(p: ProcessView, balance) -> Skip | None:
+def select(p: ProcessView, balance, topology: Topology) -> Skip | None:
     """Rules 1-4, as tiering applies them."""
-    return excluded(p, balance) or owner_placed(p)
+    return excluded(p, balance, topology) or owner_placed(p)
 
 
 def pinned_by_owner(p: ProcessView, all_cpus: frozenset[int], owned_cpus: frozenset[int] | None) -> bool:

@@ -389,7 +389,7 @@ def find_candidates(snapshot: HostSnapshot, hotness, history: TieringHistory, co
     out = Candidates(hot_bytes={n: 0 for n in snapshot.topology.memory_nodes},
                      cold_bytes={n: 0 for n in snapshot.topology.memory_nodes})
     for p in snapshot.processes:
-        skip = selection.select(p, balance) if balance is not None else selection.owner_placed(p)
+        skip = selection.select(p, balance, snapshot.topology) if balance is not None else selection.owner_placed(p)
         if skip is not None:
             out.verdicts[p.pid] = Verdict(p.pid, p.comm, *skip)
             continue

@@ -591,6 +591,18 @@ def _key(default: Any, check: _Check) -> Any:
     return field(default=default, metadata={"check": check})
 
 
+class _PodUid(_Check):
+    """A pod UID ("8d3c0f1e-..."), as in the pod's cgroup directory and `kubectl get pod -o jsonpath={.metadata.uid}`."""
+
+    expect = "a pod UID like 8d3c0f1e-5b7a-4c2d-9e6f-0a1b2c3d4e5f"
+
+    def __call__(self, value: Any) -> str:
+        from autonumad.plan.kubepods import is_pod_uid, normalize_uid
+        if not isinstance(value, str) or not is_pod_uid(value):
+            raise self.fail(value)
+        return normalize_uid(value)
+
+
 # -- the sections ------------------------------------------------------------------
 
 
@@ -648,6 +660,13 @@ class BalanceConfig:
     include_cgroup: tuple[str, ...] = _key((), _ListOf(_CgroupPrefix()))
     exclude_cgroup: tuple[str, ...] = _key((), _ListOf(_CgroupPrefix()))
     exclude_pids: tuple[int, ...] = _key((), _ListOf(_Pid()))
+    # Kubernetes pods on this node (autonumad/plan/kubepods.py; docs/fleet.md):
+    # the QoS classes whose pods may be balanced, and pod UIDs never to touch.
+    # Pods the kubelet placed (CPU-manager exclusive CPUs, Memory-manager
+    # pinning) are left alone whatever these say. By pod cgroup: exclude_cgroup.
+    pod_qos_classes: tuple[str, ...] = _key(("guaranteed", "burstable", "besteffort"),
+                                            _ListOf(_Choice("guaranteed", "burstable", "besteffort")))
+    exclude_pods: tuple[str, ...] = _key((), _ListOf(_PodUid()))
     # After acting on a process, leave it alone this long (oomd's post_action_delay).
     cooldown_s: float = _key(30.0, _Number(0, 86400))
     # A target node must keep this fraction of its memory free after a move.

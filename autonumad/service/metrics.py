@@ -74,7 +74,8 @@ PASS_DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 # placed explicitly by its owner, or nothing to balance at all. Processes
 # under any other verdict count as managed.
 UNMANAGED_RULES = frozenset({"disabled", "single-node", "excluded-pid", "excluded-comm", "not-included",
-                             "excluded-cgroup", "explicit-memory-policy"})
+                             "excluded-cgroup", "explicit-memory-policy",
+                             "kubelet-placed", "excluded-qos", "excluded-pod"})  # plan/kubepods.py
 
 # Label values known up front, so their series exist (at 0) from the start
 # and rate()/increase() see the first event. Skipped.kind in snapshot.py;
@@ -118,6 +119,28 @@ def top_remote_processes(processes: Iterable[ProcessView], k: int) -> list[Proce
     remote = [p for p in processes if p.total_pages - local_pages(p) > 0]
     remote.sort(key=lambda p: (-(p.total_pages - local_pages(p)), p.pid))
     return remote[:k]
+
+
+def remote_memory_families(processes: Iterable[ProcessView], page_size_bytes: int) -> Iterator[Metric]:
+    """The local fraction's numerator and denominator in bytes, host-wide.
+
+    A fraction cannot be summed across hosts; these two can, so the fleet
+    rules get a memory-weighted fleet fraction and the hosts with the most
+    remote bytes (docs/fleet.md).
+    """
+    measured = remote = 0
+    for p in processes:
+        measured += p.total_pages
+        remote += p.total_pages - local_pages(p)
+    total = GaugeMetricFamily(f"{PREFIX}measured_memory_bytes",
+                              "Resident bytes of the detailed processes, on any node (the local fraction's "
+                              "denominator)." + _AS_OF)
+    total.add_metric([], measured * page_size_bytes)
+    away = GaugeMetricFamily(f"{PREFIX}remote_memory_bytes",
+                             "Resident bytes of the detailed processes away from the nodes their threads run on."
+                             + _AS_OF)
+    away.add_metric([], remote * page_size_bytes)
+    yield from (total, away)
 
 
 def decision_label(actions: Iterable[Action]) -> str:
@@ -249,6 +272,7 @@ class PassCollector:
                 "weighted by memory (1 = all local)." + _AS_OF)
             local.add_metric([], fraction)
             yield local
+        yield from remote_memory_families(snap.processes, snap.page_size_bytes)  # fleet sums (config/prometheus/autonumad-fleet-rules.yml)
         if self.top_processes > 0:
             remote = GaugeMetricFamily(
                 f"{PREFIX}process_remote_bytes",
