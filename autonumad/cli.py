@@ -284,9 +284,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     config, _ = _load_config(args.config)
     host = _host(args)
-    snap = take_snapshot(host, ScanLimits(only_pids=frozenset({args.pid})))
+    # Every process the daemon would scan, so the CPU ledger (placement.py)
+    # books the others too; just the one pid when it is below the threshold.
+    snap = take_snapshot(host, ScanLimits(min_rss_bytes=config.balance.min_rss_bytes))
+    if snap.process(args.pid) is None:
+        snap = take_snapshot(host, ScanLimits(only_pids=frozenset({args.pid})))
     for s in snap.skipped:
-        raise AutonumadError(s.message)
+        if s.pid == args.pid:
+            raise AutonumadError(s.message)
     p = snap.process(args.pid)
     if p is None:
         raise AutonumadError(f"pid {args.pid}: not a process with memory (kernel thread?)")
@@ -306,6 +311,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
            "actions": [{"kind": a.kind, "rule": a.rule, "reason": a.reason, "target_node": a.target_node,
                         "cpus": list(a.cpus), "bytes": a.bytes} for a in actions],
            "kernel_numa_balancing": snap.knobs.as_json().get("numa_balancing"),
+           "cpu_ledger": decision.ledger.as_json() if decision.ledger is not None else None,
            "tiering": _tiering_explain(args, config, host, snap, p.pid)}
     if args.json:
         _print_json(doc)
@@ -322,6 +328,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
             c.print(f"would: {a['kind']} -> node {a['target_node']}: {a['reason']}")
         if not doc["actions"]:
             c.print("would: nothing")
+        if decision.ledger is not None:
+            c.print(f"cpu ledger: {decision.ledger.describe()}")
+            d = doc["cpu_ledger"]["demands"].get(str(p.pid))
+            if d is not None:
+                c.print(f"  its demand: {d['busy_threads']} busy thread(s), CPU by node "
+                        + ", ".join(f"N{n}={v:g}" for n, v in d["cores_by_node"].items())
+                        + ("" if d["measured"] else " (not measured yet)"))
+            for line in doc["cpu_ledger"]["bookings"]:
+                c.print(f"  booked this pass: {line}")
         tv = doc["tiering"]
         if tv is not None:
             c.print(f"tiering (tracker {tv['tracker']}): [bold]{tv['rule']}[/bold]: {tv['reason']}")

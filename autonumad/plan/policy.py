@@ -31,16 +31,20 @@ are checked for each process:
      `node_headroom_fraction` of its memory free after the move.
    - Not confined: a process that used less than `min_cpu_fraction` of a
      CPU since the last pass is idle and left alone (a task move costs a
-     cache warm-up it would not win back). Otherwise choose the node that
-     needs the FEWEST BYTES MOVED
-     among nodes that have CPU headroom for the process (idle CPU capacity
-     at least its recent CPU use, measured from /proc/stat): moving a
-     task costs a cache warm-up, moving memory costs copying every byte
-     (move_pages runs at roughly 0.1-1 GiB/s), so bytes dominate. If that
-     node holds at least `target_local_fraction` of its pages, *task
-     follows memory*: all its threads get that node's CPUs. Otherwise the
-     task goes there and the remainder of its memory follows. Ties prefer
-     a node it already runs on (no task move at all).
+     cache warm-up it would not win back). The others are placed together,
+     after every other process of the pass, by placement.py: a CPU
+     capacity ledger (each process's measured per-thread demand booked
+     where it runs; a task move must fit the target node's free CPUs, and
+     every move books from the same ledger) and an assignment of these
+     processes to nodes (or to where they run now) that leaves the fewest
+     bytes remote, then moves the FEWEST BYTES, then the fewest tasks:
+     moving a task costs a cache warm-up, moving memory costs copying
+     every byte (move_pages runs at roughly 0.1-1 GiB/s). A process seen
+     for the first time is measured before it is moved. If its node holds
+     at least `target_local_fraction` of its pages, *task follows memory*:
+     all its threads get that node's CPUs. Otherwise the task goes there
+     and the remainder of its memory follows. A process whose busy threads
+     fit on no node stays where the scheduler spread them.
 5. *Enough is enough.* At `target_local_fraction` local (numad's 90 % in
    spirit) nothing is done; a process larger than any node's usable memory
    is left spread.
@@ -67,6 +71,7 @@ from dataclasses import dataclass
 from autonumad.plan.history import History, OwnedAffinity, ProcKey
 from autonumad.readers.numa_maps import NumaMaps, unmovable_vma
 from autonumad.readers.proc_stat import cpu_busy_fraction
+from autonumad.plan import placement
 from autonumad.observe.snapshot import BASE_PAGE_BYTES, HostSnapshot, ProcessView
 
 # Passes a misplaced process must show no locality gain before the daemon
@@ -162,6 +167,7 @@ class Verdict:
 class Decision:
     actions: tuple[Action, ...]
     verdicts: Mapping[int, Verdict]
+    ledger: "placement.CpuLedger | None" = None  # the pass's CPU bookings (placement.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +209,8 @@ class _Ctx:
     kernel_balancing: bool
     comm_exclude: tuple[re.Pattern[str], ...]
     comm_include: tuple[re.Pattern[str], ...]
+    ledger: placement.CpuLedger | None = None
+    pending: list[ProcessView] | None = None  # unconfined processes placed together (placement.py)
 
 
 def decide(snapshot: HostSnapshot, history: History, cfg: BalancePolicyConfig,
@@ -230,14 +238,49 @@ def decide(snapshot: HostSnapshot, history: History, cfg: BalancePolicyConfig,
         for p in snapshot.processes:
             verdicts[p.pid] = Verdict(p.pid, p.comm, "single-node", "the host has a single NUMA node")
         return Decision((), verdicts)
+    ctx.ledger = _build_ledger(ctx, busy)
+    ctx.pending = []
     # Biggest misplaced processes first, so they get the budget and the headroom.
     for p in sorted(snapshot.processes, key=lambda p: (-_remote_pages(p), p.pid)):
-        verdicts[p.pid] = _decide_one(ctx, p)
+        v = _decide_one(ctx, p)
+        if v is not None:
+            verdicts[p.pid] = v
+    verdicts.update(_place_pending(ctx))
     actions = [a for v in verdicts.values() for a in v.actions]
     # Affinity first (cheap, and memory moves after it land where tasks run),
     # then migrations by size.
     actions.sort(key=lambda a: (a.kind == "migrate", -a.bytes))
-    return Decision(tuple(actions), verdicts)
+    return Decision(tuple(actions), verdicts, ctx.ledger)
+
+
+def _build_ledger(ctx: _Ctx, busy: Mapping[int, float]) -> placement.CpuLedger:
+    cpu_to_node = ctx.snap.topology.cpu_to_node
+    demands, used_by_node = {}, {}
+    # The clock for a first-sight thread's lifetime use: a CPU's tick total in /proc/stat.
+    uptime_ticks = max((t.total_ticks for t in ctx.snap.cpu_times.values()), default=0) or None
+    for p in ctx.snap.processes:
+        h = ctx.history.get((p.pid, p.start_ticks))
+        tc = h.thread_cores if h is not None else None
+        demands[p.pid] = placement.process_demand(p.threads, tc, cpu_to_node, uptime_ticks)
+        for tid, t in p.threads.items():
+            n = cpu_to_node.get(t.processor)
+            if tc is not None and n is not None:
+                used_by_node[n] = used_by_node.get(n, 0.0) + tc.get(tid, 0.0)
+    return placement.CpuLedger.build(ctx.node_cpus, demands, busy or None, used_by_node)
+
+
+def _place_pending(ctx: _Ctx) -> dict[int, Verdict]:
+    """Rule 4's unconfined processes, placed together on the pass's CPU ledger (placement.py)."""
+    usable = {n.id: n.memory_total_bytes * (1 - ctx.cfg.node_headroom_fraction)
+              for n in ctx.snap.topology.nodes if n.cpus}
+    cands = []
+    for p in ctx.pending:
+        total = p.total_pages * BASE_PAGE_BYTES
+        nodes = tuple(n for n in usable if n in p.status.mems_allowed and usable[n] >= total)
+        cands.append(placement.Candidate(p.pid, {n: c * BASE_PAGE_BYTES for n, c in p.pages_by_node.items()},
+                                         nodes, memory_follows=ctx.cfg.page_moves))
+    choices = placement.assign(ctx.ledger, cands)
+    return {p.pid: _placed(ctx, p, choices[p.pid]) for p in ctx.pending}
 
 
 def _remote_pages(p: ProcessView) -> int:
@@ -339,25 +382,44 @@ def _decide_one(ctx: _Ctx, p: ProcessView) -> Verdict:
     if usable and total_bytes > max(usable.values()):
         return verdict("too-large", f"{_mib(total_bytes)} is more than any node's usable memory "
                        f"({_mib(int(max(usable.values())))}): left spread")
-    candidates = []
-    for node in ctx.idle_cpus_by_node:
-        need = _cpu_use_cores(ctx, p)
-        has_room = ctx.idle_cpus_by_node[node] >= need or node in p.running_nodes
-        if not has_room or node not in p.status.mems_allowed:
-            continue
-        to_move = total_bytes - p.pages_by_node.get(node, 0) * BASE_PAGE_BYTES
-        runs_here = node in p.running_nodes and len(p.running_nodes) == 1
-        candidates.append((to_move, not runs_here, node))
-    if not candidates:
-        return verdict("no-cpu-headroom", "no node has CPU headroom for it")
-    to_move, _, node = min(candidates)
+    if not cfg.task_moves:
+        if len(p.running_nodes) == 1:
+            lf = p.local_fraction()
+            if lf >= cfg.target_local_fraction:
+                return verdict("already-local", f"{lf:.0%} of its memory is on node {p.running_nodes[0]}, "
+                               f"where its threads run")
+            return _memory_follows_task(ctx, p, p.running_nodes[0], "where its threads run (task moves off)", h)
+        return verdict("task-moves-disabled", "balance.task_moves is off and its threads span nodes")
+    ctx.pending.append(p)
+    return None  # placed with the others, on the pass's CPU ledger: _place_pending
+
+
+def _placed(ctx: _Ctx, p: ProcessView, choice: "placement.Choice") -> Verdict:
+    """The verdict for an unconfined process, given where the assignment put it."""
+    cfg = ctx.cfg
+    h = ctx.history.get((p.pid, p.start_ticks))
+    current = frozenset(p.status.cpus_allowed)
+    total_bytes = p.total_pages * BASE_PAGE_BYTES
+
+    def verdict(rule: str, reason: str, *actions: Action) -> Verdict:
+        return Verdict(p.pid, p.comm, rule, reason, tuple(actions))
+
+    if choice.node is placement.STAY:
+        lf = p.local_fraction()
+        if len(p.running_nodes) == 1 and lf >= cfg.target_local_fraction:
+            return verdict("already-local", f"{lf:.0%} of its memory is on node {p.running_nodes[0]}, "
+                           f"where its threads run")
+        demand = ctx.ledger.demands.get(p.pid)
+        if demand is not None and not demand.measured:
+            return verdict("measuring", choice.reason)
+        if not any(ctx.ledger.fits(p.pid, n) for n in ctx.ledger.capacity_cores):
+            return verdict("spread-by-capacity", choice.reason)
+        return verdict("stays", choice.reason)
+    node = choice.node
+    to_move = choice.bytes_to_move
     lf = p.local_fraction((node,))
     if p.running_nodes == (node,) and lf >= cfg.target_local_fraction:
         return verdict("already-local", f"{lf:.0%} of its memory is on node {node}, where its threads run")
-    if not cfg.task_moves:
-        if len(p.running_nodes) == 1:
-            return _memory_follows_task(ctx, p, p.running_nodes[0], "where its threads run (task moves off)", h)
-        return verdict("task-moves-disabled", "balance.task_moves is off and its threads span nodes")
     cpus = tuple(sorted(ctx.node_cpus[node]))
     set_aff = Action(
         "set_affinity", p.pid, p.start_ticks, p.comm, "task-follows-memory",
@@ -368,7 +430,8 @@ def _decide_one(ctx: _Ctx, p: ProcessView) -> Verdict:
         f"of memory to where it runs"
         if lf >= cfg.target_local_fraction else
         f"node {node} needs the fewest bytes moved ({_mib(to_move)}) among nodes with CPU headroom; "
-        f"its {len(p.threads)} thread(s) move there and the rest of its memory follows",
+        f"its {len(p.threads)} thread(s) move there and the rest of its memory follows"
+        f"; {choice.reason}",
         target_node=node, cpus=cpus, original_cpus=tuple(sorted(current)))
     if lf >= cfg.target_local_fraction:
         return verdict("task-follows-memory", set_aff.reason, set_aff)
