@@ -482,18 +482,6 @@ def _memory_follows_task(ctx: _Ctx, p: ProcessView, home: int, how: str, h) -> V
                           target_node=home, vmas=VmaMoves(p.numa_maps, home), bytes=min(room, to_move)))
 
 
-def _cpu_use_cores(ctx: _Ctx, p: ProcessView) -> float:
-    """CPU the process used between the last two passes, in cores.
-
-    Until it has been seen twice, assume it keeps its threads busy, up to one
-    core per thread: the cautious guess for a task move.
-    """
-    h = ctx.history.get((p.pid, p.start_ticks))
-    if h is not None and h.cpu_cores is not None:
-        return h.cpu_cores
-    return float(len(p.threads))
-
-
 def _cgroup_under(path: str, prefix: str) -> bool:
     prefix = prefix.rstrip("/")
     return path == prefix or path.startswith(prefix + "/") or prefix == ""
