@@ -32,6 +32,7 @@ from typing import Any
 from autonumad import __version__
 from autonumad.errors import AutonumadError, HostError, ProcessError
 from autonumad.act.executor import Executor, Outcome, TokenBucket
+from autonumad.plan.assist import KernelAssist
 from autonumad.plan.history import History
 from autonumad.host import Host
 from autonumad.plan.policy import BalancePolicyConfig, Decision, decide, owned_from_action
@@ -91,6 +92,8 @@ class Daemon:
         self._single_node_logged = False
         self._last_rules: dict[tuple[int, int], str] = {}
         self.tiering = TieringStep(host, clock)
+        self.assist = KernelAssist()  # plan/assist.py; its knobs come from the config below
+        self._knob_baseline: int | None = None
         self._build_from_config()
 
     # -- configuration ---------------------------------------------------------
@@ -146,8 +149,24 @@ class Daemon:
         return True
 
     # -- kernel knobs ----------------------------------------------------------
+    def _desired_knobs(self) -> dict:
+        """The config's knobs, with kernel assist's numa_balancing (plan/assist.py)."""
+        return self.assist.adjust(self.config.kernel.desired(), self._knob_baseline or 0)
+
+    def _step_assist(self, snap: HostSnapshot, decision: Decision, now: float) -> None:
+        self.assist.allowed = self.config.balance.kernel_assist
+        self.assist.hint_faults_per_s_budget = self.config.balance.kernel_assist_hint_faults_per_s
+        if self._knob_baseline is None:
+            self._knob_baseline = int(snap.knobs.as_json().get("numa_balancing") or 0)
+        spread = [(p.pid, p.start_ticks) for p in snap.processes
+                  if (v := decision.verdicts.get(p.pid)) is not None and v.rule == "spread-by-capacity"]
+        if self.assist.step(now, spread, [(p.pid, p.start_ticks) for p in snap.processes], snap.vmstat):
+            log.info("kernel assist %s", self.assist.reason)
+            if self.manage_knobs and self.knobs is not None and not self.dry_run:
+                self._apply_knobs()
+
     def _apply_knobs(self) -> None:
-        desired = self.config.kernel.desired()
+        desired = self._desired_knobs()
         for c in self.knobs.apply(desired):
             if c.outcome in ("written", "restored"):
                 log.info("kernel knob %s: %s -> %s (%s)", c.name, c.old, c.new, c.outcome)
@@ -157,8 +176,7 @@ class Daemon:
     def _check_drift(self) -> list[Any]:
         if self.knobs is None:
             return []
-        desired = self.config.kernel.desired()
-        drifts = self.knobs.verify(desired)
+        drifts = self.knobs.verify(self._desired_knobs())
         for d in drifts:
             log.warning("kernel knob %s changed behind autonumad's back: want %s, found %s%s", d.name, d.expected,
                         d.actual, "; re-applying (kernel.enforce)" if self.config.kernel.enforce else "")
@@ -238,6 +256,7 @@ class Daemon:
             log.info("%s pid %d (%s): %s%s", a.kind.replace("_", " "), a.pid, a.comm, a.reason,
                      " [dry run]" if self.dry_run else "")
         self._log_verdict_changes(snap, decision)
+        self._step_assist(snap, decision, t0)
         self.executor.dry_run = self.dry_run
         deadline = t0 + max(0.5, self.interval_s * 0.8)
         outcomes = self.executor.run(decision.actions, deadline)
