@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 
 BUSY_THREAD_CORES = 0.5
 MIN_LIFETIME_TICKS = 100  # 1 s at USER_HZ 100: younger threads count as busy
-BACKGROUND_MIN_CORES = 0.75
+BACKGROUND_MIN_CORES = 0.9  # a CPU-bound process alone on a CPU shows ~1.0
 FIT_SLACK_CORES = 0.1
 EXACT_COMBINATIONS = 4096
 STAY = None  # the assignment choice "leave its threads where they run"
