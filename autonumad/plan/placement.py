@@ -140,7 +140,7 @@ class CpuLedger:
                 busy = sum(busy_fraction_by_cpu.get(c, 0.0) for c in cpus)
                 unexplained = max(0.0, busy - used.get(n, 0.0))
                 whole = int(unexplained)
-                if unexplained - whole >= BACKGROUND_MIN_CORES:
+                if unexplained - whole >= BACKGROUND_MIN_CORES - 1e-9:
                     whole += 1
                 background[n] = float(whole)
         ledger = cls(cap, background, dict(background))
