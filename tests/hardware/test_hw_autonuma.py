@@ -10,8 +10,8 @@ kernel's balancing off:
 - the right split: numa01 and numa01_THREAD_ALLOC end with the two
   processes on different nodes, each with its memory (locality >= 0.9);
   numa02_SMT ends on node 0 with its memory; numa02 (4 busy threads, 2
-  CPUs per node) is left spread, and the daemon says why
-  (spread-by-capacity).
+  CPUs per node) is left spread, the daemon says why (spread-by-capacity)
+  and turns kernel assist on.
 Locality and where workers ran come from move_pages(2)'s status query and
 /proc/<pid>/task/<tid>/stat, independent of the code under test.
 """
@@ -123,6 +123,8 @@ def test_numa02_threads_stay_spread_and_the_daemon_says_why(daemon):
         (pid,) = pat.pids
         s = watch(pat, lambda s: "spread-by-capacity" in daemon.read_text(), daemon)
         assert "spread-by-capacity" in daemon.read_text(), daemon.read_text()[-3000:]
+        # kernel assist (allowed by default): the kernel's sampling is turned on for it
+        assert "kernel assist on" in daemon.read_text(), daemon.read_text()[-3000:]
         for _ in range(5):  # a few more passes: still nothing pinned
             time.sleep(1.0)
             s = watch(pat, lambda s: True, daemon)
