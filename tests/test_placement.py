@@ -120,6 +120,8 @@ def test_first_sight_uses_lifetime_use_and_a_young_thread_counts_busy():
     assert d.measured and d.cores_by_node == {0: 0.01, 1: 1.0} and d.busy_threads == 1
     young = process_demand({1: T(0, 0, 950)}, None, cpu_to_node, uptime_ticks=1000)
     assert young.cores_by_node == {0: 1.0}
+    assert not young.measured  # a process younger than SETTLED_TICKS waits a pass
+    assert not process_demand({1: T(0, 10, 0), 2: T(0, 0, 0)}, {1: 0.9}, cpu_to_node, 1000).measured  # new thread
     unknown = process_demand({1: T(0, 0, 0)}, None, cpu_to_node)
     assert not unknown.measured and unknown.cores_by_node == {0: 1.0}
     # between passes: the measured use wins over the lifetime figure
@@ -129,7 +131,7 @@ def test_first_sight_uses_lifetime_use_and_a_young_thread_counts_busy():
 def test_an_unmeasured_process_stays():
     led = CpuLedger.build({0: (0, 1), 1: (2, 3)}, {1: Demand({1: 1.0}, measured=False)})
     (c,) = assign(led, [Candidate(1, {0: 64 * MiB}, (0, 1))]).values()
-    assert c.node is placement.STAY and "measured before" in c.reason
+    assert c.node is placement.STAY and "measured over a pass" in c.reason
 
 
 def test_background_load_counts_whole_cpus_only_when_mostly_busy():
@@ -209,3 +211,28 @@ def test_explain_shows_the_ledger_with_the_other_process_booked(tmp_path, capsys
     assert main(["explain", "200", "--root", str(tmp_path / "root")]) == 0
     text = capsys.readouterr().out
     assert "cpu ledger: node 0: 2.0 of 2 CPUs booked" in text and "booked this pass: pid" in text
+
+
+def test_our_affinity_on_an_overbooked_node_is_undone_even_in_cooldown(tmp_path):
+    # autonumad pinned it to node 0 while it had one thread; it then started
+    # three more, which inherited the pin: four busy threads on two CPUs.
+    from autonumad.plan.history import OwnedAffinity
+
+    spec = host2x2([proc(100, (0, 1, 0, 1), {0: SIXTY_FOUR}, cpus=(0, 1))])
+    host = build_host(tmp_path, spec)
+    snap = take_snapshot(host)
+    h = History()
+    key = (100, snap.process(100).start_ticks)
+    h.record_affinity(key, 990.0, OwnedAffinity(frozenset({0, 1}), frozenset({0, 1, 2, 3}), 0, "placed"))
+    h.observe(snap, 1000.0)
+    d = decide(snap, h, BalancePolicyConfig(cooldown_s=30.0), 1000.0)
+    v = d.verdicts[100]
+    assert v.rule == "undo-crammed", v.reason
+    assert [(a.kind, a.cpus) for a in d.actions] == [("restore_affinity", (0, 1, 2, 3))]
+    # once restored, it is placed again at once: no cool-down after an undo
+    h.record_affinity(key, 1000.0, None)
+    h.get(key).cpus_allowed = (0, 1, 2, 3)
+    host.set_thread_affinity(100, (0, 1, 2, 3))
+    snap2 = take_snapshot(host)
+    h.observe(snap2, 1002.0)
+    assert decide(snap2, h, BalancePolicyConfig(cooldown_s=30.0), 1002.0).verdicts[100].rule != "cooldown"

@@ -11,14 +11,17 @@ busy threads onto two CPUs. The rules here prevent that.
    last two passes (utime + stime ticks from /proc/<pid>/task/<tid>/stat,
    per second). A thread that used at least BUSY_THREAD_CORES of a CPU, or
    is runnable now (state R), counts as a whole CPU: a busy thread on a
-   crowded CPU shows less use than it wants. A process's demand is booked
-   on the nodes its threads last ran on. A process seen for the first time
-   has no per-thread history between passes: its threads are measured over
-   their lifetime instead (CPU ticks since each thread started, over the
-   time since, the clock being /proc/stat's per-CPU tick total); a thread
-   younger than MIN_LIFETIME_TICKS counts as a whole CPU, and where no
-   clock is known the process is *measured* before it is moved (rule
-   "measuring", one CPU per thread booked meanwhile).
+   crowded CPU shows less use than it wants (four threads sharing two CPUs
+   show half a CPU each). A process's demand is booked on the nodes its
+   threads last ran on. A process is moved only once *measured*: its
+   threads' use between the last two passes, with no thread new since the
+   last pass (a process still starting threads has not shown its demand,
+   and threads started later inherit an affinity set now). At first sight
+   a process settled for SETTLED_TICKS is measured by its threads' lifetime
+   use instead (CPU ticks since each thread started over the time since,
+   the clock being /proc/stat's per-CPU tick total; a thread younger than
+   MIN_LIFETIME_TICKS counts as a whole CPU); a younger one waits a pass
+   (rule "measuring", booked meanwhile at its threads' lifetime use).
 2. *Capacity.* A node's capacity is its CPU count. The ledger starts each
    pass with every scanned process's demand booked where it runs, plus the
    node's *background* load: CPU time /proc/stat shows busy on the node
@@ -50,6 +53,13 @@ busy threads onto two CPUs. The rules here prevent that.
    process where it is or where it was already sent: it never crams, but
    may miss an exchange of two processes that the exact search finds).
 
+5. *Un-cram.* An affinity autonumad set on a node whose booked load is
+   above its capacity (+ FIT_SLACK_CORES), where the process has busy
+   threads, is undone at once, cool-down or not (rule "undo-crammed"; the
+   policy applies it): a process that started threads after it was placed,
+   or a node that filled up since. After an undo the process is placed
+   again from the next pass on, without waiting out a cool-down.
+
 `explain` prints the ledger (capacity, background, bookings per node, and
 each process's demand and outcome).
 """
@@ -60,8 +70,9 @@ import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-BUSY_THREAD_CORES = 0.5
+BUSY_THREAD_CORES = 0.3
 MIN_LIFETIME_TICKS = 100  # 1 s at USER_HZ 100: younger threads count as busy
+SETTLED_TICKS = 1000  # 10 s: a process this old at first sight is measured by its lifetime use
 BACKGROUND_MIN_CORES = 0.9  # a CPU-bound process alone on a CPU shows ~1.0
 FIT_SLACK_CORES = 0.1
 EXACT_COMBINATIONS = 4096
@@ -96,7 +107,16 @@ def process_demand(threads: Mapping[int, object], thread_cores: Mapping[int, flo
     thread started is taken instead if `uptime_ticks`, the clock, is known)."""
     by_node: dict[int, float] = {}
     busy = 0
-    measured = thread_cores is not None or uptime_ticks is not None
+    if thread_cores is not None:
+        # Measured between passes, if its thread set has not changed since: a
+        # process still starting threads has not shown its demand yet.
+        measured = all(tid in thread_cores for tid in threads)
+    else:
+        # First sight: its lifetime use is a measurement only for a process
+        # settled for SETTLED_TICKS (a young one may still be starting threads,
+        # and threads started later inherit any affinity set now).
+        first = min((t.starttime_ticks for t in threads.values()), default=0)
+        measured = uptime_ticks is not None and uptime_ticks - first >= SETTLED_TICKS
     for tid, t in threads.items():
         node = cpu_to_node.get(t.processor)
         if node is None:
@@ -150,6 +170,10 @@ class CpuLedger:
                 if n in ledger.booked_cores:
                     ledger.booked_cores[n] += c
         return ledger
+
+    def crammed(self, node: int) -> bool:
+        """Rule 5: more demand booked on `node` than it has CPUs."""
+        return self.booked_cores.get(node, 0.0) > self.capacity_cores.get(node, 0.0) + FIT_SLACK_CORES
 
     def free_cores(self, node: int) -> float:
         return self.capacity_cores[node] - self.booked_cores.get(node, 0.0)
@@ -253,8 +277,8 @@ def assign(ledger: CpuLedger, candidates: Sequence[Candidate]) -> dict[int, Choi
 
 def _stay_reason(ledger: CpuLedger, c: Candidate, d: Demand) -> str:
     if not d.measured:
-        return ("seen for the first time: its threads' CPU use is measured before any task move "
-                f"({len([1 for _ in d.cores_by_node])} node(s), one CPU per thread assumed meanwhile)")
+        return ("new, or started threads since the last pass: its threads' CPU use is measured over a "
+                "pass before any task move")
     fits = [n for n in c.nodes if n in ledger.capacity_cores and ledger.fits(c.pid, n)]
     if not fits:
         return (f"its {d.busy_threads} busy thread(s) need {d.total_cores:.1f} CPU and no node has that free "

@@ -331,12 +331,25 @@ def _decide_one(ctx: _Ctx, p: ProcessView) -> Verdict:
         return verdict("explicit-memory-policy",
                        f"memory policy {p.policy!r} set by its owner (numactl/mbind): left as it is")
 
+    # 7, placement.py rule 5: undo an affinity of ours on a node booked beyond its CPUs
+    if owned and ctx.ledger is not None and ctx.ledger.crammed(owned.node):
+        d = ctx.ledger.demands.get(p.pid)
+        if d is not None and d.cores_by_node.get(owned.node, 0.0) >= 1.0:
+            reason = (f"node {owned.node}, where autonumad placed it, has more demand booked than CPUs "
+                      f"({ctx.ledger.describe()}); restoring its affinity")
+            return verdict("undo-crammed", reason,
+                           Action("restore_affinity", p.pid, p.start_ticks, p.comm, "undo-crammed", reason,
+                                  target_node=None, cpus=tuple(sorted(owned.original))))
+
     # 3. stability
     if h and h.backoff_until_s > ctx.now_s:
         return verdict("pingpong-backoff", f"pages moved back and forth {h.pingpongs} time(s); "
                        f"backing off for {h.backoff_until_s - ctx.now_s:.0f} s")
     repinned = h is not None and h.acted_cpus is not None and tuple(p.status.cpus_allowed) != h.acted_cpus
-    if h and h.last_action_s is not None and ctx.now_s - h.last_action_s < cfg.cooldown_s and not repinned:
+    # The last action restored an affinity (nothing of ours in place): placed again at once.
+    undone = h is not None and h.acted_cpus is None and h.owned_affinity is None
+    if h and h.last_action_s is not None and ctx.now_s - h.last_action_s < cfg.cooldown_s and not repinned \
+            and not undone:
         return verdict("cooldown", f"acted on {ctx.now_s - h.last_action_s:.0f} s ago "
                        f"(balance.cooldown_s = {cfg.cooldown_s:g})")
 
