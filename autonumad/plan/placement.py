@@ -73,7 +73,7 @@ from dataclasses import dataclass, field
 BUSY_THREAD_CORES = 0.3
 MIN_LIFETIME_TICKS = 100  # 1 s at USER_HZ 100: younger threads count as busy
 SETTLED_TICKS = 1000  # 10 s: a process this old at first sight is measured by its lifetime use
-BACKGROUND_MIN_CORES = 0.9  # a CPU-bound process alone on a CPU shows ~1.0
+BACKGROUND_MIN_CORES = 0.95  # a CPU-bound process alone on a CPU shows ~1.0; the daemon's own pass less
 FIT_SLACK_CORES = 0.1
 EXACT_COMBINATIONS = 4096
 STAY = None  # the assignment choice "leave its threads where they run"
