@@ -375,7 +375,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     host = _host(args)
     config, used, state = _explain_config(args, host)
-    verdict, p, snap = _explain_verdict(host, config, args.pid)
+    verdict, p, snap, ledger = _explain_verdict(host, config, args.pid)
     rule, reason, actions = verdict.rule, verdict.reason, verdict.actions
     page = snap.page_size_bytes
     doc = {"schema_version": 1, "process": process_doc(p, page), "rule": rule, "reason": reason,
@@ -383,6 +383,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                         "cpus": list(a.cpus), "bytes": a.bytes} for a in actions],
            "config": used,
            "kernel_numa_balancing": snap.knobs.as_json().get("numa_balancing"),
+           "cpu_ledger": {**ledger.as_json(), "summary": ledger.describe()} if ledger is not None else None,
            "tiering": _tiering_explain(args, config, host, snap, p.pid, state)}
     if args.json:
         _print_json(doc)
@@ -392,7 +393,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _explain_verdict(host, config, pid: int):
-    """The daemon's planner on a pass read as the daemon reads it: (verdict, process, snapshot).
+    """The daemon's planner on a pass read as the daemon reads it: (verdict, process, snapshot, CPU ledger).
 
     A fresh history, as on the daemon's first pass: the running daemon's
     cool-downs and back-offs live in its memory only.
@@ -408,7 +409,8 @@ def _explain_verdict(host, config, pid: int):
     if p is not None:
         history = History()
         history.observe(inputs.snapshot, 0.0)
-        return plan(inputs, history, config).verdict(pid), p, inputs.snapshot
+        the_plan = plan(inputs, history, config)
+        return the_plan.verdict(pid), p, inputs.snapshot, the_plan.balancing.ledger
     # Not among what a pass reads in detail: say why.
     snap = take_snapshot(host, ScanLimits(only_pids=frozenset({pid})))
     for s in snap.skipped:
@@ -423,7 +425,7 @@ def _explain_verdict(host, config, pid: int):
     else:
         v = Verdict(pid, p.comm, "not-scanned", f"not among the {b.scan_max_processes} largest processes a pass "
                     "reads in detail (balance.scan_max_processes)")
-    return v, p, snap
+    return v, p, snap, None
 
 
 def _explain_config(args: argparse.Namespace, host):
@@ -491,6 +493,16 @@ def _render_explain(doc: dict, p) -> None:
         c.print(f"would: {a['kind']} -> node {a['target_node']}: {a['reason']}")
     if not doc["actions"]:
         c.print("would: nothing")
+    ledger = doc["cpu_ledger"]
+    if ledger is not None:
+        c.print(f"cpu ledger: {ledger['summary']}")
+        d = ledger["demands"].get(str(p.pid))
+        if d is not None:
+            c.print(f"  its demand: {d['busy_threads']} busy thread(s), CPU by node "
+                    + ", ".join(f"N{n}={v:g}" for n, v in d["cores_by_node"].items())
+                    + ("" if d["measured"] else " (not measured yet)"))
+        for line in ledger["bookings"]:
+            c.print(f"  booked this pass: {line}")
     tv = doc["tiering"]
     if tv is not None:
         c.print(f"tiering (tracker {tv['tracker']}): [bold]{tv['rule']}[/bold]: {tv['reason']}")

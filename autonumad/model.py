@@ -77,6 +77,7 @@ class Verdict:
 class Decision:
     actions: tuple[Action, ...]
     verdicts: Mapping[int, Verdict]
+    ledger: object | None = None  # the pass's CPU bookings (plan/placement.py's CpuLedger)
 
 
 @dataclass(frozen=True, slots=True)

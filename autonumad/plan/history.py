@@ -53,6 +53,10 @@ class ProcessHistory:
     acted_cpus: tuple[int, ...] | None = None
     last_cpu_ticks: int | None = None
     last_seen_s: float | None = None
+    # Per thread (placement.py's demand): CPU ticks as last seen, and cores
+    # used between the last two passes (None until the process is seen twice).
+    thread_ticks: dict[int, int] = field(default_factory=dict)
+    thread_cores: dict[int, float] | None = None
 
 
 @dataclass
@@ -85,7 +89,11 @@ class History:
             h.local_fractions.append(p.local_fraction())
             if h.last_cpu_ticks is not None and h.last_seen_s is not None and now_s > h.last_seen_s:
                 h.cpu_cores = max(0, p.cpu_ticks - h.last_cpu_ticks) / clock_ticks_per_s / (now_s - h.last_seen_s)
+                h.thread_cores = {tid: max(0, t.utime_ticks + t.stime_ticks - h.thread_ticks[tid])
+                                  / clock_ticks_per_s / (now_s - h.last_seen_s)
+                                  for tid, t in p.threads.items() if tid in h.thread_ticks}
             h.last_cpu_ticks, h.last_seen_s = p.cpu_ticks, now_s
+            h.thread_ticks = {tid: t.utime_ticks + t.stime_ticks for tid, t in p.threads.items()}
         # Processes that exited: drop them, except those below the scan
         # threshold this pass whose affinity we own (kept for undo at exit).
         for key in list(self.processes):

@@ -31,16 +31,20 @@ are checked for each process:
      `node_headroom_fraction` of its memory free after the move.
    - Not confined: a process that used less than `min_cpu_fraction` of a
      CPU since the last pass is idle and left alone (a task move costs a
-     cache warm-up it would not win back). Otherwise choose the node that
-     needs the FEWEST BYTES MOVED
-     among nodes that have CPU headroom for the process (idle CPU capacity
-     at least its recent CPU use, measured from /proc/stat): moving a
-     task costs a cache warm-up, moving memory costs copying every byte
-     (move_pages runs at roughly 0.1-1 GiB/s), so bytes dominate. If that
-     node holds at least `target_local_fraction` of its pages, *task
-     follows memory*: all its threads get that node's CPUs. Otherwise the
-     task goes there and the remainder of its memory follows. Ties prefer
-     a node it already runs on (no task move at all).
+     cache warm-up it would not win back). The others are placed together,
+     after every other process of the pass, by placement.py: a CPU
+     capacity ledger (each process's measured per-thread demand booked
+     where it runs; a task move must fit the target node's free CPUs, and
+     every move books from the same ledger) and an assignment of these
+     processes to nodes (or to where they run now) that leaves the fewest
+     bytes remote, then moves the FEWEST BYTES, then the fewest tasks:
+     moving a task costs a cache warm-up, moving memory costs copying
+     every byte (move_pages runs at roughly 0.1-1 GiB/s). A process seen
+     for the first time is measured before it is moved. If its node holds
+     at least `target_local_fraction` of its pages, *task follows memory*:
+     all its threads get that node's CPUs. Otherwise the task goes there
+     and the remainder of its memory follows. A process whose busy threads
+     fit on no node stays where the scheduler spread them.
 5. *Enough is enough.* At `target_local_fraction` local (numad's 90 % in
    spirit) nothing is done; a process larger than any node's usable memory
    is left spread.
@@ -66,7 +70,7 @@ from functools import partial
 
 from autonumad.model import (MIGRATE, RESTORE_AFFINITY, SET_AFFINITY, Action, Decision, Verdict, VmaMove, mib,
                              node_list)
-from autonumad.plan import selection
+from autonumad.plan import placement, selection
 from autonumad.plan.history import History, OwnedAffinity, ProcessHistory
 from autonumad.readers.numa_maps import NumaMaps, unmovable_vma
 from autonumad.readers.proc_stat import cpu_busy_fraction
@@ -133,6 +137,8 @@ class _Ctx:
     free_bytes: dict[int, int]  # updated as this pass plans moves
     kernel_balancing: bool
     page_bytes: int
+    ledger: placement.CpuLedger | None = None
+    pending: list[ProcessView] | None = None  # unconfined processes placed together (placement.py)
 
 
 def decide(snapshot: HostSnapshot, history: History, cfg, now_s: float, prev_cpu_times=None) -> Decision:
@@ -158,15 +164,51 @@ def decide(snapshot: HostSnapshot, history: History, cfg, now_s: float, prev_cpu
         return _all(snapshot, "disabled", "balancing is disabled in the config")
     if len(cpu_nodes) < 2 and len(topo.nodes) < 2:
         return _all(snapshot, "single-node", "the host has a single NUMA node")
+    ctx.ledger = _build_ledger(ctx, busy)
+    ctx.pending = []
     verdicts: dict[int, Verdict] = {}
     # Biggest misplaced processes first, so they get the budget and the headroom.
     for p in sorted(snapshot.processes, key=lambda p: (-_remote_pages(p), p.pid)):
-        verdicts[p.pid] = decide_process(ctx, p)
+        v = decide_process(ctx, p)
+        if v is not None:  # None: unconfined, placed with the others below
+            verdicts[p.pid] = v
+    verdicts.update(_place_pending(ctx))
     actions = [a for v in verdicts.values() for a in v.actions]
     # Affinity first (cheap, and memory moves after it land where tasks run),
     # then migrations by size.
     actions.sort(key=lambda a: (a.kind == MIGRATE, -a.bytes))
-    return Decision(tuple(actions), verdicts)
+    return Decision(tuple(actions), verdicts, ctx.ledger)
+
+
+def _build_ledger(ctx: _Ctx, busy: Mapping[int, float]) -> placement.CpuLedger:
+    """The pass's CPU ledger: every scanned process's measured demand booked where its threads run."""
+    cpu_to_node = ctx.snap.topology.cpu_to_node
+    demands, used_by_node = {}, {}
+    # The clock for a first-sight thread's lifetime use: a CPU's tick total in /proc/stat.
+    uptime_ticks = max((t.total_ticks for t in ctx.snap.cpu_times.values()), default=0) or None
+    for p in ctx.snap.processes:
+        h = ctx.history.get((p.pid, p.start_ticks))
+        tc = h.thread_cores if h is not None else None
+        demands[p.pid] = placement.process_demand(p.threads, tc, cpu_to_node, uptime_ticks)
+        for tid, t in p.threads.items():
+            n = cpu_to_node.get(t.processor)
+            if tc is not None and n is not None:
+                used_by_node[n] = used_by_node.get(n, 0.0) + tc.get(tid, 0.0)
+    return placement.CpuLedger.build(ctx.node_cpus, demands, busy or None, used_by_node)
+
+
+def _place_pending(ctx: _Ctx) -> dict[int, Verdict]:
+    """Rule 4's unconfined processes, placed together on the pass's CPU ledger (placement.py)."""
+    usable = {n.id: n.memory_total_bytes * (1 - ctx.cfg.node_headroom_fraction)
+              for n in ctx.snap.topology.nodes if n.cpus}
+    cands = []
+    for p in ctx.pending:
+        total = p.total_pages * ctx.page_bytes
+        nodes = tuple(n for n in usable if n in p.status.mems_allowed and usable[n] >= total)
+        cands.append(placement.Candidate(p.pid, {n: c * ctx.page_bytes for n, c in p.pages_by_node.items()},
+                                         nodes, memory_follows=ctx.cfg.page_moves))
+    choices = placement.assign(ctx.ledger, cands)
+    return {p.pid: _placed(ctx, p, choices[p.pid]) for p in ctx.pending}
 
 
 def _all(snapshot: HostSnapshot, rule: str, reason: str) -> Decision:
@@ -190,8 +232,9 @@ def _verdict(p: ProcessView, rule: str, reason: str, *actions: Action) -> Verdic
     return Verdict(p.pid, p.comm, rule, reason, tuple(actions))
 
 
-def decide_process(ctx: _Ctx, p: ProcessView) -> Verdict:
-    """One process, rules 1-7 in order (module docstring)."""
+def decide_process(ctx: _Ctx, p: ProcessView) -> Verdict | None:
+    """One process, rules 1-7 in order (module docstring); None for an unconfined process, which
+    `_place_pending` places with the others on the pass's CPU ledger."""
     h = ctx.history.get((p.pid, p.start_ticks))
     skip = selection.excluded(p, ctx.cfg, ctx.snap.topology) or selection.no_memory(p)
     if skip:
@@ -201,7 +244,13 @@ def decide_process(ctx: _Ctx, p: ProcessView) -> Verdict:
     owned = h.owned_affinity if h else None
     if owned and frozenset(p.status.cpus_allowed) != owned.cpus:
         owned = None
-    skip = selection.owner_placed(p) or _stability(ctx, p, h)
+    skip = selection.owner_placed(p)
+    if skip:
+        return _verdict(p, *skip)
+    crammed = _undo_crammed(ctx, p, owned)
+    if crammed is not None:
+        return crammed
+    skip = _stability(ctx, p, h)
     if skip:
         return _verdict(p, *skip)
     home, how = _home(ctx, p, h, owned)
@@ -218,13 +267,30 @@ def decide_process(ctx: _Ctx, p: ProcessView) -> Verdict:
     return _unconfined(ctx, p, h, selection.pinned_by_owner(p, ctx.all_cpus, owned.cpus if owned else None))
 
 
+def _undo_crammed(ctx: _Ctx, p: ProcessView, owned: OwnedAffinity | None) -> Verdict | None:
+    """Rule 7, placement.py rule 5: undo an affinity of ours on a node booked beyond its CPUs."""
+    if not owned or ctx.ledger is None or not ctx.ledger.crammed(owned.node):
+        return None
+    d = ctx.ledger.demands.get(p.pid)
+    if d is None or d.cores_by_node.get(owned.node, 0.0) < 1.0:
+        return None
+    reason = (f"node {owned.node}, where autonumad placed it, has more demand booked than CPUs "
+              f"({ctx.ledger.describe()}); restoring its affinity")
+    return _verdict(p, "undo-crammed", reason,
+                    Action(RESTORE_AFFINITY, p.pid, p.start_ticks, p.comm, "undo-crammed", reason,
+                           target_node=None, cpus=tuple(sorted(owned.original))))
+
+
 def _stability(ctx: _Ctx, p: ProcessView, h: ProcessHistory | None) -> tuple[str, str] | None:
     """Rule 3: ping-pong back-off and cool-down, unless its owner re-pinned it since."""
     if h and h.backoff_until_s > ctx.now_s:
         return "pingpong-backoff", (f"pages moved back and forth {h.pingpongs} time(s); "
                                     f"backing off for {h.backoff_until_s - ctx.now_s:.0f} s")
     repinned = h is not None and h.acted_cpus is not None and tuple(p.status.cpus_allowed) != h.acted_cpus
-    if h and h.last_action_s is not None and ctx.now_s - h.last_action_s < ctx.cfg.cooldown_s and not repinned:
+    # The last action restored an affinity (nothing of ours in place): placed again at once.
+    undone = h is not None and h.acted_cpus is None and h.owned_affinity is None
+    if h and h.last_action_s is not None and ctx.now_s - h.last_action_s < ctx.cfg.cooldown_s and not repinned \
+            and not undone:
         return "cooldown", (f"acted on {ctx.now_s - h.last_action_s:.0f} s ago "
                             f"(balance.cooldown_s = {ctx.cfg.cooldown_s:g})")
     return None
@@ -255,8 +321,9 @@ def _undo_affinity(ctx: _Ctx, p: ProcessView, home: int, owned: OwnedAffinity) -
     return None
 
 
-def _unconfined(ctx: _Ctx, p: ProcessView, h: ProcessHistory | None, pinned_by_owner: bool) -> Verdict:
-    """Rule 4, not confined: the node needing the fewest bytes moved among those with CPU headroom."""
+def _unconfined(ctx: _Ctx, p: ProcessView, h: ProcessHistory | None, pinned_by_owner: bool) -> Verdict | None:
+    """Rule 4, not confined: idle, owner-pinned or too large is left alone; the rest waits for
+    `_place_pending`, which places all of them together on the pass's CPU ledger (None)."""
     cfg = ctx.cfg
     # The choice may move the task, which costs a cache warm-up that an idle
     # process would not win back.
@@ -272,45 +339,46 @@ def _unconfined(ctx: _Ctx, p: ProcessView, h: ProcessHistory | None, pinned_by_o
     if usable and total_bytes > max(usable.values()):
         return _verdict(p, "too-large", f"{mib(total_bytes)} is more than any node's usable memory "
                         f"({mib(int(max(usable.values())))}): left spread")
-    choice = _fewest_bytes_node(ctx, p, total_bytes)
-    if choice is None:
-        return _verdict(p, "no-cpu-headroom", "no node has CPU headroom for it")
-    to_move, node = choice
+    if not cfg.task_moves:
+        if len(p.running_nodes) == 1:
+            lf = p.local_fraction()
+            if lf >= cfg.target_local_fraction:
+                return _verdict(p, "already-local", f"{lf:.0%} of its memory is on node {p.running_nodes[0]}, "
+                                f"where its threads run")
+            return _memory_follows_task(ctx, p, p.running_nodes[0], "where its threads run (task moves off)", h)
+        return _verdict(p, "task-moves-disabled", "balance.task_moves is off and its threads span nodes")
+    ctx.pending.append(p)
+    return None
+
+
+def _placed(ctx: _Ctx, p: ProcessView, choice: placement.Choice) -> Verdict:
+    """The verdict for an unconfined process, given where the assignment put it."""
+    cfg = ctx.cfg
+    if choice.node is placement.STAY:
+        lf = p.local_fraction()
+        if len(p.running_nodes) == 1 and lf >= cfg.target_local_fraction:
+            return _verdict(p, "already-local", f"{lf:.0%} of its memory is on node {p.running_nodes[0]}, "
+                            f"where its threads run")
+        demand = ctx.ledger.demands.get(p.pid)
+        if demand is not None and not demand.measured:
+            return _verdict(p, "measuring", choice.reason)
+        if not any(ctx.ledger.fits(p.pid, n) for n in ctx.ledger.capacity_cores):
+            return _verdict(p, "spread-by-capacity", choice.reason)
+        return _verdict(p, "stays", choice.reason)
+    node = choice.node
     lf = p.local_fraction((node,))
     if p.running_nodes == (node,) and lf >= cfg.target_local_fraction:
         return _verdict(p, "already-local", f"{lf:.0%} of its memory is on node {node}, where its threads run")
-    if not cfg.task_moves:
-        if len(p.running_nodes) == 1:
-            return _memory_follows_task(ctx, p, p.running_nodes[0], "where its threads run (task moves off)", h)
-        return _verdict(p, "task-moves-disabled", "balance.task_moves is off and its threads span nodes")
-    set_aff = _set_affinity(ctx, p, node, lf, to_move, total_bytes)
+    set_aff = _set_affinity(ctx, p, node, lf, choice.bytes_to_move, p.total_pages * ctx.page_bytes, choice.reason)
     if lf >= cfg.target_local_fraction:
         return _verdict(p, "task-follows-memory", set_aff.reason, set_aff)
-    mig = _memory_follows_task(ctx, p, node, "the node chosen for it this pass", h)
+    mig = _memory_follows_task(ctx, p, node, "the node chosen for it this pass", ctx.history.get(
+        (p.pid, p.start_ticks)))
     return _verdict(p, "task-and-memory", set_aff.reason, set_aff, *mig.actions)
 
 
-def _fewest_bytes_node(ctx: _Ctx, p: ProcessView, total_bytes: int) -> tuple[int, int] | None:
-    """(bytes to move, node): the allowed node with CPU headroom needing the fewest bytes copied.
-
-    Ties prefer a node it already runs on alone (no task move at all), then the lower id.
-    """
-    need = _cpu_use_cores(ctx, p)
-    candidates = []
-    for node, idle in ctx.idle_cpus_by_node.items():
-        has_room = idle >= need or node in p.running_nodes
-        if not has_room or node not in p.status.mems_allowed:
-            continue
-        to_move = total_bytes - p.pages_by_node.get(node, 0) * ctx.page_bytes
-        runs_here = node in p.running_nodes and len(p.running_nodes) == 1
-        candidates.append((to_move, not runs_here, node))
-    if not candidates:
-        return None
-    to_move, _, node = min(candidates)
-    return to_move, node
-
-
-def _set_affinity(ctx: _Ctx, p: ProcessView, node: int, lf: float, to_move: int, total_bytes: int) -> Action:
+def _set_affinity(ctx: _Ctx, p: ProcessView, node: int, lf: float, to_move: int, total_bytes: int,
+                  placement_reason: str) -> Action:
     """Task follows memory: all its threads get `node`'s CPUs."""
     page = ctx.page_bytes
     if lf >= ctx.cfg.target_local_fraction:
@@ -321,7 +389,8 @@ def _set_affinity(ctx: _Ctx, p: ProcessView, node: int, lf: float, to_move: int,
                   f"of memory to where it runs")
     else:
         reason = (f"node {node} needs the fewest bytes moved ({mib(to_move)}) among nodes with CPU headroom; "
-                  f"its {len(p.threads)} thread(s) move there and the rest of its memory follows")
+                  f"its {len(p.threads)} thread(s) move there and the rest of its memory follows"
+                  f"; {placement_reason}")
     return Action(SET_AFFINITY, p.pid, p.start_ticks, p.comm, "task-follows-memory", reason, target_node=node,
                   cpus=tuple(sorted(ctx.node_cpus[node])),
                   original_cpus=tuple(sorted(p.status.cpus_allowed)))
@@ -365,18 +434,6 @@ def _memory_follows_task(ctx: _Ctx, p: ProcessView, home: int, how: str, h) -> V
     return verdict("memory-follows-task", reason,
                    Action(MIGRATE, p.pid, p.start_ticks, p.comm, "memory-follows-task", reason,
                           target_node=home, vmas=VmaMoves(p.numa_maps, home), bytes=min(room, to_move)))
-
-
-def _cpu_use_cores(ctx: _Ctx, p: ProcessView) -> float:
-    """CPU the process used between the last two passes, in cores.
-
-    Until it has been seen twice, assume it keeps its threads busy, up to one
-    core per thread: the cautious guess for a task move.
-    """
-    h = ctx.history.get((p.pid, p.start_ticks))
-    if h is not None and h.cpu_cores is not None:
-        return h.cpu_cores
-    return float(len(p.threads))
 
 
 def owned_from_action(a: Action) -> OwnedAffinity:

@@ -678,6 +678,12 @@ class BalanceConfig:
     # Read numa_maps for at most this many candidates per pass, largest first;
     # 0 means no limit. Bounds a pass on hosts with thousands of big processes.
     scan_max_processes: int = _key(0, _Integer(0, 1_000_000))
+    # Kernel assist (plan/assist.py): turn the kernel's hint-fault sampling on
+    # while a process whose busy threads fit on no node is misplaced, off at
+    # plateau; false forbids it. Above this many hint faults per second it is
+    # turned off at once.
+    kernel_assist: bool = _key(True, _Bool())
+    kernel_assist_hint_faults_per_s: float = _key(20000.0, _Number(0, 1e9, lo_open=True))
 
 
 # Kernel knob names shared with autonumad/readers/knobs.py (which maps each to

@@ -38,6 +38,7 @@ from autonumad.host import Host
 from autonumad.model import MIGRATE, RESTORE_AFFINITY, SET_AFFINITY, Decision, Outcome
 from autonumad.observe.inputs import HotnessSource, PassInputs, read_pass_inputs
 from autonumad.observe.snapshot import HostSnapshot, SnapshotCache
+from autonumad.plan.assist import KernelAssist
 from autonumad.plan.history import History
 from autonumad.plan.planner import Plan, plan
 from autonumad.plan.policy import owned_from_action
@@ -123,6 +124,8 @@ class Daemon:
         self.hotness = HotnessSource(host, clock)
         self.once = False  # run(once=True): a single pass
         self.safety = Safety(host, config)  # issue 10: pins on disk, skip warnings, state.json
+        self.assist = KernelAssist()  # plan/assist.py; its knobs come from the config below
+        self._knob_baseline: int | None = None
         self._build_from_config()
 
     # -- configuration ---------------------------------------------------------
@@ -183,8 +186,26 @@ class Daemon:
         return True
 
     # -- kernel knobs ----------------------------------------------------------
+    def _desired_knobs(self) -> dict:
+        """The config's knobs, with kernel assist's numa_balancing (plan/assist.py)."""
+        return self.assist.adjust(self.config.kernel.desired(), self._knob_baseline or 0)
+
+    def _step_assist(self, snap: HostSnapshot, decision: Decision, now: float) -> None:
+        """Kernel assist: the kernel's hint-fault sampling on while a spread-by-capacity process is
+        misplaced, off at plateau or over budget (plan/assist.py); a knob write, so only when managing."""
+        self.assist.allowed = self.config.balance.kernel_assist
+        self.assist.hint_faults_per_s_budget = self.config.balance.kernel_assist_hint_faults_per_s
+        if self._knob_baseline is None:
+            self._knob_baseline = int(snap.knobs.as_json().get("numa_balancing") or 0)
+        spread = [(p.pid, p.start_ticks) for p in snap.processes
+                  if (v := decision.verdicts.get(p.pid)) is not None and v.rule == "spread-by-capacity"]
+        if self.assist.step(now, spread, [(p.pid, p.start_ticks) for p in snap.processes], snap.vmstat):
+            log.info("kernel assist %s", self.assist.reason)
+            if self.manage_knobs and self.knobs is not None and not self.dry_run:
+                self._apply_knobs()
+
     def _apply_knobs(self) -> None:
-        desired = self.config.kernel.desired()
+        desired = self._desired_knobs()
         for c in self.knobs.apply(desired):
             if c.outcome in ("written", "restored"):
                 log.info("kernel knob %s: %s -> %s (%s)", c.name, c.old, c.new, c.outcome)
@@ -194,8 +215,7 @@ class Daemon:
     def _check_drift(self) -> list[Any]:
         if self.knobs is None:
             return []
-        desired = self.config.kernel.desired()
-        drifts = self.knobs.verify(desired)
+        drifts = self.knobs.verify(self._desired_knobs())
         for d in drifts:
             log.warning("kernel knob %s changed behind autonumad's back: want %s, found %s%s", d.name, d.expected,
                         d.actual, "; re-applying (kernel.enforce)" if self.config.kernel.enforce else "")
@@ -265,6 +285,7 @@ class Daemon:
         self.history.observe(inputs.snapshot, t0)
         the_plan = plan(inputs, self.history, self.config)
         self._log_plan(inputs.snapshot, the_plan)
+        self._step_assist(inputs.snapshot, the_plan.balancing, t0)
         self.history.tiering.record_decision(the_plan.tiering, t0)
         self.executor.dry_run = self.dry_run
         outcomes = self.executor.run(the_plan.actions, t0 + inputs.window_s, the_plan.budget_bytes)

@@ -28,7 +28,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 TOPOLOGY_ENV = "AUTONUMAD_VM_TOPOLOGY"
 INIT_ENV = "AUTONUMAD_VM_INIT"
-KNOWN_TOPOLOGIES = ("2node", "tiered", "4node")
+KNOWN_TOPOLOGIES = ("2node", "tiered", "4node", "2x2", "4x2")
 
 
 def current_topology() -> str | None:
