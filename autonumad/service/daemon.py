@@ -288,7 +288,9 @@ class Daemon:
         self._step_assist(inputs.snapshot, the_plan.balancing, t0)
         self.history.tiering.record_decision(the_plan.tiering, t0)
         self.executor.dry_run = self.dry_run
-        outcomes = self.executor.run(the_plan.actions, t0 + inputs.window_s, the_plan.budget_bytes)
+        # The window starts when moving does: a slow read (a TCG guest's soft-dirty scan) must not
+        # leave the mover no time at all, pass after pass.
+        outcomes = self.executor.run(the_plan.actions, self.clock() + inputs.window_s, the_plan.budget_bytes)
         return self._record(number, t0, inputs, the_plan, outcomes)
 
     def pass_window_s(self) -> float:

@@ -71,7 +71,7 @@ def _run(host, tmp_path, tiering: dict, until, timeout_s: float, pids):
             history.observe(inputs.snapshot, now)
             p = plan(inputs, history, cfg)
             history.tiering.record_decision(p.tiering, now)
-            outcomes = ex.run(p.actions, now + 0.8, p.budget_bytes)
+            outcomes = ex.run(p.actions, time.monotonic() + 0.8, p.budget_bytes)
             done = time.monotonic()
             moved: dict = {}
             for o in outcomes:
