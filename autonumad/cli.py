@@ -667,9 +667,12 @@ def cmd_reload(args: argparse.Namespace) -> int:
             runtime_dir = Config().daemon.runtime_dir
     state_path = Path(runtime_dir) / "state.json"
     try:
-        state = json.loads(read_file(runtime_dir, "state.json") or b"")
+        data = read_file(runtime_dir, "state.json")
+        if data is None:
+            raise AutonumadError(f"{state_path}: no such file: no daemon is running with this runtime directory")
+        state = json.loads(data)
         pid = int(state["pid"])
-    except (AutonumadError, ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise AutonumadError(f"{state_path}: no running daemon found ({e})") from None
     before = (state.get("generation"), json.dumps(state.get("last_reload")))
     signal_daemon(runtime_dir, state, signal.SIGHUP)

@@ -4,7 +4,11 @@ Issue 10's fault injection. In the 2node guest, with `kernel.pid_max`
 lowered to 500 (pids 300-499 cycle: the kernel allocates from
 RESERVED_PIDS = 300 after a wrap, kernel/pid.c), for STORM_S seconds:
 
-* a burner forks and execs `/bin/true` in a loop, so pids wrap within seconds;
+* burners use up pids: one forks and execs `/bin/true` in a loop (new
+  processes), one starts and joins threads in bursts (thread ids come from
+  the same pid space and are far cheaper under TCG: the first run with the
+  fork burner alone created 340 tasks in 60 s, too few for the pids the
+  daemon acted on to come round again), so pids wrap within a second;
 * short-lived `dd` processes (a 4 MiB buffer first touched on node 1, then
   re-pinned by their "owner" to node 0 so the daemon wants to move their
   memory; some re-pinned again, to node 1, while they live) come and go
@@ -235,7 +239,7 @@ enabled = false
     log = tmp_path / "daemon.log"
     tracer = Tracer()
     pid_max.write_text(str(PID_MAX))
-    burner = None
+    burner = threads = None
     try:
         with open(log, "w") as logf:
             daemon = subprocess.Popen([*AUTONUMAD, "run", "--config", str(cfg)], stderr=logf, cwd=REPO)
@@ -252,6 +256,13 @@ enabled = false
                     if start is not None:
                         initial[int(t.name)] = (int(d.name), start / TICKS_PER_S)
         burner = subprocess.Popen(["sh", "-c", "while :; do /bin/true; done"])
+        # Bursts of 100 threads, then a pause: pids 300-499 come round about twice a second
+        # while leaving the daemon CPU to work with.
+        threads = subprocess.Popen([sys.executable, "-c", "import threading, time\n"
+                                    "while True:\n"
+                                    "    for _ in range(100):\n"
+                                    "        t = threading.Thread(target=int); t.start(); t.join()\n"
+                                    "    time.sleep(0.2)\n"])
         rss = [_rss_kib(daemon.pid)]
         stats = defaultdict(int)
         t0 = time.monotonic()
@@ -263,9 +274,10 @@ enabled = false
             if time.monotonic() >= next_rss:
                 rss.append(_rss_kib(daemon.pid))
                 next_rss += 10
-        burner.kill()
-        burner.wait()
-        burner = None
+        for b in (burner, threads):
+            b.kill()
+            b.wait()
+        burner = threads = None
         # The long-lived ones converge (the storm may have slowed them down).
         t1 = time.monotonic()
         while any(w.local_fraction(0) < 0.9 for w in longs):
@@ -276,8 +288,9 @@ enabled = false
         trace = tracer.stop()
     finally:
         pid_max.write_text(old_pid_max)
-        if burner is not None:
-            burner.kill()
+        for b in (burner, threads):
+            if b is not None:
+                b.kill()
         if daemon.poll() is None:
             daemon.send_signal(signal.SIGTERM)
         rc = daemon.wait(60)
@@ -297,3 +310,5 @@ enabled = false
           f"{len(decided)} decisions, 0 on a process not decided about; {refused} actions refused as "
           f"'pid reused'; daemon RSS KiB {rss}", file=sys.stderr)
     assert counts.get("pid_reuses", 0) > 100 and counts.get("move_pages", 0) > 0
+    # The point of the storm: numbers of processes the daemon acted on came round to new owners.
+    assert counts.get("reuses_of_acted_pids", 0) > 0, counts
