@@ -86,7 +86,9 @@ SYSTEMD_JOB_SCRIPT = """\
 IO=/run/numa-vm/io
 : > $IO/started
 /bin/sh /run/numa-vm/run.sh </dev/null >$IO/stdout 2>$IO/stderr
-echo $? > $IO/status.tmp && mv $IO/status.tmp $IO/status
+rc=$?
+sync
+echo $rc > $IO/status.tmp && mv $IO/status.tmp $IO/status
 """
 
 # Units that would hang, wait for hardware the guest lacks, or only cost boot
@@ -144,7 +146,10 @@ def stage2_script(shares, cwd, topology, init="busybox", cgroup="v2"):
         qp = q(path)
         # cache=3 (file data + metadata, no writeback): the guest is the only
         # writer while it runs; every write still reaches the host at once.
-        lines.append(f"mkdir -p $R{qp} && mount -t 9p -o {NINEP_OPTS},cache=3 nvrw{i} $R{qp}"
+        # Kernels before 6.6 know only named modes (EINVAL for 3): there
+        # cache=loose, which writes back, hence the sync before the status.
+        lines.append(f"mkdir -p $R{qp} && {{ mount -t 9p -o {NINEP_OPTS},cache=3 nvrw{i} $R{qp}"
+                     f" 2>/dev/null || mount -t 9p -o {NINEP_OPTS},cache=loose nvrw{i} $R{qp}; }}"
                      f" || fail {q('cannot mount the shared directory ' + path)}")
     lines += [
         f"[ -d $R{q(cwd)} ] || fail {q('current directory ' + cwd + ' not visible in the guest')}",
@@ -165,7 +170,9 @@ def stage2_script(shares, cwd, topology, init="busybox", cgroup="v2"):
         # a fatal signal ("Killed") on the console, not in COMMAND's stderr.
         "chroot $R /bin/sh /run/numa-vm/run.sh </dev/null >/io/stdout 2>/io/stderr &",
         "wait $!",
-        "echo $? > /io/status.tmp && mv /io/status.tmp /io/status",
+        "rc=$?",
+        "sync",
+        "echo $rc > /io/status.tmp && mv /io/status.tmp /io/status",
         "poweroff -f",
         "while :; do sleep 1; done",
     ]
