@@ -303,6 +303,17 @@ def test_3_knob_held_while_active_and_restored_on_stop():
     assert knob() == "0"
 
 
+def test_3b_upgrade_restarts_it_and_keeps_the_edited_config():
+    # An upgrade as dpkg runs it (postinst configure with the old version):
+    # a restart, so the knob is restored by ExecStopPost= and set again.
+    pid, edited = main_pid(), CONF.read_text()
+    with KnobWatch() as watch:
+        sh("apt-get", "install", "--reinstall", "-y", "-q", "--no-install-recommends", str(DEB))
+    assert prop("ActiveState") == "active" and main_pid() != pid, diag()
+    assert CONF.read_text() == edited  # a conffile the admin edited is kept
+    assert watch.seen == ["0", "1", "0"], watch.seen
+
+
 # 4. a bad reload is rejected with the reason; a good one applies, the knob never flipping
 
 def test_4_bad_reload_rejected_good_reload_applied_knob_never_flips():
