@@ -278,3 +278,45 @@ def test_build_deb_rejects_an_unknown_option():
     r = subprocess.run([str(REPO / "scripts" / "build-deb"), "--bogus"], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "unknown option --bogus" in r.stderr
+
+
+def test_packaged_daemon_serves_metrics_on_debians_own_libraries(deb, tmp_path):
+    """The .deb's code on Debian's python3 with python3-prometheus-client and python3-rich.
+
+    Debian 12 ships client_python 0.16, older than what pip installs into
+    the venv the rest of the suite uses; a call only newer versions have
+    (start_http_server returning the server, disable_created_metrics) failed
+    the unit at start in the systemd guest. dh_python3 drops pyproject's
+    version bounds, so only running the packaged code finds this.
+    """
+    import socket
+    import time
+    import urllib.request
+
+    path, _ = deb
+    root = tmp_path / "root"
+    subprocess.run(["dpkg-deb", "-x", str(path), str(root)], check=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "autonumad.toml"
+    cfg.write_text(f'[daemon]\ninterval_s = 1.0\nruntime_dir = "{tmp_path}/run"\n'
+                   f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    cfg.chmod(0o600)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root / "usr/lib/python3/dist-packages")}
+    # -s: no user site; Debian's interpreter, so dist-packages are Debian's packages.
+    daemon = subprocess.Popen(["/usr/bin/python3", "-s", str(root / "usr/bin/autonumad"), "run", "--dry-run",
+                               "--config", str(cfg)], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "run" / "state.json").exists():
+            assert daemon.poll() is None, daemon.stderr.read()
+            assert time.monotonic() < deadline, "no first pass within 60 s"
+            time.sleep(0.2)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    finally:
+        daemon.terminate()
+        rc = daemon.wait(30)
+    assert rc == 0, daemon.stderr.read()
+    assert "autonumad_build_info" in body
+    assert "_created" not in body

@@ -35,12 +35,16 @@ by node pair, headroom target and actual per fast node.
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 import time
-from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import generate_latest, start_http_server, write_to_textfile
+from prometheus_client.exposition import generate_latest, make_wsgi_app, write_to_textfile
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
@@ -525,7 +529,7 @@ class DaemonMetrics:
 
                 self.server, self.server_thread = serve(make_wsgi_app(self.registry), address, port, web)
             else:
-                self.server, self.server_thread = start_http_server(port, addr=address, registry=self.registry)
+                self.server, self.server_thread = _serve_wsgi(address, port, self.registry)
         except OSError as e:
             raise AutonumadError(f"metrics endpoint {_show_address(address, port)}: cannot listen: "
                                  f"{e.strerror or e}") from None
@@ -570,9 +574,17 @@ def start_metrics(config, host=None) -> DaemonMetrics | None:
     # The *_created series client_python adds to every counter double the
     # series count for a timestamp Prometheus' text format does not use.
     # This is process-wide, which is right for the daemon's own process.
-    from prometheus_client import disable_created_metrics
+    try:
+        from prometheus_client import disable_created_metrics
+    except ImportError:
+        # client_python 0.16 (Debian 12's python3-prometheus-client) has no
+        # disable_created_metrics(); 0.17 added it as a setter of this same
+        # module flag, which 0.16 reads on every new metric.
+        import prometheus_client.metrics as _pm
 
-    disable_created_metrics()
+        _pm._use_created = False
+    else:
+        disable_created_metrics()
     web = None
     if m.web_config and listen is not None:
         from autonumad.service.webconfig import load_web_config
@@ -609,3 +621,26 @@ def reload_metrics(metrics: DaemonMetrics | None, old, new) -> None:
                     "keeps serving as before until then", ", ".join(restart))
     else:
         log.info("[metrics] changes applied")
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+        """Scrapes are not worth a log line each."""
+
+
+def _serve_wsgi(address: str, port: int, registry: CollectorRegistry) -> tuple[WSGIServer, threading.Thread]:
+    """client_python's exposition app on a thread-per-request server, returned so it can be closed.
+
+    start_http_server() returns the server only since client_python 0.17;
+    Debian 12 ships 0.16, whose version returns None. This is the same
+    server, built here so both behave alike.
+    """
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True  # a scrape in flight never holds up the daemon's exit
+        address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
+
+    server = make_server(address, port, make_wsgi_app(registry), Server, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
+    return server, thread
