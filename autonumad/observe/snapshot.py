@@ -135,8 +135,10 @@ class SnapshotCache:
     """
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[int, int], tuple[str, NumaMaps]] = {}
-        self._next: dict[tuple[int, int], tuple[str, NumaMaps]] = {}
+        # The text an entry was parsed from is its `vmas.text` (held packed
+        # when large: numa_maps.VmaLines), not kept a second time here.
+        self._entries: dict[tuple[int, int], NumaMaps] = {}
+        self._next: dict[tuple[int, int], NumaMaps] = {}
         # Of the last snapshot: files whose text was unchanged, changed in
         # part, or new to the cache.
         self.unchanged = self.changed = self.new = 0
@@ -145,8 +147,8 @@ class SnapshotCache:
         return len(self._entries)
 
     def text_bytes(self) -> int:
-        """Characters of numa_maps text held (one byte each for the ASCII the kernel prints)."""
-        return sum(len(text) for text, _ in self._entries.values())
+        """Bytes of numa_maps text held (packed, for large files)."""
+        return sum(nm.vmas.held_bytes() for nm in self._entries.values())
 
     def begin(self) -> None:
         self._next = {}
@@ -157,15 +159,17 @@ class SnapshotCache:
         previous = self._entries.get(key)
         if previous is None:
             self.new += 1
-            entry = (text, parse_numa_maps(text))
-        elif previous[0] == text:
-            self.unchanged += 1
-            entry = previous  # and the new copy of the text is dropped
+            entry = parse_numa_maps(text)
         else:
-            self.changed += 1
-            entry = (text, reparse_numa_maps(text, *previous))
+            previous_text = previous.vmas.text
+            if previous_text == text:
+                self.unchanged += 1
+                entry = previous  # and the new copy of the text is dropped
+            else:
+                self.changed += 1
+                entry = reparse_numa_maps(text, previous_text, previous)
         self._next[key] = entry
-        return entry[1]
+        return entry
 
     def commit(self) -> None:
         """End of a snapshot: keep only the processes it read."""
