@@ -225,3 +225,22 @@ def test_a_large_file_held_packed_is_much_smaller():
                    f"kernelpagesize_kB=4\n" for i in range(1, 30_000))
     nm = parse_numa_maps(text)
     assert len(text) > 2**20 and nm.vmas.held_bytes() < len(text) // 5
+
+
+def test_snapshot_cache_lets_an_old_text_go_once_the_new_one_is_parsed():
+    # Under churn every text changes: holding the old ones until the end of
+    # the snapshot would hold two passes' texts at once.
+    from autonumad.observe.snapshot import SnapshotCache
+    cache = SnapshotCache()
+    cache.begin()
+    cache.parse_numa_maps((1, 10), SAMPLE)
+    cache.parse_numa_maps((2, 20), SAMPLE)
+    cache.commit()
+    cache.begin()
+    new_text = SAMPLE.replace("N0=100 N1=200", "N0=250 N1=50")
+    nm = cache.parse_numa_maps((1, 10), new_text)
+    held = [m.vmas.text for m in cache._entries.values()]
+    assert held == [SAMPLE]  # pid 2's, not yet read in this snapshot; pid 1's old text is gone
+    same_parse(nm, parse_numa_maps(new_text))
+    cache.commit()
+    assert len(cache) == 1 and cache.changed == 1

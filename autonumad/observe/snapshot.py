@@ -156,7 +156,11 @@ class SnapshotCache:
 
     def parse_numa_maps(self, key: tuple[int, int], text: str) -> NumaMaps:
         """`parse_numa_maps(text)`, reusing what the last snapshot parsed for `key`."""
-        previous = self._entries.get(key)
+        # Taken out, not looked up: the old text goes as soon as the new one
+        # is parsed, so a pass under churn does not hold two passes' texts.
+        # (A snapshot that fails part-way loses those entries: their files
+        # are parsed whole next time.)
+        previous = self._entries.pop(key, None)
         if previous is None:
             self.new += 1
             entry = parse_numa_maps(text)

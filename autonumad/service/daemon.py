@@ -217,6 +217,9 @@ class Daemon:
     def run_pass(self) -> PassReport:
         t0 = self.clock()
         number = self.history.passes + 1
+        # The last report's snapshot holds every numa_maps text of the last
+        # pass: let it go before this pass reads the new ones.
+        self.reports = []
         try:
             snap = take_snapshot(self.host, ScanLimits(min_rss_bytes=self.config.balance.min_rss_bytes),
                                  cache=self.snapshot_cache)
