@@ -731,9 +731,9 @@ def reparse_numa_maps(text: str, previous_text: str, previous: NumaMaps) -> Numa
                 elif line:
                     added.append(line)
             gone = list(unmatched.elements())
-        del new_lines, old_lines
-        if whole and len(added) + len(gone) >= text.count("\n") + 1:
+        if whole and len(added) + len(gone) >= len(new_lines):
             return parse_numa_maps(text)
+        del new_lines, old_lines
         try:
             for line in _add_lines(acc, added, 1):
                 acc.add_fields(_parse_fields(line))
