@@ -155,7 +155,7 @@ def edits(draw):
 
 
 @given(edits())
-@settings(max_examples=300)
+@settings(max_examples=200)
 def test_reparse_agrees_with_the_full_parser(texts_):
     old_text, new_text = texts_
     previous = parse_numa_maps(old_text)
@@ -298,7 +298,7 @@ def test_one_odd_field_in_a_kernel_line_is_read_as_the_full_parser_reads_it():
 # Large files are compared a chunk at a time: the same totals, whatever the cut
 
 @given(edits(), st.sampled_from([1, 30, 80, 200]))
-@settings(max_examples=300)
+@settings(max_examples=150)
 def test_chunked_reparse_agrees_with_the_full_parser(texts_, chunk_chars):
     old_text, new_text = texts_
     previous = parse_numa_maps(old_text)
