@@ -5,6 +5,8 @@ malformed input alike."""
 
 from __future__ import annotations
 
+from unittest.mock import patch
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -153,7 +155,7 @@ def edits(draw):
 
 
 @given(edits())
-@settings(max_examples=300)
+@settings(max_examples=200)
 def test_reparse_agrees_with_the_full_parser(texts_):
     old_text, new_text = texts_
     previous = parse_numa_maps(old_text)
@@ -290,3 +292,41 @@ def test_one_odd_field_in_a_kernel_line_is_read_as_the_full_parser_reads_it():
         new_text = previous_text.replace(BASE_LINES[2], line)
         assert outcome(reparse_numa_maps, new_text, previous_text, parse_numa_maps(previous_text)) == \
             outcome(parse_numa_maps_slowly, new_text), line
+
+
+# --------------------------------------------------------------------------
+# Large files are compared a chunk at a time: the same totals, whatever the cut
+
+@given(edits(), st.sampled_from([1, 30, 80, 200]))
+@settings(max_examples=150)
+def test_chunked_reparse_agrees_with_the_full_parser(texts_, chunk_chars):
+    old_text, new_text = texts_
+    previous = parse_numa_maps(old_text)
+    with patch.object(nm_mod, "_DIFF_CHUNK_CHARS", chunk_chars):
+        assert outcome(reparse_numa_maps, new_text, old_text, previous) == outcome(parse_numa_maps_slowly, new_text)
+
+
+@given(one_class_edits(), st.sampled_from([1, 50, 120]))
+@settings(max_examples=200)
+def test_chunk_pairs_cover_both_texts_in_whole_lines(texts_, chunk_chars):
+    old_text, new_text = texts_
+    with patch.object(nm_mod, "_DIFF_CHUNK_CHARS", chunk_chars):
+        pairs = list(nm_mod._chunk_pairs(new_text, old_text))
+    assert "".join(n for n, _ in pairs) == new_text and "".join(o for _, o in pairs) == old_text
+    for n, o in pairs[:-1]:
+        assert n.endswith("\n") and (o == "" or o.endswith("\n"))
+
+
+def test_a_large_file_is_compared_in_chunks_that_line_up():
+    lines_ = KERNEL_TEXT.split("\n")
+    lines_.insert(1000, "7e0000000000 default anon=1 dirty=1 N0=1 kernelpagesize_kB=4")  # a VMA mapped
+    del lines_[3000]  # and one unmapped
+    lines_[4000] = lines_[4000].replace(" N1=1 ", " N1=7 ")
+    new_text = "\n".join(lines_)
+    with patch.object(nm_mod, "_DIFF_CHUNK_CHARS", 20_000):
+        pairs = list(nm_mod._chunk_pairs(new_text, KERNEL_TEXT))
+        assert len(pairs) > 10
+        # Lined up: only the chunks holding the three edits differ.
+        assert sum(n != o for n, o in pairs) == 3
+        assert reparse_numa_maps(new_text, KERNEL_TEXT, parse_numa_maps(KERNEL_TEXT)).totals == \
+            parse_numa_maps_slowly(new_text).totals

@@ -200,3 +200,48 @@ def test_reparse_with_a_corrupted_new_line_fails_like_parse(texts, data):
     with pytest.raises(ParseError) as incremental:
         reparse_numa_maps(new_text, old_text, parse_numa_maps(old_text))
     assert str(incremental.value) == str(plain.value)
+
+
+# --------------------------------------------------------------------------
+# A large file's text is held packed, and reads back exactly
+
+def test_large_text_is_held_packed_and_reads_back_exactly(monkeypatch):
+    from autonumad.readers import numa_maps as nm_mod
+    # A file name the Host decoded with surrogateescape (a byte that is not UTF-8).
+    text = SAMPLE + "7f00c0000000 default file=/tmp/\udcff\udce9 mapped=1 N0=1 kernelpagesize_kB=4\n"
+    small = parse_numa_maps(text)
+    monkeypatch.setattr(nm_mod, "_PACK_CHARS", 100)
+    packed = parse_numa_maps(text)
+    assert packed.vmas._text is None and packed.vmas.held_bytes() < len(text)
+    assert packed.vmas.text == text
+    same_parse(packed, small)
+    assert tuple(packed.vmas)[-1].path == "/tmp/\udcff\udce9"
+    # and a re-parse against a packed previous file
+    new_text = text.replace("N0=100 N1=200", "N0=250 N1=50")
+    same_parse(reparse_numa_maps(new_text, packed.vmas.text, packed), parse_numa_maps(new_text))
+
+
+def test_a_large_file_held_packed_is_much_smaller():
+    text = "".join(f"{0x7f0000000000 + i * 0x1000:x} default anon={i % 97} dirty={i % 97} N0={i % 89} N1={i % 13} "
+                   f"kernelpagesize_kB=4\n" for i in range(1, 30_000))
+    nm = parse_numa_maps(text)
+    assert len(text) > 2**20 and nm.vmas.held_bytes() < len(text) // 5
+
+
+def test_snapshot_cache_lets_an_old_text_go_once_the_new_one_is_parsed():
+    # Under churn every text changes: holding the old ones until the end of
+    # the snapshot would hold two passes' texts at once.
+    from autonumad.observe.snapshot import SnapshotCache
+    cache = SnapshotCache()
+    cache.begin()
+    cache.parse_numa_maps((1, 10), SAMPLE)
+    cache.parse_numa_maps((2, 20), SAMPLE)
+    cache.commit()
+    cache.begin()
+    new_text = SAMPLE.replace("N0=100 N1=200", "N0=250 N1=50")
+    nm = cache.parse_numa_maps((1, 10), new_text)
+    held = [m.vmas.text for m in cache._entries.values()]
+    assert held == [SAMPLE]  # pid 2's, not yet read in this snapshot; pid 1's old text is gone
+    same_parse(nm, parse_numa_maps(new_text))
+    cache.commit()
+    assert len(cache) == 1 and cache.changed == 1

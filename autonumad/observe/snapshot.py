@@ -141,8 +141,10 @@ class SnapshotCache:
     """
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[int, int], tuple[str, NumaMaps]] = {}
-        self._next: dict[tuple[int, int], tuple[str, NumaMaps]] = {}
+        # The text an entry was parsed from is its `vmas.text` (held packed
+        # when large: numa_maps.VmaLines), not kept a second time here.
+        self._entries: dict[tuple[int, int], NumaMaps] = {}
+        self._next: dict[tuple[int, int], NumaMaps] = {}
         # Of the last snapshot: files whose text was unchanged, changed in
         # part, or new to the cache.
         self.unchanged = self.changed = self.new = 0
@@ -151,8 +153,8 @@ class SnapshotCache:
         return len(self._entries)
 
     def text_bytes(self) -> int:
-        """Characters of numa_maps text held (one byte each for the ASCII the kernel prints)."""
-        return sum(len(text) for text, _ in self._entries.values())
+        """Bytes of numa_maps text held (packed, for large files)."""
+        return sum(nm.vmas.held_bytes() for nm in self._entries.values())
 
     def begin(self) -> None:
         self._next = {}
@@ -160,18 +162,24 @@ class SnapshotCache:
 
     def parse_numa_maps(self, key: tuple[int, int], text: str) -> NumaMaps:
         """`parse_numa_maps(text)`, reusing what the last snapshot parsed for `key`."""
-        previous = self._entries.get(key)
+        # Taken out, not looked up: the old text goes as soon as the new one
+        # is parsed, so a pass under churn does not hold two passes' texts.
+        # (A snapshot that fails part-way loses those entries: their files
+        # are parsed whole next time.)
+        previous = self._entries.pop(key, None)
         if previous is None:
             self.new += 1
-            entry = (text, parse_numa_maps(text))
-        elif previous[0] == text:
-            self.unchanged += 1
-            entry = previous  # and the new copy of the text is dropped
+            entry = parse_numa_maps(text)
         else:
-            self.changed += 1
-            entry = (text, reparse_numa_maps(text, *previous))
+            previous_text = previous.vmas.text
+            if previous_text == text:
+                self.unchanged += 1
+                entry = previous  # and the new copy of the text is dropped
+            else:
+                self.changed += 1
+                entry = reparse_numa_maps(text, previous_text, previous)
         self._next[key] = entry
-        return entry[1]
+        return entry
 
     def commit(self) -> None:
         """End of a snapshot: keep only the processes it read."""

@@ -273,6 +273,9 @@ class Daemon:
                 if once:
                     break
                 self._sleep_until_next_pass(report)
+                # The last report's snapshot holds every numa_maps text of its pass: let it go before the
+                # next pass reads the new ones (metrics keep their own reference for scrapes).
+                report = None
         finally:
             self._shutdown()
         return 1 if failed else 0
