@@ -20,7 +20,8 @@ the policy is then reset to MPOL_DEFAULT: the memory merely *landed*
 there, a balancer may move it. The worker threads are not pinned: the
 scheduler spreads them. Each worker loops `memset` over its range; ctypes
 drops the GIL for the call, so the threads really run in parallel and
-keep their CPUs busy.
+keep their CPUs busy. Each process first widens its affinity to every
+online CPU: a launcher pinned by a balancer must not pin the pattern.
 
 Run standalone (prints one JSON line when every worker runs, exits at
 stdin EOF or SIGTERM):
@@ -91,6 +92,9 @@ _libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
 
 def _one_process(mib: int, threads: int, slices: bool, node: int) -> int:
     """One pattern process: first touch on `node`, then `threads` workers writing."""
+    # Unpinned, whatever the launcher's affinity (a balancer may have pinned
+    # the bench or the test that starts us, and children inherit it).
+    os.sched_setaffinity(0, parse_list(Path("/sys/devices/system/cpu/online").read_text()))
     size = mib * MIB
     addr = _libc.mmap(None, size, PROT_RW, MAP_PRIVATE_ANON_NORESERVE, -1, 0)
     if addr in (None, ctypes.c_void_p(-1).value):

@@ -18,6 +18,7 @@ Locality and where workers ran come from move_pages(2)'s status query and
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import time
@@ -43,6 +44,7 @@ interval_s = 1.0
 runtime_dir = "{tmp_path}/run"
 [balance]
 min_rss_bytes = "16MiB"
+exclude_pids = [{os.getpid()}]
 [kernel]
 numa_balancing = "off"
 [metrics]
