@@ -107,6 +107,12 @@ def load_web_config(path: str) -> WebConfig:
         if not isinstance(h, str) or len(h) != 60 or h[:4] not in ("$2a$", "$2b$", "$2y$") or ":" in user:
             raise WebConfigError(f"{path}: basic_auth_users.{user}: expected a bcrypt hash ($2b$...)")
         hashes[user] = h.encode("ascii")
+    if hashes:
+        try:
+            import bcrypt  # noqa: F401 - optional: only basic auth needs it
+        except ImportError:
+            raise WebConfigError(f"{path}: basic_auth_users needs the bcrypt module (Debian: apt install "
+                                 "python3-bcrypt; pip: pip install 'autonumad[web]')") from None
     cfg = WebConfig(tls.get("cert_file"), tls.get("key_file"), tls.get("client_ca_file"), hashes)
     if cfg.tls:
         try:
