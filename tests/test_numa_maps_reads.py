@@ -210,6 +210,25 @@ def test_daemon_reads_a_settled_process_once(tmp_path):
     assert {v.rule for v in report.decision.verdicts.values()} == {"already-local"}
     assert host.numa_maps_reads == {10: 1, 20: 1}
     assert d.snapshot_cache.reused == 2
+    assert all(p.numa_maps_age_s > 0 for p in report.snapshot.processes)
+
+
+def test_metrics_count_reused_reads(tmp_path):
+    from autonumad.service.metrics import DaemonMetrics
+
+    host = counting_host(tmp_path / "host", local(10), misplaced(30))
+    d = daemon_on(tmp_path, host, dry_run=True)
+    d.metrics = DaemonMetrics()
+
+    def value(name):
+        return d.metrics.registry.get_sample_value(name)
+
+    d.run_pass()
+    assert (value("autonumad_numa_maps_reused"), value("autonumad_numa_maps_oldest_age_seconds")) == (0, 0)
+    d.run_pass()
+    assert value("autonumad_numa_maps_reused") == 1  # pid 10 settled; pid 30 has an action
+    assert value("autonumad_numa_maps_oldest_age_seconds") > 0
+    assert value("autonumad_processes_detailed") == 2
 
 
 def test_daemon_action_forces_a_read_next_pass(tmp_path):

@@ -684,7 +684,9 @@ class BalanceConfig:
     # candidate every pass. Each read walks the process's page tables under
     # its mmap_lock and stalls its mmap/munmap (observe/snapshot.py
     # SnapshotCache); the bound caps how long a change the signals cannot
-    # see (another program's move_pages or mbind) goes unnoticed.
+    # see (another program's move_pages or mbind) goes unnoticed. A bound at
+    # or below daemon.interval_s reads every pass (no warning: raising the
+    # interval alone must not trip over this default).
     numa_maps_refresh_s: float = _key(60.0, _Number(0, 86400))
     # Kernel assist (plan/assist.py): turn the kernel's hint-fault sampling on
     # while a process whose busy threads fit on no node is misplaced, off at
@@ -986,10 +988,6 @@ def config_warnings(cfg: Config) -> list[str]:
     if d.fast_recheck_s and d.fast_recheck_s >= d.interval_s:
         warnings.append(f"daemon.fast_recheck_s: {_decimal_text(d.fast_recheck_s)} s is not below daemon.interval_s "
                         f"({_decimal_text(d.interval_s)} s), so there are no re-checks between passes")
-    if b.numa_maps_refresh_s and b.numa_maps_refresh_s <= d.interval_s:
-        warnings.append(f"balance.numa_maps_refresh_s: {_decimal_text(b.numa_maps_refresh_s)} s is not above "
-                        f"daemon.interval_s ({_decimal_text(d.interval_s)} s), so every pass reads every "
-                        "candidate's numa_maps")
     if k.numa_balancing in (1, 3) and b.enabled:
         warnings.append("kernel.numa_balancing: the kernel's own NUMA balancing stays on alongside [balance]; "
                         "both will place memory (see docs/operations.md, coexistence)")
