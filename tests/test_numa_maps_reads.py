@@ -278,3 +278,23 @@ def test_daemon_with_refresh_zero_reads_every_pass(tmp_path):
     for _ in range(3):
         d.run_pass()
     assert host.numa_maps_reads == {10: 3}
+
+
+def test_an_action_is_never_planned_from_a_reused_read(tmp_path):
+    # pid 30 is misplaced but excluded: a settled verdict, so its read is
+    # reused. A reload lifts the exclusion: the decision to move it must
+    # wait for a fresh read (one pass), then act on it.
+    host = counting_host(tmp_path / "host", misplaced(30))
+    d = daemon_on(tmp_path, host)
+    d.config = replace(d.config, balance=replace(d.config.balance, exclude_pids=(30,)))
+    assert d.run_pass().decision.verdicts[30].rule == "excluded-pid"
+    assert d.run_pass().decision.verdicts[30].rule == "excluded-pid"
+    assert host.numa_maps_reads == {30: 1}
+    d.config = replace(d.config, balance=replace(d.config.balance, exclude_pids=()))
+    waiting = d.run_pass()
+    v = waiting.decision.verdicts[30]
+    assert (v.rule, v.actions, waiting.outcomes) == ("re-reading", (), [])
+    assert "s old" in v.reason and host.numa_maps_reads == {30: 1}
+    acting = d.run_pass()
+    assert host.numa_maps_reads == {30: 2}
+    assert [(o.action.kind, o.status) for o in acting.outcomes] == [("migrate", "done")]

@@ -232,9 +232,12 @@ class SnapshotCache:
        migrates (the vmstat counters), when the daemon acts (invalidate),
        or when another agent calls move_pages/mbind -- only the last is
        invisible to the signals, and the refresh bound caps how long it
-       stays unseen. A reused read can therefore only repeat a settled
-       verdict, an inaction; a process whose signals changed is read afresh
-       in that same pass, before any decision can act on it. The age of the
+       stays unseen. A process whose signals changed is read afresh in that
+       same pass, before any decision can act on it; and should a reused
+       read's verdict turn into an action for a reason outside the process
+       (the CPU ledger, a reload), the planner holds that action one pass
+       for a fresh read (plan/planner.py act_only_on_fresh_reads), so a
+       skipped read only ever leads to inaction. The age of the
        data a verdict used is on the view (`ProcessView.numa_maps_age_s`).
     2. **Partial parse** (`parse_numa_maps`): an unchanged text gives back
        the same `NumaMaps`; a changed one is re-parsed only where its lines
