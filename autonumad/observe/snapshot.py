@@ -230,9 +230,11 @@ class SnapshotCache:
        the CPU under the default policy, mm/mempolicy.c), when an owner
        re-pins its CPUs or nodes (cpuset migration), when the kernel
        migrates (the vmstat counters), when the daemon acts (invalidate),
-       or when another agent calls move_pages/mbind -- only the last is
-       invisible to the signals, and the refresh bound caps how long it
-       stays unseen. A process whose signals changed is read afresh in that
+       or when another agent calls move_pages/mbind. Invisible to the
+       signals are that other agent, a thread's excursion to another node
+       between two passes (running nodes are sampled once a pass), and
+       allocations that free as much as they add while running elsewhere;
+       the refresh bound caps how long any of them stays unseen. A process whose signals changed is read afresh in that
        same pass, before any decision can act on it; and should a reused
        read's verdict turn into an action for a reason outside the process
        (the CPU ledger, a reload), the planner holds that action one pass
