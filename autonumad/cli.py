@@ -485,7 +485,9 @@ def _render_explain(doc: dict, p) -> None:
     c.print(f"[bold]pid {p.pid}[/bold] ({p.comm}): {pd['rss_bytes'] / 2**20:,.0f} MiB resident, "
             f"runs on node(s) {','.join(map(str, pd['running_nodes'])) or '-'}, "
             f"{pd['local_fraction']:.0%} local, policy {pd['policy']}")
-    c.print("pages by node: " + ", ".join(f"N{n}={v}" for n, v in pd["pages_by_node"].items()))
+    age_s = pd.get("numa_maps_age_s") or 0
+    c.print("pages by node: " + ", ".join(f"N{n}={v}" for n, v in pd["pages_by_node"].items())
+            + (f" (numa_maps read {age_s:.0f} s ago)" if age_s else " (numa_maps read now)"))
     c.print(f"config: {doc['config']['path'] or '-'} ({doc['config']['source']})")
     c.print(f"rule: [bold]{doc['rule']}[/bold]")
     c.print(f"why:  {doc['reason']}")

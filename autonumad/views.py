@@ -89,6 +89,10 @@ def process_doc(p: ProcessView, page_bytes: int) -> dict[str, Any]:
         "page_size_bytes": page_bytes,
         "policy": p.policy,
         "cgroup": p.cgroup,
+        # How old the numa_maps data behind pages_by_node is: 0 when read in
+        # this pass; more when the daemon's cache reused a settled process's
+        # last read (observe/snapshot.py SnapshotCache).
+        "numa_maps_age_s": round(p.numa_maps_age_s, 1),
     }
 
 

@@ -240,7 +240,7 @@ def test_snapshot_cache_lets_an_old_text_go_once_the_new_one_is_parsed():
     cache.begin()
     new_text = SAMPLE.replace("N0=100 N1=200", "N0=250 N1=50")
     nm = cache.parse_numa_maps((1, 10), new_text)
-    held = [m.vmas.text for m in cache._entries.values()]
+    held = [e.numa_maps.vmas.text for e in cache._entries.values()]
     assert held == [SAMPLE]  # pid 2's, not yet read in this snapshot; pid 1's old text is gone
     same_parse(nm, parse_numa_maps(new_text))
     cache.commit()

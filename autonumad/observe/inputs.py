@@ -119,7 +119,8 @@ class HotnessSource:
 
 def scan_limits(config) -> ScanLimits:
     return ScanLimits(min_rss_bytes=config.balance.min_rss_bytes,
-                      max_detailed=config.balance.scan_max_processes or None)
+                      max_detailed=config.balance.scan_max_processes or None,
+                      numa_maps_refresh_s=config.balance.numa_maps_refresh_s)
 
 
 def read_pass_inputs(host: Host, config, hotness: HotnessSource | None, cache: SnapshotCache | None,

@@ -21,8 +21,12 @@ and left out; it never fails the snapshot.
 
 The daemon passes a `SnapshotCache` so that a process's numa_maps is parsed
 again only where its text changed since the last pass (a large process has
-thousands of lines, and most of them do not change between passes). The
-snapshot itself stays immutable: the cache only hands back equal values.
+thousands of lines, and most of them do not change between passes), and is
+not read at all for a settled process whose cheap signals say its placement
+cannot have changed (`SnapshotCache.reusable`: the read itself is what the
+workload pays for, see there). The snapshot itself stays immutable: the
+cache only hands back equal values, and each view says how old its
+numa_maps data is (`ProcessView.numa_maps_age_s`).
 """
 
 from __future__ import annotations
@@ -68,6 +72,10 @@ class ProcessView:
     pages_by_node: Mapping[int, int]  # base pages, from numa_maps
     start_ticks: int  # with pid, the process's identity across passes
     cpu_ticks: int  # utime + stime over all threads
+    # Seconds between the read of numa_maps these pages come from and this
+    # snapshot: 0 when read in this pass, more when the cache reused a
+    # settled process's last read (SnapshotCache.reusable).
+    numa_maps_age_s: float = 0.0
 
     @property
     def rss_bytes(self) -> int:
@@ -125,6 +133,69 @@ class ScanLimits:
     # balance.scan_max_processes: read at most this many in detail, largest
     # resident size first (by statm); None: no limit.
     max_detailed: int | None = None
+    # balance.numa_maps_refresh_s: the oldest numa_maps data a cache may hand
+    # back for a settled process (SnapshotCache.reusable); 0: read every pass.
+    numa_maps_refresh_s: float = 0.0
+
+
+# vmstat counters of pages the kernel itself moved between nodes: NUMA
+# balancing's hint-fault migrations (numa_pages_migrated, counted in
+# mm/migrate.c migrate_misplaced_folio, with pgpromote_success for
+# promotions to a faster tier) and reclaim's demotions (pgdemote_*,
+# mm/vmscan.c demote_folio_list). move_pages(2) and migrate_pages(2), the
+# daemon's own movers, count in none of them (only pgmigrate_success), and
+# neither does compaction, which stays within a node. Absent counters (an
+# older kernel, CONFIG_NUMA_BALANCING=n) count as 0.
+KERNEL_NODE_MIGRATION_COUNTERS = ("numa_pages_migrated", "pgpromote_success", "pgdemote_kswapd",
+                                  "pgdemote_direct", "pgdemote_khugepaged", "pgdemote_proactive")
+# A settled process's resident size may drift this fraction of itself since
+# its last numa_maps read before the file is read again: an allocator's
+# churn (the intrusion benchmark maps and unmaps 16 pages of a 1 GiB process
+# every millisecond) stays far below it, while growth that could change the
+# local fraction by more than about 1.5 points does not.
+RESIDENT_CHANGE_FRACTION = 1 / 64
+
+
+@dataclass(frozen=True, slots=True)
+class CheapSignals:
+    """What a pass knows of a process before reading its numa_maps.
+
+    All of it comes from files the kernel fills from counters and task
+    fields without walking page tables (status: task_mem() and the cpuset
+    lists, fs/proc/task_mmu.c and kernel/cgroup/cpuset.c; the threads' stat:
+    do_task_stat(), fs/proc/array.c), plus the host's vmstat.
+    """
+
+    resident_bytes: int
+    running_nodes: tuple[int, ...]
+    cpus_allowed: tuple[int, ...]
+    mems_allowed: tuple[int, ...]
+    kernel_migrated_pages: int  # sum of KERNEL_NODE_MIGRATION_COUNTERS
+
+    def changed_since(self, old: "CheapSignals") -> str | None:
+        """Why the placement may have changed since `old` was taken, or None."""
+        if abs(self.resident_bytes - old.resident_bytes) > old.resident_bytes * RESIDENT_CHANGE_FRACTION:
+            return "resident size"
+        if self.running_nodes != old.running_nodes:
+            return "running nodes"
+        if self.cpus_allowed != old.cpus_allowed:
+            return "allowed CPUs"
+        if self.mems_allowed != old.mems_allowed:
+            return "allowed memory nodes"
+        if self.kernel_migrated_pages != old.kernel_migrated_pages:
+            return "kernel migrations"
+        return None
+
+
+@dataclass(slots=True)
+class _Entry:
+    numa_maps: NumaMaps
+    signals: CheapSignals
+    read_s: float  # when the file was read, on the snapshot's clock
+    # Set by the daemon after planning (SnapshotCache.settle): the last
+    # verdict left the process alone for a reason that lasts while its
+    # placement does. Only a settled entry may be reused without a read.
+    settled: bool = False
 
 
 class SnapshotCache:
@@ -132,58 +203,129 @@ class SnapshotCache:
 
     The daemon owns one and passes it to every `take_snapshot`; one-shot
     views make none. An entry is keyed by (pid, start time), so a recycled
-    pid starts afresh, and holds the file's text with its parse: the same
-    text gives back the same `NumaMaps`, a changed text is re-parsed only
-    where its lines changed (`reparse_numa_maps`). Each completed snapshot
-    replaces the entries with those of the processes it read in detail, so
-    the cache never outgrows one pass; its memory is those processes'
-    numa_maps text, which their `NumaMaps` keep anyway.
+    pid starts afresh, and holds the file's parse (whose `vmas.text` is the
+    text it came from), the process's cheap signals when it was read, and
+    when that was. Each completed snapshot replaces the entries with those
+    of the processes it read in detail, so the cache never outgrows one
+    pass; its memory is those processes' numa_maps text, which their
+    `NumaMaps` keep anyway.
+
+    Two savings, in this order:
+
+    1. **No read** (`reusable`). Reading numa_maps is what the workload pays
+       for: show_numa_map() walks every page table of the process under its
+       mmap_lock held for reading (fs/proc/task_mmu.c: m_start() takes
+       mmap_read_lock, walk_page_vma() per VMA), so the process's own mmap,
+       munmap, mprotect and brk, which take it for writing, wait for the
+       whole walk (docs/benchmarks.md, bench-intrusion: 125 ms worst case
+       for a 1 GiB process at the default interval, in a TCG guest). So a
+       process is not read when (a) the daemon's last verdict on it was a
+       settled one (`settle`: it was left alone because its placement is
+       fine or is not ours to change), (b) the daemon has not acted on it
+       since (`invalidate`, on every action outcome), (c) none of its cheap
+       signals changed (`CheapSignals.changed_since`), and (d) its last read
+       is younger than `ScanLimits.numa_maps_refresh_s`. Why this is safe:
+       the pages of a process change node only when it allocates or frees
+       (its resident size moves), when it runs elsewhere (new pages follow
+       the CPU under the default policy, mm/mempolicy.c), when an owner
+       re-pins its CPUs or nodes (cpuset migration), when the kernel
+       migrates (the vmstat counters), when the daemon acts (invalidate),
+       or when another agent calls move_pages/mbind. Invisible to the
+       signals are that other agent, a thread's excursion to another node
+       between two passes (running nodes are sampled once a pass), and
+       allocations that free as much as they add while running elsewhere;
+       the refresh bound caps how long any of them stays unseen. A process whose signals changed is read afresh in that
+       same pass, before any decision can act on it; and should a reused
+       read's verdict turn into an action for a reason outside the process
+       (the CPU ledger, a reload), the planner holds that action one pass
+       for a fresh read (plan/planner.py act_only_on_fresh_reads), so a
+       skipped read only ever leads to inaction. The age of the
+       data a verdict used is on the view (`ProcessView.numa_maps_age_s`).
+    2. **Partial parse** (`parse_numa_maps`): an unchanged text gives back
+       the same `NumaMaps`; a changed one is re-parsed only where its lines
+       changed (`reparse_numa_maps`).
     """
 
     def __init__(self) -> None:
-        # The text an entry was parsed from is its `vmas.text` (held packed
-        # when large: numa_maps.VmaLines), not kept a second time here.
-        self._entries: dict[tuple[int, int], NumaMaps] = {}
-        self._next: dict[tuple[int, int], NumaMaps] = {}
+        self._entries: dict[tuple[int, int], _Entry] = {}
+        self._next: dict[tuple[int, int], _Entry] = {}
         # Of the last snapshot: files whose text was unchanged, changed in
-        # part, or new to the cache.
-        self.unchanged = self.changed = self.new = 0
+        # part, or new to the cache; and processes not read at all (reused).
+        self.unchanged = self.changed = self.new = self.reused = 0
+        # Cumulative, for metrics: numa_maps files read and reads saved.
+        self.reads_total = self.reused_total = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def text_bytes(self) -> int:
         """Bytes of numa_maps text held (packed, for large files)."""
-        return sum(nm.vmas.held_bytes() for nm in self._entries.values())
+        return sum(e.numa_maps.vmas.held_bytes() for e in self._entries.values())
 
     def begin(self) -> None:
         self._next = {}
-        self.unchanged = self.changed = self.new = 0
+        self.unchanged = self.changed = self.new = self.reused = 0
 
-    def parse_numa_maps(self, key: tuple[int, int], text: str) -> NumaMaps:
+    def reusable(self, key: tuple[int, int], signals: CheapSignals, now_s: float,
+                 refresh_s: float) -> tuple[NumaMaps, float] | None:
+        """The last read's parse and its age in seconds, when the file need not be read (class docstring)."""
+        entry = self._entries.get(key)
+        if entry is None or not entry.settled or refresh_s <= 0:
+            return None
+        age_s = now_s - entry.read_s
+        if not 0 <= age_s < refresh_s or signals.changed_since(entry.signals) is not None:
+            return None
+        # Kept for the next snapshot with its original read time and signals:
+        # drift is measured from what the data describes, not from last pass.
+        self._next[key] = self._entries.pop(key)
+        self.reused += 1
+        self.reused_total += 1
+        return entry.numa_maps, age_s
+
+    def parse_numa_maps(self, key: tuple[int, int], text: str, signals: CheapSignals | None = None,
+                        now_s: float = 0.0) -> NumaMaps:
         """`parse_numa_maps(text)`, reusing what the last snapshot parsed for `key`."""
         # Taken out, not looked up: the old text goes as soon as the new one
         # is parsed, so a pass under churn does not hold two passes' texts.
         # (A snapshot that fails part-way loses those entries: their files
         # are parsed whole next time.)
+        self.reads_total += 1
         previous = self._entries.pop(key, None)
         if previous is None:
             self.new += 1
-            entry = parse_numa_maps(text)
+            nm = parse_numa_maps(text)
         else:
-            previous_text = previous.vmas.text
+            previous_text = previous.numa_maps.vmas.text
             if previous_text == text:
                 self.unchanged += 1
-                entry = previous  # and the new copy of the text is dropped
+                nm = previous.numa_maps  # and the new copy of the text is dropped
             else:
                 self.changed += 1
-                entry = reparse_numa_maps(text, previous_text, previous)
-        self._next[key] = entry
-        return entry
+                nm = reparse_numa_maps(text, previous_text, previous.numa_maps)
+        # A fresh read is not settled until the daemon's next verdict says so.
+        self._next[key] = _Entry(nm, signals if signals is not None else _NO_SIGNALS, now_s)
+        return nm
 
     def commit(self) -> None:
         """End of a snapshot: keep only the processes it read."""
         self._entries, self._next = self._next, {}
+
+    def settle(self, keys) -> None:
+        """After planning: exactly these processes were left alone for a reason that lasts."""
+        keys = set(keys)
+        for key, entry in self._entries.items():
+            entry.settled = key in keys
+
+    def invalidate(self, key: tuple[int, int]) -> None:
+        """The daemon acted on the process (any outcome): read its numa_maps next pass."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.settled = False
+
+
+# Signals of a read made without them (a caller of parse_numa_maps alone):
+# an entry that is never settled, so never reused.
+_NO_SIGNALS = CheapSignals(0, (), (), (), -1)
 
 
 def take_snapshot(host: Host, limits: ScanLimits = ScanLimits(),
@@ -200,6 +342,7 @@ def take_snapshot(host: Host, limits: ScanLimits = ScanLimits(),
     skipped: list[Skipped] = []
     if cache is not None:
         cache.begin()
+    kernel_migrated = sum(vmstat.get(name, 0) for name in KERNEL_NODE_MIGRATION_COUNTERS)
     me = host.self_pid() if limits.skip_self else None
     pids = host.pids() if limits.only_pids is None else sorted(limits.only_pids)
     pids = [pid for pid in pids if pid != me]
@@ -218,7 +361,8 @@ def take_snapshot(host: Host, limits: ScanLimits = ScanLimits(),
                 continue  # kernel thread: no mm, nothing to place
             if limits.only_pids is None and status.vm_rss_bytes < limits.min_rss_bytes:
                 continue
-            processes.append(_read_process(host, pid, status, topology, cache))
+            processes.append(_read_process(host, pid, status, topology, cache, t0, limits.numa_maps_refresh_s,
+                                           kernel_migrated))
         except ProcessGone:
             if limits.only_pids is not None:
                 skipped.append(Skipped(pid, "gone", f"pid {pid}: no such process"))
@@ -266,22 +410,34 @@ def _too_small(host: Host, pid: int, min_rss_bytes: int) -> bool:
 
 
 def _read_process(host: Host, pid: int, status: ProcStatus, topology: Topology,
-                  cache: SnapshotCache | None) -> ProcessView:
+                  cache: SnapshotCache | None, now_s: float = 0.0, refresh_s: float = 0.0,
+                  kernel_migrated_pages: int = 0) -> ProcessView:
     threads = read_thread_stats(host, pid)
     cgroup, _ = read_cgroup_or_unknown(host, pid)  # optional: never hides a process (issue 10)
     leader = threads.get(pid)
     start_ticks = leader.starttime_ticks if leader else 0
-    text = host.read_proc_text(pid, "numa_maps")
-    try:
-        numa_maps = (cache.parse_numa_maps((pid, start_ticks), text) if cache is not None
-                     else parse_numa_maps(text))
-    except ParseError as e:
-        raise MalformedProcFile(pid, f"/proc/{pid}/numa_maps", str(e)) from None
     cpu_to_node = topology.cpu_to_node
     running = tuple(sorted({cpu_to_node[t.processor] for t in threads.values() if t.processor in cpu_to_node}))
+    key = (pid, start_ticks)
+    age_s = 0.0
+    reused = None
+    if cache is not None:
+        signals = CheapSignals(status.vm_rss_bytes or 0, running, tuple(status.cpus_allowed),
+                               tuple(status.mems_allowed), kernel_migrated_pages)
+        reused = cache.reusable(key, signals, now_s, refresh_s)
+    if reused is not None:
+        numa_maps, age_s = reused  # settled and unchanged: no page-table walk (SnapshotCache)
+    else:
+        text = host.read_proc_text(pid, "numa_maps")
+        try:
+            numa_maps = (cache.parse_numa_maps(key, text, signals, now_s) if cache is not None
+                         else parse_numa_maps(text))
+        except ParseError as e:
+            raise MalformedProcFile(pid, f"/proc/{pid}/numa_maps", str(e)) from None
     return ProcessView(
         pid=pid, comm=status.name, status=status, cgroup=cgroup, threads=threads,
         numa_maps=numa_maps, running_nodes=running,
         pages_by_node=numa_maps.pages_by_node(host.page_size_bytes),
         start_ticks=start_ticks,
-        cpu_ticks=sum(t.utime_ticks + t.stime_ticks for t in threads.values()))
+        cpu_ticks=sum(t.utime_ticks + t.stime_ticks for t in threads.values()),
+        numa_maps_age_s=age_s)

@@ -59,6 +59,7 @@ class Plan:
 def plan(inputs: PassInputs, history: History, config) -> Plan:
     snap = inputs.snapshot
     balancing = decide(snap, history, config.balance, inputs.now_s, history.prev_cpu_times)
+    balancing = act_only_on_fresh_reads(snap, balancing)
     balancing = leave_slow_tier_to_tiering(inputs, balancing, config)
     budget = pass_budget_bytes(config)
     planned = sum(a.bytes for a in balancing.actions if a.kind == MIGRATE)
@@ -68,6 +69,34 @@ def plan(inputs: PassInputs, history: History, config) -> Plan:
                              vma_ends=inputs.vma_ends, placement=inputs.placement,
                              free_bytes=free_after(inputs, balancing))
     return Plan(balancing.actions + tiering.actions, balancing, tiering, budget)
+
+
+RULE_REREAD = "re-reading"
+
+
+def act_only_on_fresh_reads(snap, decision: Decision) -> Decision:
+    """Balancing's actions without those planned from a reused numa_maps read; those wait one pass.
+
+    The snapshot cache reuses a settled process's last read while its cheap
+    signals hold (observe/snapshot.py SnapshotCache). Its verdict usually
+    repeats, but it can turn into an action for reasons outside the process
+    (another process's CPU demand on the ledger, free memory, a reload that
+    lifts an exclusion). Such an action waits: its verdict says so, its rule
+    is not a settled one, so the next pass reads the file afresh and decides
+    on that. A skipped read thus only ever leads to inaction.
+    """
+    stale = {pid: p.numa_maps_age_s for pid, v in decision.verdicts.items() if v.actions
+             and (p := snap.process(pid)) is not None and p.numa_maps_age_s > 0}
+    if not stale:
+        return decision
+    verdicts = dict(decision.verdicts)
+    for pid, age_s in stale.items():
+        v = verdicts[pid]
+        verdicts[pid] = replace(v, rule=RULE_REREAD, actions=(), reason=(
+            f"would {v.rule}, but its numa_maps data is {age_s:.0f} s old (a settled process's last read, "
+            "reused): read afresh next pass before acting"))
+    kept = tuple(a for a in decision.actions if a.pid not in stale)
+    return Decision(kept, verdicts, decision.ledger)
 
 
 def pass_budget_bytes(config) -> int:

@@ -80,6 +80,18 @@ from autonumad.observe.snapshot import HostSnapshot, ProcessView
 # migrates pages while the kernel's own NUMA balancing is on.
 KERNEL_GRACE_PASSES = 3
 NUMA_BALANCING_NORMAL = 1
+# Verdicts that leave a process alone for a reason that lasts as long as its
+# placement, its affinity and the config do: the daemon tells the snapshot
+# cache these processes are settled (SnapshotCache.settle), and their
+# numa_maps is then re-read only when a cheap signal changes or the refresh
+# bound passes. Rules that wait on time or on something numa_maps does not
+# show (cool-down, ping-pong back-off, measuring, idle, the kernel's grace
+# passes, a full target node) are not here: those processes are read every
+# pass, so a decision that ends the wait never acts on reused data.
+SETTLED_RULES = frozenset({
+    "already-local", "single-node", "disabled", "pinned-by-owner", "explicit-memory-policy",
+    "excluded-pid", "excluded-comm", "excluded-cgroup", "not-included",
+})
 
 
 class VmaMoves(Sequence[VmaMove]):

@@ -678,6 +678,16 @@ class BalanceConfig:
     # Read numa_maps for at most this many candidates per pass, largest first;
     # 0 means no limit. Bounds a pass on hosts with thousands of big processes.
     scan_max_processes: int = _key(0, _Integer(0, 1_000_000))
+    # Read a settled process's numa_maps at least this often even when its
+    # cheap signals (resident size, running nodes, allowed CPUs and nodes,
+    # the kernel's migration counters) say nothing changed; 0 reads every
+    # candidate every pass. Each read walks the process's page tables under
+    # its mmap_lock and stalls its mmap/munmap (observe/snapshot.py
+    # SnapshotCache); the bound caps how long a change the signals cannot
+    # see (another program's move_pages or mbind) goes unnoticed. A bound at
+    # or below daemon.interval_s reads every pass (no warning: raising the
+    # interval alone must not trip over this default).
+    numa_maps_refresh_s: float = _key(60.0, _Number(0, 86400))
     # Kernel assist (plan/assist.py): turn the kernel's hint-fault sampling on
     # while a process whose busy threads fit on no node is misplaced, off at
     # plateau; false forbids it. Above this many hint faults per second it is

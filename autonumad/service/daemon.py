@@ -41,7 +41,7 @@ from autonumad.observe.snapshot import HostSnapshot, SnapshotCache
 from autonumad.plan.assist import KernelAssist
 from autonumad.plan.history import History
 from autonumad.plan.planner import Plan, plan
-from autonumad.plan.policy import owned_from_action
+from autonumad.plan.policy import SETTLED_RULES, owned_from_action
 from autonumad.plan.tiering import RULE_DEMOTE, RULE_PROMOTE, TieringDecision
 from autonumad.readers.proc_status import read_status
 from autonumad.service.safety import Safety
@@ -339,6 +339,7 @@ class Daemon:
                 outcomes: list[Outcome]) -> PassReport:
         """After the executor: history, log lines, metrics, state.json."""
         now = self.clock()
+        self._settle(inputs.snapshot, the_plan.balancing, outcomes)
         balancing, tiering = [], []
         for o in outcomes:
             if o.action.rule in (RULE_PROMOTE, RULE_DEMOTE):
@@ -357,6 +358,20 @@ class Daemon:
             self.metrics.observe_pass(report)
         self._write_state(report)
         return report
+
+    def _settle(self, snap: HostSnapshot, decision: Decision, outcomes: list[Outcome]) -> None:
+        """Tell the snapshot cache which processes it may leave unread next pass (SnapshotCache).
+
+        Settled: left alone by balancing for a lasting reason (SETTLED_RULES)
+        with no action of either planner on it. Any outcome of an action on a
+        process, whatever its status (a failed or partial move may still have
+        moved pages), makes its next pass read numa_maps afresh.
+        """
+        settled = {(p.pid, p.start_ticks) for p in snap.processes
+                   if (v := decision.verdicts.get(p.pid)) is not None and not v.actions and v.rule in SETTLED_RULES}
+        self.snapshot_cache.settle(settled)
+        for o in outcomes:
+            self.snapshot_cache.invalidate(o.action.key)
 
     def _tiering_report(self, inputs: PassInputs, the_plan: Plan) -> TieringReport:
         h = self.history.tiering

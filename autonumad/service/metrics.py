@@ -260,14 +260,26 @@ class PassCollector:
         scanned.add_metric([], snap.scanned)
         detailed = GaugeMetricFamily(
             f"{PREFIX}processes_detailed",
-            "Processes large enough (balance.min_rss_bytes) that the last pass read their numa_maps." + _AS_OF)
+            "Processes large enough (balance.min_rss_bytes) that the last pass read their numa_maps, or reused "
+            "a settled process's earlier read." + _AS_OF)
         detailed.add_metric([], len(snap.processes))
+        # Reads saved: each would have walked the process's page tables under
+        # its mmap_lock (observe/snapshot.py SnapshotCache).
+        reused = GaugeMetricFamily(
+            f"{PREFIX}numa_maps_reused",
+            "Detailed processes whose numa_maps the last pass did not read: settled, with no cheap signal "
+            "changed, the daemon's earlier read reused (balance.numa_maps_refresh_s)." + _AS_OF)
+        reused.add_metric([], sum(1 for p in snap.processes if p.numa_maps_age_s > 0))
+        oldest = GaugeMetricFamily(
+            f"{PREFIX}numa_maps_oldest_age_seconds",
+            "Age of the oldest numa_maps data the last pass planned from; 0 when it read every file." + _AS_OF)
+        oldest.add_metric([], max((p.numa_maps_age_s for p in snap.processes), default=0.0))
         managed = GaugeMetricFamily(
             f"{PREFIX}processes_managed",
             "Processes the policy may place: detailed ones not excluded by the config nor placed by their "
             "owner's explicit memory policy." + _AS_OF)
         managed.add_metric([], sum(1 for v in verdicts.values() if v.rule not in UNMANAGED_RULES))
-        yield from (scanned, detailed, managed)
+        yield from (scanned, detailed, reused, oldest, managed)
         fraction = memory_weighted_local_fraction(snap.processes)
         if fraction is not None:
             local = GaugeMetricFamily(
