@@ -441,7 +441,7 @@ def test_hardware_tests_default_matrix_and_selection(monkeypatch):
     monkeypatch.delenv("AUTONUMAD_HW_GUESTS", raising=False)
     monkeypatch.delenv("AUTONUMAD_HW_TOPOLOGIES", raising=False)
     guests, timeout, rest = ht.parse_args(["-q"])
-    assert [g.name for g in guests] == ["2node", "tiered", "4node", "2x2", "systemd", "nocgroup", "6.1"]
+    assert [g.name for g in guests] == ["2node", "tiered", "4node", "systemd", "nocgroup", "6.1"]
     assert rest == ["-q"]
     assert [g.name for g in ht.parse_args(["--all"])[0]] == [g.name for g in ht.GUESTS]
     assert [g.name for g in ht.parse_args(["--topology", "tiered", "--guest", "6.1"])[0]] == \
