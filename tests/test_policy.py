@@ -135,6 +135,19 @@ def test_cooldown_after_acting(tmp_path):
     assert much_later.verdicts[100].rule == "memory-follows-task"
 
 
+def test_a_migration_cut_short_is_continued_next_pass_not_cooled_down(tmp_path):
+    # bench-convergence, 512 MiB under load: the pass deadline cut the move at 38 % local and the
+    # cool-down then held it for 30 s, so it never converged in 60 s.
+    h = History()
+    decision, host, snap = run(tmp_path, two_node([proc(cpus=N0)]), history=h)
+    key = (100, snap.process(100).start_ticks)
+    h.record_migration(key, 1000.0, 0, complete=False)
+    later = decide(snap, h, balance_config(cooldown_s=30), 1010.0)
+    assert later.verdicts[100].rule == "memory-follows-task"
+    h.record_migration(key, 1011.0, 0, complete=True)
+    assert decide(snap, h, balance_config(cooldown_s=30), 1020.0).verdicts[100].rule == "cooldown"
+
+
 def test_pingpong_backs_off(tmp_path):
     h = History()
     _, _, snap = run(tmp_path, two_node([proc(cpus=N0)]), history=h)

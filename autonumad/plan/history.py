@@ -39,6 +39,9 @@ class ProcessHistory:
     running_nodes: deque[tuple[int, ...]] = field(default_factory=lambda: deque(maxlen=RUN_HISTORY_PASSES))
     local_fractions: deque[float] = field(default_factory=lambda: deque(maxlen=RUN_HISTORY_PASSES))
     last_action_s: float | None = None
+    # The node a page migration cut short by the pass's budget or deadline
+    # was moving to: the next pass continues it instead of cooling down.
+    continuing_to: int | None = None
     # (time, target node) of each page migration we made, for ping-pong.
     migrations: list[tuple[float, int]] = field(default_factory=list)
     pingpongs: int = 0
@@ -100,10 +103,12 @@ class History:
             if key not in seen and self.processes[key].owned_affinity is None:
                 del self.processes[key]
 
-    def record_migration(self, key: ProcKey, now_s: float, target: int) -> None:
-        """Note a page migration; detect moves back to a node we moved away from."""
+    def record_migration(self, key: ProcKey, now_s: float, target: int, complete: bool = True) -> None:
+        """Note a page migration (`complete` False: cut short, to be continued); detect moves back to
+        a node we moved away from."""
         h = self.entry(key)
         h.last_action_s = now_s
+        h.continuing_to = None if complete else target
         h.acted_cpus = h.cpus_allowed
         recent = [(t, n) for t, n in h.migrations if now_s - t < PINGPONG_WINDOW_S]
         if recent and recent[-1][1] != target and any(n == target for _, n in recent[:-1]):

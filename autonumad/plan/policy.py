@@ -301,8 +301,11 @@ def _stability(ctx: _Ctx, p: ProcessView, h: ProcessHistory | None) -> tuple[str
     repinned = h is not None and h.acted_cpus is not None and tuple(p.status.cpus_allowed) != h.acted_cpus
     # The last action restored an affinity (nothing of ours in place): placed again at once.
     undone = h is not None and h.acted_cpus is None and h.owned_affinity is None
+    # A migration the pass's budget or deadline cut short is continued, not cooled down: the
+    # executor said "continues next pass" (ping-pong back-off above still applies).
+    continuing = h is not None and h.continuing_to is not None
     if h and h.last_action_s is not None and ctx.now_s - h.last_action_s < ctx.cfg.cooldown_s and not repinned \
-            and not undone:
+            and not undone and not continuing:
         return "cooldown", (f"acted on {ctx.now_s - h.last_action_s:.0f} s ago "
                             f"(balance.cooldown_s = {ctx.cfg.cooldown_s:g})")
     return None

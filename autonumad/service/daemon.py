@@ -406,7 +406,7 @@ class Daemon:
         self.safety.outcome(o)
         a = o.action
         if o.status in ("done", "partial") and a.kind == MIGRATE:
-            self.history.record_migration(a.key, now, a.target_node)
+            self.history.record_migration(a.key, now, a.target_node, complete=o.status == "done")
             log.info("pid %d (%s): %s", a.pid, a.comm, o.detail)
         elif o.status == "done" and a.kind == SET_AFFINITY:
             self.history.record_affinity(a.key, now, owned_from_action(a))
