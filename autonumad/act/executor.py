@@ -24,6 +24,7 @@ from autonumad.act.affinity import set_process_affinity
 from autonumad.errors import AccessDenied, MalformedProcFile, ProcessError, ProcessGone
 from autonumad.host import Host, MoveResult
 from autonumad.plan.policy import Action
+from autonumad.plan.refine import explain_failures
 from autonumad.readers.proc_maps import read_maps
 
 log = logging.getLogger("autonumad")
@@ -175,7 +176,7 @@ class Executor:
         if out.failures and not out.moved_pages:
             out.status = "failed"
         out.detail = (f"moved {out.moved_bytes / 2**20:.1f} MiB to node {a.target_node}"
-                      + (f"; failures {out.failures}" if out.failures else ""))
+                      + (f"; not moved: {explain_failures(out.failures)}" if out.failures else ""))
         return out
 
     @staticmethod

@@ -107,6 +107,7 @@ from typing import Iterable, Mapping, Sequence
 
 from autonumad.plan.history import ProcKey
 from autonumad.plan.policy import Action, BalancePolicyConfig, Verdict, VmaMove, _cgroup_under
+from autonumad.plan.refine import demotion_key
 from autonumad.readers.nodes import Topology
 from autonumad.readers.numa_maps import Vma
 from autonumad.readers.zoneinfo import node_watermarks
@@ -191,6 +192,8 @@ class TieringHistory:
     moved_bytes: dict[tuple[str, int, int], int] = field(default_factory=dict)
     blocked_promotions: int = 0
     pingpongs_total: int = 0
+    # Pages a move did not take, by (rule, errno name): not progress, explained in the log (refine.py).
+    failed_pages: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def record_decision(self, d: "TieringDecision", now_s: float | None = None) -> None:
         """Before executing: keep the new headroom targets, this pass's demand and who is waiting."""
@@ -219,6 +222,8 @@ class TieringHistory:
         if a.rule not in (RULE_PROMOTE, RULE_DEMOTE):
             return
         dst = a.target_node
+        for name, pages in outcome.failures.items():
+            self.failed_pages[(a.rule, name)] = self.failed_pages.get((a.rule, name), 0) + pages
         for src, pages in outcome.moved_from.items():
             k = (a.rule, src, dst)
             self.moved_pages[k] = self.moved_pages.get(k, 0) + pages
@@ -294,6 +299,11 @@ class TieringDecision:
     recheck_in_s: float | None = None
     # Processes with hot memory on the slow tier this pass.
     waiting: frozenset[ProcKey] = frozenset()
+    # Demotions beyond the plan, (fast node, action) in rank order, run only
+    # when the planned ones free less than planned (refine.top_up), and the
+    # planned bytes per fast node they make good.
+    spare_demotions: tuple[tuple[int, Action], ...] = ()
+    planned_demotion_bytes: Mapping[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -457,37 +467,53 @@ def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region
 
     actions: list[Action] = []
     planned: dict[int, list[Action]] = {}
-    # Demotions, idlest first.
+    # Demotions: colder class first, then by the bytes each frees on the
+    # node (refine.demotion_key). The headroom is served by memory idle
+    # cold_age_s and, when that is not enough, by memory idle
+    # exchange_age_s: a filler that keeps allocating must not hold the node
+    # below its free target for cold_age_s (issue 16). Candidates planned
+    # beyond the need are kept as spares, run only when the planned ones
+    # move less than planned (refine.top_up).
     slow_free = {n: free[n] for n in plan.slow_nodes}
+    spares: list[tuple[int, Action]] = []
+    planned_demotion: dict[int, int] = {}
     for n, hr in headroom.items():
         dst = hr.demotion_target
-        taken = 0
-        for c in sorted((c for c in colds if c.node == n), key=lambda c: (-c.region.age_s, c.p.pid, c.region.start)):
+        taken = spare = 0
+        ranked = sorted((c for c in colds if c.node == n),
+                        key=lambda c: (demotion_key(c.est_bytes, c.region.age_s, config.cold_age_s,
+                                                    config.exchange_age_s), c.p.pid, c.region.start))
+        for c in ranked:
             age = c.region.age_s
-            by_headroom = want_headroom[n] if age >= config.cold_age_s else 0
+            by_headroom = want_headroom[n] if age >= min(config.cold_age_s, config.exchange_age_s) else 0
             by_exchange = want_exchange[n] if age >= config.exchange_age_s else 0
-            left = max(by_headroom, by_exchange) - taken
-            if left <= 0 or demote_budget <= 0:
-                break  # sorted idlest first: no later range is eligible for more
+            want = max(by_headroom, by_exchange)
+            left = want - taken
+            if c.est_bytes <= 0:
+                continue  # nothing of it on the node: demoting it frees nothing
             if dst not in c.p.status.mems_allowed:
+                continue
+            if left <= 0 or demote_budget <= 0:
+                # Met on paper: the rest, up to as much again, are spares.
+                if want and spare < want:
+                    take = min(c.est_bytes, want - spare)
+                    spares.append((n, _range_action(c, dst, RULE_DEMOTE, take, _demote_reason(c, hr, n, dst, True))))
+                    spare += take
                 continue
             room_dst = slow_free.get(dst, 0) - _slow_reserve(topo, dst)
             take = min(c.est_bytes, left, demote_budget, max(0, room_dst))
             if take <= 0:
                 continue
-            why = (f"node {n} has {_mib(hr.free_bytes)} free, below its free target of "
-                   f"{_mib(hr.target_bytes)}" if by_headroom - taken > 0 else
-                   f"{_mib(hr.candidate_bytes)} of hot memory waits on the slow tier for room on node {n}")
-            a = _range_action(c, dst, RULE_DEMOTE, take,
-                              f"{why}; {_mib(c.est_bytes)} on node {n} in {_mib(c.region.size_bytes)} at "
-                              f"{c.region.start:#x}, unused for {age:.0f} s, moves to node {dst}")
+            a = _range_action(c, dst, RULE_DEMOTE, take, _demote_reason(c, hr, n, dst, by_headroom - taken > 0))
             actions.append(a)
             planned.setdefault(c.p.pid, []).append(a)
             taken += take
             demote_budget -= take
             slow_free[dst] = slow_free.get(dst, 0) - take
             free[n] += take
-        if want_exchange[n] > taken and n in maturing_s:
+        if taken:
+            planned_demotion[n] = taken
+        if max(want_exchange[n], want_headroom[n]) > taken and n in maturing_s:
             recheck.append(config.exchange_age_s - maturing_s[n])
 
     # Promotions: hottest first, into the room above each node's floor.
@@ -518,7 +544,8 @@ def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region
                           f"{config.hot_access_fraction:.0%}) has {_mib(c.est_bytes)} on the slow tier; its "
                           f"threads run on node {c.node}"
                           + (f"; the kernel has left it there for {config.kernel_grace_s:g} s or more"
-                             if kernel_promotes else ""))
+                             if kernel_promotes else "")
+                          + (f"; {c.region.note}" if c.region.note else ""))
         actions.append(a)
         planned.setdefault(c.p.pid, []).append(a)
         promote_budget -= take
@@ -540,7 +567,16 @@ def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region
             + kernel_roles(knobs))
     return TieringDecision(plan, tuple(actions), verdicts, headroom, note, snapshot.processes,
                            hot_bytes, cold_bytes, min(recheck) if recheck else None,
-                           frozenset((c.p.pid, c.p.start_ticks) for c in promos))
+                           frozenset((c.p.pid, c.p.start_ticks) for c in promos),
+                           tuple(spares), planned_demotion)
+
+
+def _demote_reason(c: _Candidate, hr: NodeHeadroom, n: int, dst: int, for_headroom: bool) -> str:
+    waits = f"{_mib(hr.candidate_bytes)} of hot memory waits on the slow tier for room on node {n}"
+    why = (f"node {n} has {_mib(hr.free_bytes)} free, below its free target of {_mib(hr.target_bytes)}"
+           + (f", and {waits}" if hr.candidate_bytes else "") if for_headroom else waits)
+    return (f"{why}; {_mib(c.est_bytes)} on node {n} in {_mib(c.region.size_bytes)} at {c.region.start:#x}, "
+            f"unused for {c.region.age_s:.0f} s, moves to node {dst}")
 
 
 def _kernel_promotes(knobs: Mapping[str, object]) -> bool:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -30,6 +30,8 @@ from autonumad.observe.snapshot import HostSnapshot
 from autonumad.plan.tiering import (TieringDecision, TieringHistory, _selection, decide_tiering, is_hot, plan_tiers,
                                 regions_to_place)
 from autonumad.observe.tracker import describe, make_tracker, read_vma_ends
+from autonumad.plan.refine import top_up
+from autonumad.plan.tiering import RULE_DEMOTE
 
 log = logging.getLogger("autonumad")
 
@@ -59,6 +61,7 @@ class TieringReport:
     # tracker's first sample, idle memory maturing for an exchange); the
     # daemon wakes for it instead of waiting a whole interval. None: nothing.
     recheck_in_s: float | None = None
+    failed_pages: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (rule, errno) -> pages, cumulative
 
     @property
     def headroom(self):
@@ -111,6 +114,9 @@ class TieringStep:
                            vma_ends=ends, placement=self._placement(hot, t))
         self.history.record_decision(d, now_s)
         outcomes = executor.run(d.actions, deadline_s) if d.actions else []
+        # Demotions that freed less than planned are made good from the spares (plan/refine.py).
+        outcomes += executor.run(top_up(d.planned_demotion_bytes, d.spare_demotions, outcomes, RULE_DEMOTE),
+                                 deadline_s)
         done = self.clock()
         for o in outcomes:
             self.history.record_outcome(o, done, t.promote_cooldown_s)
@@ -143,7 +149,8 @@ class TieringStep:
     def _report(self, d: TieringDecision, recheck_in_s: float | None = None) -> TieringReport:
         h = self.history
         self.last = TieringReport(d, self.tracker_name, self.tracker_cost_s, dict(h.moved_pages),
-                                  dict(h.moved_bytes), h.blocked_promotions, h.pingpongs_total, recheck_in_s)
+                                  dict(h.moved_bytes), h.blocked_promotions, h.pingpongs_total, recheck_in_s,
+                                  dict(h.failed_pages))
         return self.last
 
     def _tracker(self, config):

@@ -1,0 +1,234 @@
+"""Refinements of the tiering decision (issue 16): pure functions, each hooked in with one call.
+
+- `split_at_vmas`: a tracker region that crosses VMA bounds becomes one
+  region per VMA piece. DAMON's vaddr regions are its own guesses
+  (Documentation/admin-guide/mm/damon/design.rst, "Adaptive Regions
+  Adjustment"): they ignore VMA bounds inside the three big chunks of the
+  address space, so one region can hold the end of a hot mapping and the
+  start of a cold one.
+- `refine_by_writes`: a wide hot region is cut to the sub-ranges seen
+  written in a short soft-dirty probe (observe/probe.py); the rest of it
+  stays where it is, and every piece says how much was refined away. A
+  region DAMON sees accessed is promoted whole only when the probe saw no
+  write in it at all (read-mostly data: soft-dirty sees writes only), and
+  its note says so.
+- `demotion_key`: demotion candidates ranked by what demoting them frees:
+  colder class first (idle cold_age_s, then idle exchange_age_s), then the
+  bytes they hold on the fast node (the move_pages(2) placement query),
+  then the longest idle.
+- `top_up`: demotions that moved less than planned (pages no longer there,
+  per-page failures) are made good from the pass's spare candidates, so a
+  pass keeps demoting until the free target is met or the planned bytes
+  are spent.
+- `explain_failures`: per-errno page counts of a move, in words
+  (move_pages(2), "Page status").
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import replace
+from typing import Iterable, Mapping, Sequence
+
+from autonumad.observe.tracker import Region
+
+MIB = 1 << 20
+
+# -- splitting at VMA bounds ----------------------------------------------------------------------
+
+
+def split_at_vmas(region: Region, bounds: Sequence[tuple[int, int]]) -> list[Region]:
+    """`region` cut at the bounds of the VMAs it overlaps (`bounds`: sorted (start, end) of the VMAs).
+
+    Gaps between VMAs are dropped (nothing is mapped there). A region inside
+    one VMA comes back unchanged. Each piece of a split region keeps the
+    region's access level and age (DAMON measured them for the whole) and a
+    note of the split.
+    """
+    starts = [s for s, _ in bounds]
+    i = max(0, bisect_right(starts, region.start) - 1)
+    pieces = []
+    while i < len(bounds) and bounds[i][0] < region.end:
+        s, e = bounds[i]
+        lo, hi = max(s, region.start), min(e, region.end)
+        if lo < hi:
+            pieces.append((lo, hi))
+        i += 1
+    if len(pieces) == 1 and pieces[0] == (region.start, region.end):
+        return [region]
+    if not pieces:
+        return [region]  # nothing known about its mapping: leave it as the tracker said
+    note = (f"split at VMA bounds from {_mib(region.size_bytes)} at {region.start:#x} into {len(pieces)} "
+            f"piece(s)")
+    return [replace(region, start=s, end=e, note=_join(region.note, note)) for s, e in pieces]
+
+
+def split_hot_at_vmas(hotness: Mapping[int, Sequence[Region]], vma_ends: Mapping[int, Mapping[int, int]],
+                      is_hot) -> dict[int, tuple[Region, ...]]:
+    """Every hot region of every process split at its VMA bounds (`vma_ends`: pid -> {start: end})."""
+    out = {}
+    for pid, regions in hotness.items():
+        ends = vma_ends.get(pid)
+        if not ends:
+            out[pid] = tuple(regions)
+            continue
+        bounds = sorted(ends.items())
+        new: list[Region] = []
+        for r in regions:
+            new.extend(split_at_vmas(r, bounds) if is_hot(r) else (r,))
+        out[pid] = tuple(new)
+    return out
+
+
+# -- refining by writes seen in a probe ------------------------------------------------------------
+
+# Regions narrower than this are promoted as the tracker reports them: DAMON
+# splits regions adaptively down to its minimum region size, and a few MiB
+# of error is cheaper to move than to probe.
+REFINE_MIN_BYTES = 4 * MIB
+
+
+def refine_by_writes(region: Region, written: Sequence[tuple[int, int]], lukewarm: float,
+                     window_s: float) -> list[Region]:
+    """`region` cut to the ranges of `written` (sorted, disjoint (start, end)) it overlaps.
+
+    Pieces written in the probe keep the region's access level; the rest
+    come back with `lukewarm` (above 0, below the hot threshold: neither
+    promoted nor demoted, since DAMON did see the region accessed). Every
+    piece's note says how much of the region the probe refined away. No
+    write in the region at all: the region unchanged with a note, since
+    soft-dirty cannot see reads.
+    """
+    hot: list[tuple[int, int]] = []
+    for s, e in written:
+        lo, hi = max(s, region.start), min(e, region.end)
+        if lo < hi:
+            if hot and hot[-1][1] == lo:
+                hot[-1] = (hot[-1][0], hi)
+            else:
+                hot.append((lo, hi))
+    if not hot:
+        return [replace(region, note=_join(region.note, f"not refined: no write seen in {_mib(region.size_bytes)} "
+                                                         f"in a {window_s:g} s soft-dirty probe (reads are invisible "
+                                                         "to it)"))]
+    kept = sum(e - s for s, e in hot)
+    away = region.size_bytes - kept
+    if not away:
+        return [region]
+    note = (f"refined: {_mib(away)} of the {_mib(region.size_bytes)} region at {region.start:#x} not written in a "
+            f"{window_s:g} s soft-dirty probe, left where it is")
+    out = []
+    pos = region.start
+    for s, e in hot:
+        if pos < s:
+            out.append(replace(region, start=pos, end=s, accesses_fraction=lukewarm, note=note))
+        out.append(replace(region, start=s, end=e, note=_join(region.note, note)))
+        pos = e
+    if pos < region.end:
+        out.append(replace(region, start=pos, end=region.end, accesses_fraction=lukewarm, note=note))
+    return out
+
+
+def written_ranges(start: int, dirty: bytes, present: bytes, page_size: int,
+                   granule_pages: int) -> list[tuple[int, int]]:
+    """Granules of [start, ...) with at least one present page written, merged into ranges.
+
+    `dirty`/`present` are one byte per page (readers/pagemap.PageBits).
+    """
+    out: list[tuple[int, int]] = []
+    n = len(dirty)
+    for first in range(0, n, granule_pages):
+        k = min(granule_pages, n - first)
+        if not dirty.count(1, first, first + k):
+            continue
+        s, e = start + first * page_size, start + (first + k) * page_size
+        if out and out[-1][1] == s:
+            out[-1] = (out[-1][0], e)
+        else:
+            out.append((s, e))
+    return out
+
+
+def wants_probe(region: Region, slow_bytes: int) -> bool:
+    """A hot region worth probing: wide, with bytes on the slow tier (a promotion would move them)."""
+    return region.size_bytes >= REFINE_MIN_BYTES and slow_bytes > 0
+
+
+# -- demotion ranking and top-up ---------------------------------------------------------------------
+
+def demotion_key(fast_bytes: int, age_s: float, cold_age_s: float, exchange_age_s: float) -> tuple:
+    """Sort key, best first: colder class, then more bytes on the fast node, then longer idle.
+
+    Bytes on the fast node are what a demotion frees there; a region
+    idle for longer but holding nothing on the node frees nothing (issue 16:
+    a 5 MiB region with no page on node 0 was demoted and the pass ended
+    with the free target missed).
+    """
+    cls = 0 if age_s >= cold_age_s else 1 if age_s >= exchange_age_s else 2
+    return (cls, -fast_bytes, -age_s)
+
+
+def top_up(planned: Mapping[int, int], spares: Sequence[tuple[int, object]], outcomes: Iterable,
+           demote_rule: str) -> list:
+    """Spare demotions to run now, because the planned ones freed less than planned.
+
+    `planned`: fast node -> bytes the pass planned to demote from it;
+    `spares`: (fast node, Action) in rank order, planned beyond that;
+    `outcomes`: the executor's outcomes of the pass. The shortfall of a
+    node is what its demotions did not move off it (moved_from counts base
+    pages per source node); spares are taken in order, each asked for at
+    most the shortfall left, their reasons saying why they run.
+    """
+    moved: dict[int, int] = {}
+    for o in outcomes:
+        if o.action.rule != demote_rule:
+            continue
+        for src, pages in o.moved_from.items():
+            moved[src] = moved.get(src, 0) + pages * 4096
+    out = []
+    short = {n: b - moved.get(n, 0) for n, b in planned.items()}
+    for node, a in spares:
+        left = short.get(node, 0)
+        if left < 4096:
+            continue  # met, to the page (planned bytes are estimates, moves are whole pages)
+        take = min(a.bytes, left)
+        out.append(replace(a, bytes=take, reason=f"{a.reason}; top-up: this pass's demotions from node {node} "
+                                                 f"moved {_mib(planned[node] - left)} of {_mib(planned[node])} "
+                                                 "planned"))
+        short[node] = left - take
+    return out
+
+
+# -- failures, explained --------------------------------------------------------------------------
+
+# move_pages(2), "Page status" (the per-page status array), and
+# Documentation/mm/page_migration.rst for why a page cannot be isolated.
+ERRNO_MEANING = {
+    "EACCES": "mapped by more than one process (shared, or copy-on-write after fork): MPOL_MF_MOVE moves only "
+              "pages this process maps alone",
+    "EBUSY": "busy: pinned (get_user_pages, e.g. O_DIRECT or RDMA buffers), under I/O, or held by another kernel "
+             "user at the time; may move on a later pass",
+    "EFAULT": "the shared zero page or not mapped (nothing to move)",
+    "EIO": "dirty file page that could not be written back to move it",
+    "EINVAL": "dirty file page whose filesystem cannot migrate it",
+    "ENOMEM": "no free memory on the target node",
+    "EAGAIN": "migration failed transiently (page refcount changed, lock contended)",
+    "ENOENT": "not present",
+}
+
+
+def explain_failures(failures: Mapping[str, int], page_bytes: int = 4096) -> str:
+    """Per-errno page counts in words, largest first: '114 pages (0.4 MiB) EACCES: mapped by ...'."""
+    parts = []
+    for name, n in sorted(failures.items(), key=lambda kv: (-kv[1], kv[0])):
+        what = ERRNO_MEANING.get(name, "see move_pages(2)")
+        parts.append(f"{n} page(s) ({n * page_bytes / MIB:.1f} MiB) {name}: {what}")
+    return "; ".join(parts)
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}; {b}" if a else b
+
+
+def _mib(n: float) -> str:
+    return f"{n / MIB:,.1f} MiB"

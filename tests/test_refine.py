@@ -1,0 +1,216 @@
+"""Issue 16's refinements: demotion ranked by bytes on the fast node, spares and top-up, splitting at VMA
+bounds, cutting a hot region to what a soft-dirty probe saw written, and move failures explained."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from autonumad.act.executor import Outcome
+from autonumad.observe.tracker import Region
+from autonumad.plan.refine import (
+    REFINE_MIN_BYTES, explain_failures, refine_by_writes, split_at_vmas, split_hot_at_vmas, top_up,
+    wants_probe, written_ranges,
+)
+from autonumad.plan.tiering import RULE_DEMOTE, RULE_PROMOTE
+from autonumad.service.config import TieringConfig
+from autonumad.sim.fakehost import ProcessSpec, ThreadSpec, VmaSpec
+from tests.test_tiering import COLD, GiB, HOT, MiB, P, decide, hotness, proc, tiered
+
+A = 0x7E0000000000  # a third mapping of pid 200, beside COLD
+
+
+def _two_idle(old_bytes_on_0: int):
+    """pid 200: A idle 100 s with `old_bytes_on_0` on node 0 (the rest on node 2), COLD idle 40 s, all on node 0."""
+    p = ProcessSpec(200, "filler", (ThreadSpec(200, 0),),
+                    vmas=(VmaSpec(A, {0: old_bytes_on_0 // P, 2: (64 * MiB - old_bytes_on_0) // P}),
+                          VmaSpec(COLD, {0: 192 * MiB // P})))
+    hot = {200: (Region(A, A + 64 * MiB, 0.0, 100.0), Region(COLD, COLD + 192 * MiB, 0.0, 40.0))}
+    placement = {200: {(A, A + 64 * MiB): {0: old_bytes_on_0, 2: 64 * MiB - old_bytes_on_0},
+                       (COLD, COLD + 192 * MiB): {0: 192 * MiB}}}
+    return p, hot, placement
+
+
+def test_demotion_takes_the_candidate_holding_the_bytes_on_the_fast_node(tmp_path):
+    # Node 0 is 15 MiB short of its free target (2 % of 1 GiB + floor). The idlest range holds
+    # 1 MiB there, the other 192 MiB: one demotion from the second frees it all. (Before issue 16
+    # the idlest went first whatever it held, and an estimate of ~0 ended passes short.)
+    p, hot, placement = _two_idle(MiB)
+    _, d = decide(tmp_path, tiered([p], free=(10 * MiB, GiB // 2, GiB)), hot=hot, placement=placement)
+    demotes = [a for a in d.actions if a.rule == RULE_DEMOTE]
+    assert [a.vmas[0].start for a in demotes] == [COLD]
+    assert demotes[0].bytes == d.headroom[0].target_bytes - 10 * MiB
+    # The idlest range is a spare: run only if the planned demotion moves less than planned.
+    assert [(n, a.vmas[0].start) for n, a in d.spare_demotions] == [(0, A)]
+    assert d.planned_demotion_bytes == {0: demotes[0].bytes}
+
+
+def test_a_candidate_with_nothing_on_the_fast_node_is_not_acted_on(tmp_path):
+    p, hot, placement = _two_idle(0)
+    _, d = decide(tmp_path, tiered([p], free=(10 * MiB, GiB // 2, GiB)), hot=hot, placement=placement)
+    starts = [a.vmas[0].start for a in d.actions] + [a.vmas[0].start for _, a in d.spare_demotions]
+    assert A not in starts and COLD in starts
+
+
+def _outcome(action, moved_from: dict[int, int]) -> Outcome:
+    return Outcome(action, "done", moved_pages=sum(moved_from.values()),
+                   moved_bytes=sum(moved_from.values()) * P, moved_from=moved_from)
+
+
+def test_top_up_makes_good_what_the_planned_demotions_did_not_move(tmp_path):
+    # Two cold ranges, 16 MiB each on node 0; node 0 is 15 MiB short: one is planned, one spare.
+    p = ProcessSpec(200, "filler", (ThreadSpec(200, 0),),
+                    vmas=(VmaSpec(A, {0: 16 * MiB // P}), VmaSpec(COLD, {0: 16 * MiB // P})))
+    hot = {200: (Region(A, A + 16 * MiB, 0.0, 100.0), Region(COLD, COLD + 16 * MiB, 0.0, 100.0))}
+    _, d = decide(tmp_path, tiered([p], free=(10 * MiB, GiB // 2, GiB)), hot=hot)
+    (planned,) = [a for a in d.actions if a.rule == RULE_DEMOTE]
+    need = d.planned_demotion_bytes[0]
+    # It moved all it planned: nothing more.
+    assert top_up(d.planned_demotion_bytes, d.spare_demotions, [_outcome(planned, {2: 0, 0: need // P})],
+                  RULE_DEMOTE) == []
+    # Its pages were not there after all (moved 1 MiB of them): the spare runs for the rest.
+    (extra,) = top_up(d.planned_demotion_bytes, d.spare_demotions, [_outcome(planned, {0: MiB // P})], RULE_DEMOTE)
+    assert extra.vmas[0].start != planned.vmas[0].start
+    assert extra.bytes == need - MiB and "top-up" in extra.reason
+    # Promotions' moves do not count for a node's demotions.
+    promo = type(planned)(**{**{f: getattr(planned, f) for f in planned.__dataclass_fields__}, "rule": RULE_PROMOTE})
+    assert top_up(d.planned_demotion_bytes, d.spare_demotions, [_outcome(promo, {0: need // P})],
+                  RULE_DEMOTE)[0].bytes == need
+
+
+def test_top_up_in_the_tiering_step_keeps_demoting_until_the_target_is_met(tmp_path):
+    # The step runs the spares itself: an executor whose first demotion moves nothing.
+    from autonumad.service.tiering_step import TieringStep
+    from autonumad.plan.refine import top_up as real_top_up  # noqa: F401  (the step's hook)
+
+    calls = []
+
+    @dataclass
+    class Ex:
+        def run(self, actions, deadline_s):
+            out = []
+            for a in actions:
+                calls.append(a)
+                # The first demotion finds nothing to move; the top-up moves what it is asked.
+                moved = 0 if len(calls) == 1 else a.bytes // P
+                out.append(_outcome(a, {0: moved} if moved else {}))
+            return out
+
+    p = ProcessSpec(200, "filler", (ThreadSpec(200, 0),),
+                    vmas=(VmaSpec(A, {0: 16 * MiB // P}), VmaSpec(COLD, {0: 16 * MiB // P})))
+    from autonumad.sim.fakehost import build_host
+    from autonumad.observe.snapshot import take_snapshot
+    from autonumad.service.config import compile_config
+    host = build_host(tmp_path / "root", tiered([p], free=(10 * MiB, GiB // 2, GiB)))
+    cfg = compile_config({"daemon": {"runtime_dir": str(tmp_path / "run")}})
+
+    class Tracker:
+        name, cost_s = "test", 0.0
+
+        def track(self, pids): pass
+
+        def sample(self):
+            return {200: (Region(A, A + 16 * MiB, 0.0, 100.0), Region(COLD, COLD + 16 * MiB, 0.0, 100.0))}
+
+        def ready_in_s(self): return 0.0
+
+        def close(self): pass
+
+    step = TieringStep(host)
+    step.tracker = Tracker()
+    report, outcomes = step.run(take_snapshot(host), cfg, Ex(), 1e9, 1000.0, 1 << 40)
+    assert len(calls) == 2 and calls[1].vmas[0].start != calls[0].vmas[0].start
+    assert sum(o.moved_bytes for o in outcomes) == pytest.approx(report.decision.planned_demotion_bytes[0], abs=P)
+
+
+# -- VMA bounds --------------------------------------------------------------------------------
+
+def test_split_at_vmas():
+    r = Region(0x1000, 0x9000, 0.6, 3.0)
+    bounds = [(0x0, 0x4000), (0x4000, 0x6000), (0x7000, 0x20000)]
+    pieces = split_at_vmas(r, bounds)
+    assert [(x.start, x.end) for x in pieces] == [(0x1000, 0x4000), (0x4000, 0x6000), (0x7000, 0x9000)]
+    assert all(x.accesses_fraction == 0.6 and "split at VMA bounds" in x.note for x in pieces)
+    inside = Region(0x7000, 0x8000, 1.0, 0.0)
+    assert split_at_vmas(inside, bounds) == [inside]
+
+
+def test_split_hot_at_vmas_leaves_idle_regions_alone():
+    cfg = TieringConfig()
+    hot, cold = Region(0x1000, 0x9000, 0.6, 3.0), Region(0x9000, 0x30000, 0.0, 60.0)
+    out = split_hot_at_vmas({1: (hot, cold)}, {1: {0x0: 0x4000, 0x4000: 0x20000, 0x20000: 0x30000}},
+                            lambda r: r.accesses_fraction >= cfg.hot_access_fraction)
+    assert [(r.start, r.end) for r in out[1]] == [(0x1000, 0x4000), (0x4000, 0x9000), (0x9000, 0x30000)]
+
+
+# -- the write probe ----------------------------------------------------------------------------
+
+def test_written_ranges_merge_written_granules():
+    # 8 pages, granules of 2: pages 1 and 2 and 7 written.
+    dirty = bytes([0, 1, 1, 0, 0, 0, 0, 1])
+    assert written_ranges(0x10000, dirty, b"\1" * 8, P, 2) == [(0x10000, 0x10000 + 4 * P), (0x10000 + 6 * P,
+                                                                                              0x10000 + 8 * P)]
+    assert written_ranges(0, bytes(8), b"\1" * 8, P, 2) == []
+
+
+def test_refine_by_writes_keeps_the_written_part_and_says_how_much_was_refined_away():
+    # The issue's region: 74 MiB, the first 50 MiB the end of a hot mapping, the rest cold.
+    r = Region(HOT, HOT + 74 * MiB, 0.6, 5.0)
+    pieces = refine_by_writes(r, [(HOT - MiB, HOT + 50 * MiB)], 0.1, 1.0)
+    assert [(p.start - HOT, p.end - HOT, p.accesses_fraction) for p in pieces] == [
+        (0, 50 * MiB, 0.6), (50 * MiB, 74 * MiB, 0.1)]
+    assert "refined: 24.0 MiB of the 74.0 MiB region" in pieces[0].note
+    # Written throughout: unchanged. Written nowhere: unchanged, with the reason.
+    assert refine_by_writes(r, [(HOT, HOT + 74 * MiB)], 0.1, 1.0) == [r]
+    (same,) = refine_by_writes(r, [], 0.1, 1.0)
+    assert (same.start, same.end, same.accesses_fraction) == (r.start, r.end, r.accesses_fraction)
+    assert "no write seen" in same.note
+
+
+def test_a_refined_region_promotes_only_its_written_part_and_the_reason_says_so(tmp_path):
+    # One VMA (the kernel merged a hot and a cold mapping); DAMON's region covers 64 MiB of it.
+    spec = tiered([ProcessSpec(100, "app", (ThreadSpec(100, 0),), vmas=(VmaSpec(HOT, {2: 64 * MiB // P}),))])
+    r = Region(HOT, HOT + 64 * MiB, 0.6, 2.0)
+    pieces = refine_by_writes(r, [(HOT, HOT + 40 * MiB)], 0.1, 1.0)
+    placement = {100: {(p.start, p.end): {2: p.size_bytes} for p in pieces}}
+    _, d = decide(tmp_path, spec, hot={100: tuple(pieces)}, placement=placement)
+    (a,) = d.actions
+    assert a.rule == RULE_PROMOTE and a.bytes == 40 * MiB
+    assert [(v.start, v.end) for v in a.vmas] == [(HOT, HOT + 40 * MiB)]
+    assert "refined: 24.0 MiB of the 64.0 MiB region" in a.reason
+
+
+def test_wants_probe():
+    assert wants_probe(Region(0, REFINE_MIN_BYTES, 1.0, 0.0), 1)
+    assert not wants_probe(Region(0, REFINE_MIN_BYTES - P, 1.0, 0.0), 1)
+    assert not wants_probe(Region(0, REFINE_MIN_BYTES, 1.0, 0.0), 0)
+
+
+# -- failures --------------------------------------------------------------------------------------
+
+def test_explain_failures():
+    text = explain_failures({"EBUSY": 3, "EACCES": 114})
+    assert text.startswith("114 page(s) (0.4 MiB) EACCES: mapped by more than one process")
+    assert "3 page(s) (0.0 MiB) EBUSY: busy: pinned" in text
+    assert "EXYZ: see move_pages(2)" in explain_failures({"EXYZ": 1})
+
+
+def test_failures_are_counted_by_errno_in_history_and_metrics_and_are_not_progress(tmp_path):
+    from autonumad.plan.tiering import TieringHistory
+    from autonumad.service.tiering_step import TieringReport
+
+    _, d = decide(tmp_path, tiered([proc()]))
+    (a,) = d.actions
+    h = TieringHistory()
+    h.record_decision(d, 1000.0)
+    o = Outcome(a, "failed", "", moved_pages=0, moved_bytes=0, failures={"EACCES": 114, "EBUSY": 2})
+    h.record_outcome(o, 1000.0, 60.0)
+    assert h.failed_pages == {(RULE_PROMOTE, "EACCES"): 114, (RULE_PROMOTE, "EBUSY"): 2}
+    assert h.moved_bytes == {} and h.last_promoted_bytes[0] == 0
+
+    from autonumad.service.metrics import PassCollector
+    report = TieringReport(d, "test", 0.0, {}, {}, 0, 0, None, dict(h.failed_pages))
+    (fam,) = [f for f in PassCollector._tiering(report) if f.name.endswith("move_failed_pages")]
+    assert {(s.labels["rule"], s.labels["errno"]): s.value for s in fam.samples} == {
+        (RULE_PROMOTE, "EACCES"): 114, (RULE_PROMOTE, "EBUSY"): 2}
