@@ -214,3 +214,50 @@ def test_failures_are_counted_by_errno_in_history_and_metrics_and_are_not_progre
     (fam,) = [f for f in PassCollector._tiering(report) if f.name.endswith("move_failed_pages")]
     assert {(s.labels["rule"], s.labels["errno"]): s.value for s in fam.samples} == {
         (RULE_PROMOTE, "EACCES"): 114, (RULE_PROMOTE, "EBUSY"): 2}
+
+
+# -- the probe on a fake pagemap ----------------------------------------------------------------------
+
+def test_write_probe_cuts_a_region_to_its_written_granules_and_defers_what_it_did_not_read(tmp_path):
+    from tests.test_tracker import BASE, Clock, _softdirty_host
+
+    from autonumad.observe.probe import MIN_SPACING_S, WriteProbe
+
+    host = _softdirty_host(tmp_path, pages=2048)  # an 8 MiB VMA, all on the slow node
+    clock = Clock()
+    slept = []
+
+    def sleep(s):
+        # The workload writes the first 3 MiB (768 pages) while the probe waits.
+        slept.append(s)
+        host.write_pages(101, 0, 768)
+        clock.t += s
+
+    probe = WriteProbe(host, clock, sleep, window_s=1.0, granule_pages=64)
+    r = Region(BASE, BASE + 8 * MiB, 0.6, 3.0)
+    placed = []
+
+    def place(pid, ranges):
+        placed.append(ranges)
+        return [{2: e - s} for s, e in ranges]
+
+    is_hot = lambda x: x.accesses_fraction >= 0.2  # noqa: E731
+    hot, placement = probe.refine({101: (r,)}, {101: {(r.start, r.end): {2: 8 * MiB}}}, is_hot, (2,), 0.1, place)
+    assert slept == [1.0] and probe.probes == 1
+    assert [(x.start - BASE, x.end - BASE, x.accesses_fraction) for x in hot[101]] == [
+        (0, 3 * MiB, 0.6), (3 * MiB, 8 * MiB, 0.1)]
+    assert "refined: 5.0 MiB of the 8.0 MiB region" in hot[101][0].note
+    assert placement[101][(BASE, BASE + 3 * MiB)] == {2: 3 * MiB}
+    # Nothing on the slow tier: no probe, no change.
+    same, _ = probe.refine({101: (r,)}, {101: {(r.start, r.end): {0: 8 * MiB}}}, is_hot, (2,), 0.1, place)
+    assert same[101] == (r,) and probe.probes == 1
+    # Within the interval the last probe's map is used, without a new probe.
+    clock.t += 1
+    again, _ = probe.refine({101: (r,)}, {101: {(r.start, r.end): {2: 8 * MiB}}}, is_hot, (2,), 0.1, place)
+    assert probe.probes == 1 and [x.end - BASE for x in again[101]] == [3 * MiB, 8 * MiB]
+    # A region the last probe did not read (DAMON moved its bounds) waits for the next probe,
+    # due MIN_SPACING_S after the last; the step is told when to look again.
+    wider = Region(BASE + 4 * MiB, BASE + 12 * MiB, 0.6, 3.0)
+    got, _ = probe.refine({101: (wider,)}, {101: {(wider.start, wider.end): {2: 4 * MiB}}}, is_hot, (2,), 0.1, place)
+    assert got[101][0].accesses_fraction == 0.1 and "waits for a write probe" in got[101][0].note
+    assert probe.recheck_in_s == pytest.approx(MIN_SPACING_S - 1)

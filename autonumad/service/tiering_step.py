@@ -30,7 +30,8 @@ from autonumad.observe.snapshot import HostSnapshot
 from autonumad.plan.tiering import (TieringDecision, TieringHistory, _selection, decide_tiering, is_hot, plan_tiers,
                                 regions_to_place)
 from autonumad.observe.tracker import describe, make_tracker, read_vma_ends
-from autonumad.plan.refine import top_up
+from autonumad.observe.probe import WriteProbe
+from autonumad.plan.refine import split_hot_at_vmas, top_up
 from autonumad.plan.tiering import RULE_DEMOTE
 
 log = logging.getLogger("autonumad")
@@ -81,6 +82,7 @@ class TieringStep:
         self.history = TieringHistory()
         self.last: TieringReport | None = None
         self.last_outcomes: list = []
+        self.probe = WriteProbe(host, clock)
 
     @property
     def tracker_name(self) -> str:
@@ -110,8 +112,15 @@ class TieringStep:
             except (NotSupported, HostError, OSError) as e:
                 log.warning("hotness tracker %s failed: %s", tracker.name, e)
         ends = read_vma_ends(self.host, hot)
+        # Hot regions cut at VMA bounds, then to what a write probe saw written (plan/refine.py, observe/probe.py).
+        hot = split_hot_at_vmas(hot, ends, lambda r: is_hot(r, t))
+        placement = self._placement(hot, t)
+        if tracker is not None and tracker.name == "damon":
+            hot, placement = self.probe.refine(hot, placement, lambda r: is_hot(r, t), plan_tiers(
+                snap.topology, t).slow_nodes, t.hot_access_fraction / 2,
+                lambda pid, ranges: self.host.range_nodes(pid, ranges, HOT_PLACEMENT_PAGES))
         d = decide_tiering(snap, hot, self.history, t, now_s, balance=balance, budget_bytes=max(0, budget_bytes),
-                           vma_ends=ends, placement=self._placement(hot, t))
+                           vma_ends=ends, placement=placement)
         self.history.record_decision(d, now_s)
         outcomes = executor.run(d.actions, deadline_s) if d.actions else []
         # Demotions that freed less than planned are made good from the spares (plan/refine.py).
@@ -121,7 +130,8 @@ class TieringStep:
         for o in outcomes:
             self.history.record_outcome(o, done, t.promote_cooldown_s)
         self.last_outcomes = outcomes
-        waits = [w for w in (d.recheck_in_s, tracker.ready_in_s() if tracker is not None else None)
+        waits = [w for w in (d.recheck_in_s, tracker.ready_in_s() if tracker is not None else None,
+                             self.probe.recheck_in_s)
                  if w is not None and w > 0]
         return self._report(d, min(waits) if waits else None), outcomes
 

@@ -1,0 +1,201 @@
+"""A soft-dirty write probe: which parts of a wide hot region are really written (issue 16).
+
+DAMON's vaddr regions are adaptive guesses (Documentation/admin-guide/mm/
+damon/design.rst, "Adaptive Regions Adjustment"): a region sampled at one
+random address per sampling interval can span the end of a hot mapping and
+the start of a cold one, above all when the kernel merged the two into one
+VMA (adjacent anonymous mappings with equal flags merge), so VMA bounds do
+not separate them either. Before such a region is promoted, the probe
+clears the process's soft-dirty bits (write "4" to /proc/<pid>/clear_refs,
+Documentation/admin-guide/mm/soft-dirty.rst), waits `window_s`, and reads
+bit 55 of /proc/<pid>/pagemap (Documentation/admin-guide/mm/pagemap.rst)
+over the region, per granule of `granule_pages`. Only the granules written
+are promoted (plan/refine.refine_by_writes).
+
+Cost and limits. Each probe write-protects the process's pages, so its
+next write to each page takes one minor fault (not a NUMA hint fault; no
+migration, no TLB shootdown beyond the clear's): the probe runs for a
+process at most every `interval_s`, and only when it has a wide hot region
+with bytes on the slow tier (or, at most every 2 s, when a region lies
+outside the last probe's ranges). Between probes the last one's map is used;
+parts of a region it did not read are not promoted until a probe reads them. Soft-dirty sees writes only: a region with no write
+at all in the window is promoted as DAMON reported it, and its reason says
+so. The soft-dirty fallback tracker does its own clearing; the probe is for
+DAMON only (tiering_step.py). Bits cleared here are also cleared for any
+other soft-dirty user of the process (CRIU's incremental dumps), as with
+the fallback tracker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from typing import Callable, Mapping, Sequence
+
+from autonumad.errors import ParseError, ProcessError
+from autonumad.observe.tracker import GRANULE_PAGES, Region
+from autonumad.plan.refine import refine_by_writes, wants_probe, written_ranges
+from autonumad.readers.pagemap import clear_soft_dirty, read_pagemap
+
+log = logging.getLogger("autonumad")
+
+PROBE_WINDOW_S = 1.0
+PROBE_INTERVAL_S = 10.0
+# A region outside the last probe's ranges (DAMON moved its bounds, a hot
+# window slid) is probed again after this long, not after interval_s.
+MIN_SPACING_S = 2.0
+
+Placement = Mapping[tuple[int, int], Mapping[int, int]]
+
+
+@dataclass
+class _Probed:
+    when_s: float
+    probed: list[tuple[int, int]]  # ranges the probe read
+    written: list[tuple[int, int]]  # ranges seen written in them
+
+
+class WriteProbe:
+    def __init__(self, host, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 window_s: float = PROBE_WINDOW_S, interval_s: float = PROBE_INTERVAL_S,
+                 granule_pages: int = GRANULE_PAGES):
+        self.host = host
+        self.clock = clock
+        self.sleep = sleep
+        self.window_s = window_s
+        self.interval_s = interval_s
+        self.granule_pages = granule_pages
+        self.page_size = getattr(host, "page_size_bytes", 4096)
+        self.last: dict[int, _Probed] = {}
+        self.probes = 0  # probes run, for tests and logs
+        # Seconds from the last refine() until a deferred region can be probed (None: nothing deferred).
+        self.recheck_in_s: float | None = None
+        self.cost_s = 0.0
+
+    def refine(self, hot: Mapping[int, Sequence[Region]], placement: Mapping[int, Placement], is_hot,
+               slow_nodes, lukewarm: float,
+               place: Callable[[int, list[tuple[int, int]]], list[dict[int, int]] | None]
+               ) -> tuple[dict[int, tuple[Region, ...]], dict[int, dict]]:
+        """Hot regions cut to what was written; their pieces' placement from `place(pid, ranges)`.
+
+        Returns new hotness and placement maps (the inputs are not changed).
+        """
+        slow = set(slow_nodes)
+        want: dict[int, list[Region]] = {}
+        for pid, regions in hot.items():
+            placed = placement.get(pid, {})
+            for r in regions:
+                by_node = placed.get((r.start, r.end))
+                if by_node is not None and is_hot(r) and wants_probe(r, sum(b for n, b in by_node.items()
+                                                                            if n in slow)):
+                    want.setdefault(pid, []).append(r)
+        for pid in list(self.last):
+            if pid not in hot:
+                del self.last[pid]
+        self.recheck_in_s = None
+        if not want:
+            return dict(hot), {pid: dict(p) for pid, p in placement.items()}
+        t0 = self.clock()
+        self._probe({pid: rs for pid, rs in want.items() if self._due(pid, rs, t0)})
+        self.cost_s += self.clock() - t0
+        out_hot = dict(hot)
+        out_place = {pid: dict(p) for pid, p in placement.items()}
+        for pid, rs in want.items():
+            seen = self.last.get(pid)
+            if seen is None:
+                continue
+            targets = set((r.start, r.end) for r in rs)
+            new: list[Region] = []
+            fresh: list[Region] = []
+            for r in hot[pid]:
+                if (r.start, r.end) not in targets:
+                    new.append(r)
+                    continue
+                # Parts the last probe did not read wait for the next one (at most
+                # MIN_SPACING_S away): promoting them unseen is how cold memory
+                # next to a hot mapping was promoted (issue 16).
+                unseen = _uncovered(r.start, r.end, seen.probed)
+                if unseen and not any(s < r.end and r.start < e for s, e in seen.written):
+                    new.append(replace(r, accesses_fraction=lukewarm,
+                                       note="waits for a write probe of its range (its bounds moved since the last)"))
+                    wait = max(0.0, seen.when_s + MIN_SPACING_S - self.clock())
+                    self.recheck_in_s = wait if self.recheck_in_s is None else min(self.recheck_in_s, wait)
+                    continue
+                pieces = refine_by_writes(r, seen.written, lukewarm, self.window_s)
+                new.extend(pieces)
+                if len(pieces) > 1 or pieces[0] != r:
+                    fresh.extend(p for p in pieces if (p.start, p.end) != (r.start, r.end))
+            out_hot[pid] = tuple(new)
+            if fresh:
+                try:
+                    nodes = place(pid, [(p.start, p.end) for p in fresh])
+                except (ProcessError, OSError) as e:
+                    log.debug("pid %d: page locations of refined ranges not read: %s", pid, e)
+                    nodes = None
+                if nodes is not None:
+                    out_place.setdefault(pid, {}).update(zip(((p.start, p.end) for p in fresh), nodes))
+        return out_hot, out_place
+
+    def _due(self, pid: int, regions: Sequence[Region], now: float) -> bool:
+        """Probe again after interval_s, or after MIN_SPACING_S when a region lies outside the last probe."""
+        seen = self.last.get(pid)
+        if seen is None:
+            return True
+        age = now - seen.when_s
+        if age >= self.interval_s:
+            return True
+        return age >= MIN_SPACING_S and any(_uncovered(r.start, r.end, seen.probed) for r in regions)
+
+    def _probe(self, want: Mapping[int, Sequence[Region]]) -> None:
+        cleared = []
+        for pid in want:
+            try:
+                clear_soft_dirty(self.host, pid)
+                cleared.append(pid)
+            except (ProcessError, OSError) as e:
+                log.debug("pid %d: soft-dirty probe not started: %s", pid, e)
+        if not cleared:
+            return
+        # One window for every process probed this pass.
+        self.sleep(self.window_s)
+        now = self.clock()
+        for pid in cleared:
+            probed, written = [], []
+            try:
+                for r in want[pid]:
+                    bits = read_pagemap(self.host, pid, r.start, r.end, self.page_size)
+                    probed.append((r.start, r.end))
+                    written += written_ranges(r.start, bits.soft_dirty, bits.present, self.page_size,
+                                              self.granule_pages)
+            except (ProcessError, OSError, ParseError) as e:
+                log.debug("pid %d: soft-dirty probe not read: %s", pid, e)
+                continue
+            self.probes += 1
+            self.last[pid] = _Probed(now, _merge(sorted(probed)), _merge(sorted(written)))
+            log.debug("pid %d: write probe over %d range(s): %.1f of %.1f MiB written in %.1f s", pid, len(probed),
+                      sum(e - s for s, e in written) / 2**20, sum(e - s for s, e in probed) / 2**20, self.window_s)
+
+
+def _merge(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s, e in ranges:
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+def _uncovered(start: int, end: int, covered: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Parts of [start, end) outside the sorted, disjoint `covered` ranges."""
+    out, pos = [], start
+    for s, e in covered:
+        if e <= pos or s >= end:
+            continue
+        if s > pos:
+            out.append((pos, s))
+        pos = max(pos, e)
+    if pos < end:
+        out.append((pos, end))
+    return out
