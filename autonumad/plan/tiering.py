@@ -36,7 +36,9 @@ Rules, per process, in order:
    TPP's decoupled demotion watermark. Two reasons to demote:
    - *headroom*: while the node's free memory is below its free target,
      ranges not accessed (fraction 0) for at least `cold_age_s` move until
-     the target is met;
+     the target is met, and, if they are not enough, ranges idle for
+     `exchange_age_s` (a filler that keeps allocating would otherwise hold
+     the node below its target for `cold_age_s`; issue 16);
    - *exchange*: while hot memory waits on the slow tier for the node,
      ranges idle for at least `exchange_age_s` move until the node has
      room for all of it and, after it, its free target. Memory seen idle
@@ -44,7 +46,15 @@ Rules, per process, in order:
      fifth of all samples now; the kernel's own reclaim-driven demotion
      asks for no idle time at all.
    A range promoted within `promote_cooldown_s` is not demoted
-   (hysteresis).
+   (hysteresis). Candidates are ranked colder class first, then by the
+   bytes they hold on the fast node (the placement query), then idlest
+   (refine.demotion_key); one with nothing there is skipped. Candidates
+   beyond the need are planned as spares, run when the planned demotions
+   move less than planned (refine.top_up), so a pass keeps demoting until
+   the free target is met or the planned bytes are spent.
+3b. Before promotion, hot regions are split at VMA bounds and wide ones
+   cut to what a soft-dirty write probe saw written (refine.py,
+   observe/probe.py); the reason says how much was refined away.
 
 Where a region's pages are comes from the kernel (move_pages(2) in query
 form, sampled when the regions are large; tiering_step.py), so a range that
