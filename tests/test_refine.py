@@ -261,3 +261,71 @@ def test_write_probe_cuts_a_region_to_its_written_granules_and_defers_what_it_di
     got, _ = probe.refine({101: (wider,)}, {101: {(wider.start, wider.end): {2: 4 * MiB}}}, is_hot, (2,), 0.1, place)
     assert got[101][0].accesses_fraction == 0.1 and "waits for a write probe" in got[101][0].note
     assert probe.recheck_in_s == pytest.approx(MIN_SPACING_S - 1)
+
+
+def test_refine_by_writes_drops_an_unwritten_region_when_the_process_wrote_elsewhere():
+    r = Region(COLD, COLD + 16 * MiB, 0.6, 5.0)
+    (x,) = refine_by_writes(r, [(HOT, HOT + MiB)], 0.1, 1.0, written_elsewhere=True)
+    assert x.accesses_fraction == 0.1 and "none of its 16.0 MiB written" in x.note
+
+
+def test_the_step_splits_a_region_at_vma_bounds_and_promotes_only_the_written_mapping(tmp_path):
+    # DAMON's region spans two mappings (both on the slow node); only the first is written
+    # during the probe. The step's one decision promotes the first and leaves the second.
+    import struct
+
+    from tests.test_tracker import SoftDirtyHost
+
+    from autonumad.observe.snapshot import take_snapshot
+    from autonumad.readers.pagemap import PRESENT_BIT, SOFT_DIRTY_BIT
+    from autonumad.service.config import compile_config
+    from autonumad.service.tiering_step import TieringStep
+    from autonumad.sim.fakehost import build_host
+
+    lo = 0x40000000  # low addresses: the sparse fake pagemap stays small
+    a_end, b_end = lo + 16 * MiB, lo + 32 * MiB
+    p = ProcessSpec(100, "app", (ThreadSpec(100, 0),),
+                    vmas=(VmaSpec(lo, {2: 16 * MiB // P}), VmaSpec(a_end, {2: 16 * MiB // P})))
+    host = SoftDirtyHost(build_host(tmp_path / "root", tiered([p])).root)
+    with open(host.path("/proc/100/pagemap"), "wb") as f:
+        f.seek(lo // P * 8)
+        f.write(struct.pack(f"={32 * MiB // P}Q", *([PRESENT_BIT | SOFT_DIRTY_BIT] * (32 * MiB // P))))
+    host.path("/proc/100/clear_refs").write_text("")
+
+    class Tracker:
+        name, cost_s = "damon", 0.0
+
+        def track(self, pids): pass
+
+        def sample(self):
+            return {100: (Region(lo, b_end, 0.6, 5.0),)}
+
+        def ready_in_s(self): return 0.0
+
+        def close(self): pass
+
+    class Ex:
+        actions: list = []
+
+        def run(self, actions, deadline_s):
+            self.actions += list(actions)
+            return []
+
+    # Where the pages are (the kernel's move_pages query on a real host): all on node 2.
+    host.range_nodes = lambda pid, ranges, max_pages: [{2: e - s} for s, e in ranges]
+    step = TieringStep(host)
+    step.tracker = Tracker()
+
+    def sleep(_s):
+        data = bytearray(host.path("/proc/100/pagemap").read_bytes())
+        for i in range(lo // P, a_end // P):  # the first mapping is written during the window
+            e = struct.unpack_from("=Q", data, i * 8)[0]
+            struct.pack_into("=Q", data, i * 8, e | SOFT_DIRTY_BIT)
+        host.path("/proc/100/pagemap").write_bytes(bytes(data))
+    step.probe.sleep = sleep
+    cfg = compile_config({"daemon": {"runtime_dir": str(tmp_path / "run")}})
+    ex = Ex()
+    report, _ = step.run(take_snapshot(host), cfg, ex, 1e9, 1000.0, 1 << 40)
+    promos = [a for a in ex.actions if a.rule == RULE_PROMOTE]
+    assert [(v.start, v.end) for a in promos for v in a.vmas] == [(lo, a_end)]
+    assert "split at VMA bounds" in promos[0].reason

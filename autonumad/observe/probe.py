@@ -18,9 +18,11 @@ migration, no TLB shootdown beyond the clear's): the probe runs for a
 process at most every `interval_s`, and only when it has a wide hot region
 with bytes on the slow tier (or, at most every 2 s, when a region lies
 outside the last probe's ranges). Between probes the last one's map is used;
-parts of a region it did not read are not promoted until a probe reads them. Soft-dirty sees writes only: a region with no write
-at all in the window is promoted as DAMON reported it, and its reason says
-so. The soft-dirty fallback tracker does its own clearing; the probe is for
+parts of a region it did not read are not promoted until a probe reads them.
+Soft-dirty sees writes only: when the probe saw the process write nowhere
+in the ranges it read (read-mostly data), its regions are promoted as DAMON
+reported them, and the reason says so; a region with no write while others
+of the process were written is left where it is. The soft-dirty fallback tracker does its own clearing; the probe is for
 DAMON only (tiering_step.py). Bits cleared here are also cleared for any
 other soft-dirty user of the process (CRIU's incremental dumps), as with
 the fallback tracker.
@@ -122,7 +124,7 @@ class WriteProbe:
                     wait = max(0.0, seen.when_s + MIN_SPACING_S - self.clock())
                     self.recheck_in_s = wait if self.recheck_in_s is None else min(self.recheck_in_s, wait)
                     continue
-                pieces = refine_by_writes(r, seen.written, lukewarm, self.window_s)
+                pieces = refine_by_writes(r, seen.written, lukewarm, self.window_s, bool(seen.written))
                 new.extend(pieces)
                 if len(pieces) > 1 or pieces[0] != r:
                     fresh.extend(p for p in pieces if (p.start, p.end) != (r.start, r.end))

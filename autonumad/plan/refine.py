@@ -89,15 +89,17 @@ REFINE_MIN_BYTES = 4 * MIB
 
 
 def refine_by_writes(region: Region, written: Sequence[tuple[int, int]], lukewarm: float,
-                     window_s: float) -> list[Region]:
+                     window_s: float, written_elsewhere: bool = False) -> list[Region]:
     """`region` cut to the ranges of `written` (sorted, disjoint (start, end)) it overlaps.
 
     Pieces written in the probe keep the region's access level; the rest
     come back with `lukewarm` (above 0, below the hot threshold: neither
     promoted nor demoted, since DAMON did see the region accessed). Every
     piece's note says how much of the region the probe refined away. No
-    write in the region at all: the region unchanged with a note, since
-    soft-dirty cannot see reads.
+    write in the region at all: if the probe saw the process write
+    elsewhere (`written_elsewhere`), the whole region is lukewarm; if it saw
+    no write anywhere (read-mostly data, which soft-dirty cannot see), the
+    region unchanged with a note.
     """
     hot: list[tuple[int, int]] = []
     for s, e in written:
@@ -107,6 +109,10 @@ def refine_by_writes(region: Region, written: Sequence[tuple[int, int]], lukewar
                 hot[-1] = (hot[-1][0], hi)
             else:
                 hot.append((lo, hi))
+    if not hot and written_elsewhere:
+        return [replace(region, accesses_fraction=lukewarm, note=_join(
+            region.note, f"refined: none of its {_mib(region.size_bytes)} written in a {window_s:g} s soft-dirty "
+                         "probe that saw the process write elsewhere, left where it is"))]
     if not hot:
         return [replace(region, note=_join(region.note, f"not refined: no write seen in {_mib(region.size_bytes)} "
                                                          f"in a {window_s:g} s soft-dirty probe (reads are invisible "
