@@ -154,7 +154,7 @@ def test_adjacent_hot_and_cold_mappings_merged_into_one_vma_only_the_hot_one_is_
     reasons = []
 
     def hot_on_fast_for_a_while(d) -> bool:
-        reasons.extend(a.reason for a in d.actions if a.rule == RULE_PROMOTE)
+        reasons.extend(a.reason for a in d.decision.actions if a.rule == RULE_PROMOTE)
         if not reached and w.range_nodes(w.hot).get(0, 0) >= 0.99 * hot_pages:
             reached.append(time.monotonic())
         # Passes go on for 20 s after: DAMON's regions keep moving at the seam.
