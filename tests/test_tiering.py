@@ -96,7 +96,8 @@ def test_cold_range_is_demoted_only_while_the_fast_node_is_below_its_headroom(tm
     _, d = decide(tmp_path / "a", spec)
     (a,) = d.actions
     assert (a.rule, a.target_node) == (RULE_DEMOTE, 2)
-    assert a.bytes == d.headroom[0].target_bytes - 10 * MiB
+    # Refilled to a quarter of the headroom above the target (hysteresis, refine.refill_margin).
+    assert a.bytes == d.headroom[0].target_bytes + d.headroom[0].headroom_bytes // 4 - 10 * MiB
     assert [(v.start, v.end) for v in a.vmas] == [(COLD, COLD + COLD_MIB * MiB)]
     roomy = tiered([proc(hot_on=0, cold_on=0)], free=(GiB // 2, GiB // 2, GiB))
     _, d = decide(tmp_path / "b", roomy)

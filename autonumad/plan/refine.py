@@ -174,6 +174,17 @@ def demotion_key(fast_bytes: int, age_s: float, cold_age_s: float, exchange_age_
     return (cls, -fast_bytes, -age_s)
 
 
+def refill_margin(headroom_bytes: int) -> int:
+    """How far above its free target a node is refilled once it fell below: a quarter of the headroom.
+
+    Hysteresis, as between the kernel's low and high watermarks
+    (Documentation/admin-guide/sysctl/vm.rst, watermark_scale_factor): a
+    node refilled to exactly its target is back below it after the next
+    allocation, and the target is then missed at every check in between.
+    """
+    return max(0, headroom_bytes) // 4
+
+
 def top_up(planned: Mapping[int, int], spares: Sequence[tuple[int, object]], outcomes: Iterable,
            demote_rule: str) -> list:
     """Spare demotions to run now, because the planned ones freed less than planned.

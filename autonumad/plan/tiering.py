@@ -36,7 +36,8 @@ Rules, per process, in order:
    TPP's decoupled demotion watermark. Two reasons to demote:
    - *headroom*: while the node's free memory is below its free target,
      ranges not accessed (fraction 0) for at least `cold_age_s` move until
-     the target is met, and, if they are not enough, ranges idle for
+     the target and a margin above it (a quarter of the headroom, as the
+     kernel's low/high watermark gap) are met, and, if they are not enough, ranges idle for
      `exchange_age_s` (a filler that keeps allocating would otherwise hold
      the node below its target for `cold_age_s`; issue 16);
    - *exchange*: while hot memory waits on the slow tier for the node,
@@ -117,7 +118,7 @@ from typing import Iterable, Mapping, Sequence
 
 from autonumad.plan.history import ProcKey
 from autonumad.plan.policy import Action, BalancePolicyConfig, Verdict, VmaMove, _cgroup_under
-from autonumad.plan.refine import demotion_key
+from autonumad.plan.refine import demotion_key, refill_margin
 from autonumad.readers.nodes import Topology
 from autonumad.readers.numa_maps import Vma
 from autonumad.readers.zoneinfo import node_watermarks
@@ -448,7 +449,12 @@ def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region
     # What each fast node wants demoted: the free target's shortfall (served
     # by memory idle for cold_age_s), and room for the hot memory waiting
     # with the free target still met after it (memory idle exchange_age_s).
-    want_headroom = {n: max(0, hr.target_bytes - hr.free_bytes) for n, hr in headroom.items()}
+    # Once below its target, a node is refilled to a margin above it
+    # (refine.refill_margin): demoting exactly the shortfall left it just
+    # below the target at every pass, as other allocations on the node took
+    # the last MiB before the next one (bench-tiering, issue 16).
+    want_headroom = {n: hr.target_bytes + refill_margin(hr.headroom_bytes) - hr.free_bytes
+                     if hr.free_bytes < hr.target_bytes else 0 for n, hr in headroom.items()}
     want_exchange = {n: max(0, hr.candidate_bytes + hr.target_bytes - hr.free_bytes) if hr.candidate_bytes else 0
                      for n, hr in headroom.items()}
 
