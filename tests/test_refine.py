@@ -341,3 +341,16 @@ def test_a_node_below_its_target_is_refilled_to_a_margin_above_it(tmp_path):
     spec = tiered([proc(hot_on=0, cold_on=0)], free=(hr.target_bytes + MiB, GiB // 2, GiB))
     _, d = decide(tmp_path / "b", spec)
     assert d.actions == ()
+
+
+def test_a_move_s_failures_are_explained_in_its_log_text(tmp_path):
+    # The record step (daemon.outcome_text, for log lines and state.json) explains per errno what a
+    # move could not take; the executor only counts it.
+    from autonumad.service.daemon import outcome_text
+
+    _, d = decide(tmp_path, tiered([proc()]))
+    (a,) = d.actions
+    o = Outcome(a, "partial", "moved 1.0 MiB to node 0", moved_pages=256, moved_bytes=MiB,
+                failures={"EACCES": 114})
+    assert outcome_text(o) == "moved 1.0 MiB to node 0; not moved: " + explain_failures({"EACCES": 114})
+    assert outcome_text(Outcome(a, "done", "moved 1.0 MiB to node 0")) == "moved 1.0 MiB to node 0"
