@@ -102,6 +102,15 @@ def usage_error(msg):
     sys.exit(EXIT_USAGE)
 
 
+# Options that take one of a fixed set of words: flag -> (opts key, choices, what the error calls it).
+CHOICE_OPTIONS = {
+    "--topology": ("topology", TOPOLOGIES, "topology"),
+    "--init": ("init", INITS, "init"),
+    "--cgroup": ("cgroup", CGROUPS, "cgroup setup"),
+    "--kernel": ("kernel", KERNELS, "kernel"),
+}
+
+
 def parse_args(argv):
     opts = {"topology": DEFAULT_TOPOLOGY, "timeout": DEFAULT_TIMEOUT, "memory": None,
             "verbose": False, "setup_only": False, "command": [],
@@ -138,26 +147,13 @@ def parse_args(argv):
             opts["verbose"] = True
         elif a == "--setup":
             opts["setup_only"] = True
-        elif a == "--topology" or a.startswith("--topology="):
-            t = value("--topology")
-            if t not in TOPOLOGIES:
-                usage_error(f"unknown topology {t!r} (choose from {', '.join(TOPOLOGIES)})")
-            opts["topology"] = t
-        elif a == "--init" or a.startswith("--init="):
-            t = value("--init")
-            if t not in INITS:
-                usage_error(f"unknown init {t!r} (choose from {', '.join(INITS)})")
-            opts["init"] = t
-        elif a == "--cgroup" or a.startswith("--cgroup="):
-            t = value("--cgroup")
-            if t not in CGROUPS:
-                usage_error(f"unknown cgroup setup {t!r} (choose from {', '.join(CGROUPS)})")
-            opts["cgroup"] = t
-        elif a == "--kernel" or a.startswith("--kernel="):
-            t = value("--kernel")
-            if t not in KERNELS:
-                usage_error(f"unknown kernel {t!r} (choose from {', '.join(KERNELS)})")
-            opts["kernel"] = t
+        elif a.split("=", 1)[0] in CHOICE_OPTIONS:
+            flag = a.split("=", 1)[0]
+            key, choices, what = CHOICE_OPTIONS[flag]
+            t = value(flag)
+            if t not in choices:
+                usage_error(f"unknown {what} {t!r} (choose from {', '.join(choices)})")
+            opts[key] = t
         elif a == "--timeout" or a.startswith("--timeout="):
             t = value("--timeout")
             try:
