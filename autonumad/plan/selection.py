@@ -59,8 +59,7 @@ def kubelet_placed(p: ProcessView, balance, topology: Topology) -> Skip | None:
     CPUs, Memory manager's pinned nodes), one in `balance.exclude_pods`, or one of a QoS class not in
     `balance.pod_qos_classes`. Not a pod: None."""
     return pod_selection(p.cgroup, p.status.cpus_allowed, p.status.mems_allowed,
-                         [c for n in topology.nodes for c in n.cpus],
-                         [n.id for n in topology.nodes if n.memory_total_bytes > 0],
+                         topology.cpu_to_node.keys(), topology.memory_nodes,
                          qos_classes=balance.pod_qos_classes, exclude_pods=balance.exclude_pods)
 
 
