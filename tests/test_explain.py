@@ -56,6 +56,10 @@ def test_explain_gives_the_daemons_rule_for_every_process(tmp_path, capsys, name
     report = d.run_pass()
     verdicts = report.decision.verdicts
     assert len(verdicts) >= 3
+    # The state file carries the same verdicts: the guest test compares explain against it.
+    state = json.loads((run / "state.json").read_text())
+    assert state["verdicts"] == {str(pid): {"comm": v.comm, "rule": v.rule, "reason": v.reason}
+                                 for pid, v in verdicts.items()}
     for pid, v in verdicts.items():
         doc = explain(capsys, str(pid), "--root", str(root), "--runtime-dir", str(run))
         assert doc["config"] == {"path": str(cfg), "source": f"the running daemon (pid {json.loads((run / 'state.json').read_text())['pid']})"}

@@ -524,11 +524,20 @@ class Daemon:
                              "rule": o.action.rule, "reason": o.action.reason, "status": o.status,
                              "detail": o.detail} for o in report.outcomes],
             },
+            # Every detailed process's rule this pass: what `explain PID` must agree with
+            # (tests/hardware/test_hw_daemon.py checks it on a real kernel).
+            "verdicts": {str(v.pid): {"comm": v.comm, "rule": v.rule, "reason": v.reason}
+                         for v in list(report.decision.verdicts.values())[:MAX_STATE_VERDICTS]},
             "dry_run": self.dry_run,
             "tiering": tiering_doc(report.tiering),
             "updated_at": time.time(),
         }
         self.safety.write_state(doc)
+
+
+# state.json stays small on a host with thousands of processes: a pass details at most
+# balance.scan_max_processes of them anyway.
+MAX_STATE_VERDICTS = 1000
 
 
 def tiering_doc(report: TieringReport | None, max_verdicts: int = 200) -> dict | None:

@@ -201,3 +201,65 @@ def test_dry_run_changes_nothing_and_logs_the_same_decisions(tmp_path, cfg, work
         return [ln[ln.index("migrate pid"):].replace(" [dry run]", "") for ln in lines]
 
     assert decisions(dry) and decisions(dry) == decisions(real)
+
+
+def test_explain_agrees_with_the_running_daemon_on_every_process(tmp_path, cfg, workloads):
+    """Issue 11: for every process the running daemon detailed, `explain PID` (finding the daemon's
+    configuration through its state file) gives the rule the daemon's last pass gave it.
+
+    The daemon runs with --dry-run so the placement it plans on stays as it is while explain reads
+    it; a process whose rule changed between the two state reads around one explain is read again.
+    """
+    exe, env = excluded_python(tmp_path)
+    shapes = {
+        "misplaced-pinned": workload("--mib", "48", "--node", "1", "--cpunode", "0", "--threads", "2"),
+        "membind": workload("--mib", "32", "--cpunode", "0", prefix=("numactl", "--membind=1")),
+        "interleave": workload("--mib", "32", prefix=("numactl", "--interleave=0,1")),
+        "excluded": workload("--mib", "32", "--node", "1", "--cpunode", "0", python=exe, env=env),
+        "unpinned-spread": workload("--mib", "48", "--node", "0", "--threads", "2"),
+        "local-pinned": workload("--mib", "32", "--node", "1", "--cpunode", "1"),
+    }
+    workloads += list(shapes.values())
+    state_path = tmp_path / "run" / "state.json"
+    log = tmp_path / "daemon.log"
+    with open(log, "w") as logf:
+        daemon = subprocess.Popen([*AUTONUMAD, "run", "--dry-run", "--config", str(cfg)], stderr=logf, cwd=REPO)
+
+    def state() -> dict:
+        return json.loads(state_path.read_text())
+
+    try:
+        t0 = time.monotonic()
+        while not state_path.exists() or state()["passes"] < 3:
+            assert daemon.poll() is None, log.read_text()
+            assert time.monotonic() - t0 < 120, log.read_text()
+            time.sleep(0.5)
+        pids = list(state()["verdicts"])
+        assert {str(w.pid) for w in shapes.values()} <= set(pids), (pids, log.read_text())
+        compared: dict[str, tuple[str, str]] = {}
+        for pid in pids:
+            for _ in range(3):
+                before = state()["verdicts"].get(pid)
+                if before is None:
+                    break  # gone, or no longer detailed
+                out = subprocess.run([*AUTONUMAD, "explain", pid, "--json", "--runtime-dir", str(tmp_path / "run")],
+                                     capture_output=True, text=True, cwd=REPO, timeout=120)
+                if out.returncode != 0:
+                    assert not Path(f"/proc/{pid}").exists(), out.stderr
+                    break  # the process ended
+                doc = json.loads(out.stdout)
+                assert doc["config"]["source"] == f"the running daemon (pid {daemon.pid})", doc["config"]
+                if state()["verdicts"].get(pid) == before:
+                    compared[pid] = (before["rule"], doc["rule"])
+                    break
+        print({pid: rules for pid, rules in compared.items()})
+        assert {str(w.pid) for w in shapes.values()} <= set(compared), "a workload's rule never held still"
+        disagree = {pid: r for pid, r in compared.items() if r[0] != r[1]}
+        assert not disagree, f"(daemon, explain) rules differ: {disagree}\n{log.read_text()}"
+        rules = {name: compared[str(w.pid)][0] for name, w in shapes.items()}
+        # The shapes do reach different rules (a check that every process says "in-place" proves little).
+        assert rules["membind"] == rules["interleave"] == "explicit-memory-policy", rules
+        assert rules["excluded"] == "excluded-comm" and rules["misplaced-pinned"] == "memory-follows-task", rules
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0, log.read_text()
