@@ -134,6 +134,29 @@ def _raw(name: str, *args: ctypes._SimpleCData) -> int:
     return rc
 
 
+def eperm_cause(status_path: str = "/proc/self/status") -> str:
+    """Why a whole call failed with EPERM, as far as this process can tell.
+
+    move_pages(2) and migrate_pages(2) return EPERM when the ptrace access
+    check on the target fails (find_mm_struct in mm/migrate.c: another
+    user's process without CAP_SYS_PTRACE), and sched_setaffinity(2) when the
+    caller lacks CAP_SYS_NICE for it. A seccomp filter that refuses the call
+    (a container runtime's default profile does, with EPERM) looks the same
+    from here; /proc/self/status's "Seccomp: 2" says one is installed
+    (Documentation/userspace-api/seccomp_filter.rst), so say so rather than
+    blame the capabilities alone.
+    """
+    cause = "permission refused (EPERM): the kernel's ptrace access check (needs CAP_SYS_PTRACE)"
+    try:
+        with open(status_path) as f:
+            filtered = any(line.split() == ["Seccomp:", "2"] for line in f)
+    except OSError:
+        return cause
+    if filtered:
+        cause += ", or this daemon's seccomp filter refusing the call (its profile must allow it)"
+    return cause
+
+
 def _pid_error(pid: int, call: str, e: OSError) -> Exception:
     """Map a whole-call errno to autonumad's typed per-process outcomes."""
     if e.errno == errno.ESRCH:
@@ -144,7 +167,7 @@ def _pid_error(pid: int, call: str, e: OSError) -> Exception:
         # exiting, a zombie, or a kernel thread. Nothing to move either way.
         return ProcessGone(pid, call, "no address space (exiting or kernel thread)")
     if e.errno == errno.EPERM:
-        return AccessDenied(pid, call, "ptrace access refused (needs CAP_SYS_PTRACE)")
+        return AccessDenied(pid, call, eperm_cause())
     if e.errno == errno.EACCES:
         # do_pages_move: the target node is not in the task's cpuset.mems.
         return AccessDenied(pid, call, "target node not allowed by the process's cpuset (EACCES)")
