@@ -511,7 +511,7 @@ def _fast_class(key: tuple[str, str, str, str, str]) -> tuple[str, int, bool] | 
         mode = _parse_policy(policy_text)[0]
     except ParseError:
         return None
-    page_size_bytes = int(page_kb) * 1024 if page_kb else 4096
+    page_size_bytes = int(page_kb) * 1024 if page_kb else DEFAULT_PAGE_BYTES
     if not page_size_bytes:
         return None  # kernelpagesize_kB=0: the full parser's error
     return mode, page_size_bytes, unmovable_vma(bool(huge), bool(file), int(mapmax) if mapmax else 0)
