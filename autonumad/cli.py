@@ -384,7 +384,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
            "config": used,
            "kernel_numa_balancing": snap.knobs.as_json().get("numa_balancing"),
            "cpu_ledger": {**ledger.as_json(), "summary": ledger.describe()} if ledger is not None else None,
-           "tiering": _tiering_explain(args, config, host, snap, p.pid, state)}
+           "tiering": _tiering_explain(args, config, host, snap, p.pid, state),
+           "daemon_last_pass": _daemon_last_pass(state, p.pid)}
     if args.json:
         _print_json(doc)
     else:
@@ -505,9 +506,28 @@ def _render_explain(doc: dict, p) -> None:
                     + ("" if d["measured"] else " (not measured yet)"))
         for line in ledger["bookings"]:
             c.print(f"  booked this pass: {line}")
+    last = doc["daemon_last_pass"]
+    if last is not None and last["rule"] != doc["rule"]:
+        # explain plans with a fresh history; the daemon's cool-downs and measurements live in its memory.
+        c.print(f"the running daemon's last pass (#{last['pass']}) said [bold]{last['rule']}[/bold]: "
+                f"{last['reason']}")
     tv = doc["tiering"]
     if tv is not None:
         c.print(f"tiering (tracker {tv['tracker']}): [bold]{tv['rule']}[/bold]: {tv['reason']}")
+
+
+def _daemon_last_pass(state: dict | None, pid: int) -> dict | None:
+    """The running daemon's own verdict for `pid` in its last pass (state.json), if it detailed it.
+
+    explain plans on a fresh read with a fresh history; the daemon remembers cool-downs and CPU
+    measurements between passes, so the two can differ for a process it has just acted on.
+    """
+    if not state or not _daemon_alive(state):
+        return None
+    v = (state.get("verdicts") or {}).get(str(pid))
+    if not isinstance(v, dict) or not isinstance(v.get("rule"), str):
+        return None
+    return {"pass": state.get("passes"), "rule": v["rule"], "reason": str(v.get("reason", ""))}
 
 
 def _tiering_explain(args: argparse.Namespace, config, host, snap, pid: int, state) -> dict | None:

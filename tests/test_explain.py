@@ -64,6 +64,7 @@ def test_explain_gives_the_daemons_rule_for_every_process(tmp_path, capsys, name
         doc = explain(capsys, str(pid), "--root", str(root), "--runtime-dir", str(run))
         assert doc["config"] == {"path": str(cfg), "source": f"the running daemon (pid {json.loads((run / 'state.json').read_text())['pid']})"}
         assert (pid, doc["rule"], doc["reason"]) == (pid, v.rule, v.reason)
+        assert doc["daemon_last_pass"] == {"pass": 1, "rule": v.rule, "reason": v.reason}
     d._shutdown()
 
 
@@ -77,3 +78,22 @@ def test_explain_without_the_daemons_config_says_which_it_used(tmp_path, capsys)
     cfg.chmod(0o600)
     doc = explain(capsys, "5001", "--root", str(root), "--config", str(cfg))
     assert doc["config"] == {"path": str(cfg), "source": "--config"} and doc["rule"] == "excluded-comm"
+
+
+def test_explain_shows_the_daemons_own_verdict_when_its_history_makes_them_differ(tmp_path, capsys):
+    # The daemon remembers cool-downs between passes; explain plans with a fresh history. When the
+    # daemon's last pass gave another rule, explain shows it beside its own, never silently.
+    root, run = tmp_path / "root", tmp_path / "run"
+    host_tree("demo", root)
+    cfg = tmp_path / "autonumad.toml"
+    cfg.write_text(CONFIG.format(run=run))
+    cfg.chmod(0o600)
+    d = Daemon(open_host(root), load_config(cfg), config_path=str(cfg), dry_run=True, manage_knobs=False)
+    pid = next(iter(d.run_pass().decision.verdicts))
+    state = json.loads((run / "state.json").read_text())
+    state["verdicts"][str(pid)] = {"comm": "x", "rule": "cooling-down", "reason": "moved 3 s ago"}
+    (run / "state.json").write_text(json.dumps(state))
+    assert main(["explain", str(pid), "--root", str(root), "--runtime-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "the running daemon's last pass (#1) said cooling-down: moved 3 s ago" in " ".join(out.split())
+    d._shutdown()
