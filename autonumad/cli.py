@@ -46,6 +46,17 @@ def _add_host_args(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
         p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
 
 
+def _sample_arg(text: str) -> float:
+    """explain --sample-s: 0 (one read) to 60 seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 <= value <= 60:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected 0 to 60 seconds, got {text}")
+    return value
+
+
 def _interval_arg(text: str) -> float:
     """--interval, validated exactly as the config's daemon.interval_s (issue 10: -1, 0, nan, inf, 0.0001)."""
     from autonumad.service.config import check_key
@@ -119,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "running daemon's configuration (found through its state file) unless "
                                    "--config names one, and says which it used.")
     p.add_argument("pid", type=int)
+    p.add_argument("--sample-s", type=_sample_arg, default=1.0, metavar="SECONDS",
+                   help="read the host twice this far apart, as two daemon passes do, so the rules that "
+                        "need CPU use between passes (idle, measuring) are decided as the running daemon "
+                        "decides them (default 1; 0 = one read, as the daemon's first pass)")
     p.add_argument("--config", metavar="PATH", default=None, help="config file to explain with (default: the running daemon's)")
     p.add_argument("--runtime-dir", metavar="DIR", default=None,
                    help="the running daemon's runtime directory, where its state file names its config "
@@ -375,7 +390,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     host = _host(args)
     config, used, state = _explain_config(args, host)
-    verdict, p, snap, ledger = _explain_verdict(host, config, args.pid)
+    verdict, p, snap, ledger = _explain_verdict(host, config, args.pid, args.sample_s)
     rule, reason, actions = verdict.rule, verdict.reason, verdict.actions
     page = snap.page_size_bytes
     doc = {"schema_version": 1, "process": process_doc(p, page), "rule": rule, "reason": reason,
@@ -393,11 +408,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _explain_verdict(host, config, pid: int):
+def _explain_verdict(host, config, pid: int, sample_s: float = 0.0):
     """The daemon's planner on a pass read as the daemon reads it: (verdict, process, snapshot, CPU ledger).
 
-    A fresh history, as on the daemon's first pass: the running daemon's
-    cool-downs and back-offs live in its memory only.
+    With `sample_s` > 0, two reads that far apart, as a running daemon's
+    last two passes: whether a process is idle, and which of its threads are
+    busy, is CPU time between two reads (plan/history.py), and a single read
+    would plan as the daemon's first pass does. The history is otherwise
+    fresh: the running daemon's cool-downs and back-offs live in its memory
+    only (its own last verdict is shown beside, from state.json).
     """
     from autonumad.model import Verdict
     from autonumad.observe.inputs import read_pass_inputs
@@ -405,11 +424,18 @@ def _explain_verdict(host, config, pid: int):
     from autonumad.plan.history import History
     from autonumad.plan.planner import plan
 
-    inputs = read_pass_inputs(host, config, None, None, 0.0, config.daemon.interval_s * 0.8)
+    window_s = config.daemon.interval_s * 0.8
+    history = History()
+    now_s = 0.0
+    if sample_s > 0:
+        history.observe(read_pass_inputs(host, config, None, None, now_s, window_s).snapshot, now_s)
+        t0 = time.monotonic()
+        time.sleep(sample_s)
+        now_s = time.monotonic() - t0
+    inputs = read_pass_inputs(host, config, None, None, now_s, window_s)
     p = inputs.snapshot.process(pid)
     if p is not None:
-        history = History()
-        history.observe(inputs.snapshot, 0.0)
+        history.observe(inputs.snapshot, now_s)
         the_plan = plan(inputs, history, config)
         return the_plan.verdict(pid), p, inputs.snapshot, the_plan.balancing.ledger
     # Not among what a pass reads in detail: say why.

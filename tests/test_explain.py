@@ -44,8 +44,11 @@ listen = ""
 '''
 
 
+@pytest.mark.parametrize("passes, sample", [(1, "0"), (2, "0.01")], ids=["first-pass", "two-reads"])
 @pytest.mark.parametrize("name", ["demo", "vm-2node", "vm-tiered"])
-def test_explain_gives_the_daemons_rule_for_every_process(tmp_path, capsys, name):
+def test_explain_gives_the_daemons_rule_for_every_process(tmp_path, capsys, name, passes, sample):
+    # One read (--sample-s 0) plans as the daemon's first pass; two reads as its later ones, where
+    # CPU use between passes decides "idle" and which threads are busy.
     root, run = tmp_path / "root", tmp_path / "run"
     host_tree(name, root)
     cfg = tmp_path / "autonumad.toml"
@@ -53,7 +56,8 @@ def test_explain_gives_the_daemons_rule_for_every_process(tmp_path, capsys, name
     cfg.chmod(0o600)
     # Dry run: the tree explain reads afterwards is the one the daemon planned on.
     d = Daemon(open_host(root), load_config(cfg), config_path=str(cfg), dry_run=True, manage_knobs=False)
-    report = d.run_pass()
+    for _ in range(passes):
+        report = d.run_pass()
     verdicts = report.decision.verdicts
     assert len(verdicts) >= 3
     # The state file carries the same verdicts: the guest test compares explain against it.
@@ -61,10 +65,10 @@ def test_explain_gives_the_daemons_rule_for_every_process(tmp_path, capsys, name
     assert state["verdicts"] == {str(pid): {"comm": v.comm, "rule": v.rule, "reason": v.reason}
                                  for pid, v in verdicts.items()}
     for pid, v in verdicts.items():
-        doc = explain(capsys, str(pid), "--root", str(root), "--runtime-dir", str(run))
+        doc = explain(capsys, str(pid), "--root", str(root), "--runtime-dir", str(run), "--sample-s", sample)
         assert doc["config"] == {"path": str(cfg), "source": f"the running daemon (pid {json.loads((run / 'state.json').read_text())['pid']})"}
         assert (pid, doc["rule"], doc["reason"]) == (pid, v.rule, v.reason)
-        assert doc["daemon_last_pass"] == {"pass": 1, "rule": v.rule, "reason": v.reason}
+        assert doc["daemon_last_pass"] == {"pass": passes, "rule": v.rule, "reason": v.reason}
     d._shutdown()
 
 
@@ -93,7 +97,7 @@ def test_explain_shows_the_daemons_own_verdict_when_its_history_makes_them_diffe
     state = json.loads((run / "state.json").read_text())
     state["verdicts"][str(pid)] = {"comm": "x", "rule": "cooling-down", "reason": "moved 3 s ago"}
     (run / "state.json").write_text(json.dumps(state))
-    assert main(["explain", str(pid), "--root", str(root), "--runtime-dir", str(run)]) == 0
+    assert main(["explain", str(pid), "--root", str(root), "--runtime-dir", str(run), "--sample-s", "0"]) == 0
     out = capsys.readouterr().out
     assert "the running daemon's last pass (#1) said cooling-down: moved 3 s ago" in " ".join(out.split())
     d._shutdown()
