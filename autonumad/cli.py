@@ -130,10 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "running daemon's configuration (found through its state file) unless "
                                    "--config names one, and says which it used.")
     p.add_argument("pid", type=int)
-    p.add_argument("--sample-s", type=_sample_arg, default=1.0, metavar="SECONDS",
+    p.add_argument("--sample-s", type=_sample_arg, default=None, metavar="SECONDS",
                    help="read the host twice this far apart, as two daemon passes do, so the rules that "
                         "need CPU use between passes (idle, measuring) are decided as the running daemon "
-                        "decides them (default 1; 0 = one read, as the daemon's first pass)")
+                        "decides them (default 1 on this machine; 0 = one read, as the daemon's first pass, "
+                        "the default for a tree given with --root, whose CPU counters do not move)")
     p.add_argument("--config", metavar="PATH", default=None, help="config file to explain with (default: the running daemon's)")
     p.add_argument("--runtime-dir", metavar="DIR", default=None,
                    help="the running daemon's runtime directory, where its state file names its config "
@@ -390,7 +391,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     host = _host(args)
     config, used, state = _explain_config(args, host)
-    verdict, p, snap, ledger = _explain_verdict(host, config, args.pid, args.sample_s)
+    sample_s = args.sample_s if args.sample_s is not None else (1.0 if _live(host) else 0.0)
+    verdict, p, snap, ledger = _explain_verdict(host, config, args.pid, sample_s)
     rule, reason, actions = verdict.rule, verdict.reason, verdict.actions
     page = snap.page_size_bytes
     doc = {"schema_version": 1, "process": process_doc(p, page), "rule": rule, "reason": reason,
