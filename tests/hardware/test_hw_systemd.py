@@ -393,9 +393,10 @@ def why_not_pinned(pid: int, mark: str) -> str:
             f"{explain.stdout}{explain.stderr}{diag()}")
 
 
-def test_5b_kill9_new_instance_undoes_the_affinities_the_old_one_set():
-    """A pin the daemon set, and a kill -9: the next instance puts the affinity back (act/pins.py).
+def moved_off_its_memory_and_pinned_back(w: Workload, mark: str) -> set[str]:
+    """Put `w`'s busy thread on node 0, unpinned, and wait for the daemon to pin it to node 1.
 
+    Returns the threads' Cpus_allowed_list from before the daemon's pin.
     The arrangement follows the planner's rules. A process is moved only once
     measured (plan/placement.py rule 1: its threads' CPU use between two of the
     daemon's passes), and a process whose threads ran on one node in each of
@@ -409,7 +410,48 @@ def test_5b_kill9_new_instance_undoes_the_affinities_the_old_one_set():
     finds running on node 0: not confined (its last passes name both nodes),
     measured, its memory on node 1 (copying 64 MiB costs more than a task
     move), and node 1's CPU free in the ledger. The kernel's load balancer
-    made that move here; the test does it (a pin to node 0 released at once).
+    makes such a move; here the test does (a pin to node 0 released at once).
+    """
+    node1 = node_cpus(1)
+    passes = daemon_state()["passes"]
+    wait_for("two passes that saw the workload on node 1",
+             lambda: daemon_state()["passes"] >= passes + 2, 60, step=0.5)
+    assert w.local_fraction(1) >= 0.95
+    for tid in os.listdir(f"/proc/{w.pid}/task"):
+        # Onto node 0 and unpinned in one go, so no pass sees it pinned there
+        # (its owner's pin: memory follows task).
+        os.sched_setaffinity(int(tid), node_cpus(0))
+        os.sched_setaffinity(int(tid), node_cpus(0) | node1)
+    before = thread_cpus(w.pid)
+    # The touching thread runs on node 0 now. (The one blocked reading
+    # stdin stays where it last ran until it wakes: either way the
+    # process is not confined to one node.)
+    busy = {thread_nodes(w.pid)[t] for t in w.info["worker_tids"]}
+    assert busy == {0} and len(before) == 1, (thread_nodes(w.pid), w.info["worker_tids"], before)
+    state: dict = {}
+
+    def pinned() -> bool:
+        nonlocal state
+        state = daemon_state()
+        return (thread_cpus(w.pid) == {sched_list(node1)}
+                and any(p["pid"] == w.pid and set(p["cpus"]) == node1 for p in pins_on_disk()))
+    try:
+        t = wait_for("the daemon pinned the workload to node 1 (and recorded it in pins.json)",
+                     pinned, 90, step=1.0)
+    except AssertionError as e:
+        raise AssertionError(f"{e}{why_not_pinned(w.pid, mark)}") from None
+    record("task_follows_memory_pin_s", round(t, 1))
+    said = [str(e.get("MESSAGE", "")) for e in journal(mark)]
+    assert any(f"pid {w.pid} " in m and "affinity set to node 1" in m for m in said), said
+    for a in state.get("last_pass", {}).get("actions", []):
+        if a["pid"] == w.pid:
+            print(f"hw-systemd: the daemon's decision: {a['kind']} {a['rule']}: {a['reason']}")
+    assert w.local_fraction(1) >= 0.95  # the task moved, not the memory
+    return before
+
+
+def test_5b_kill9_new_instance_undoes_the_affinities_the_old_one_set():
+    """A pin the daemon set, and a kill -9: the next instance puts the affinity back (act/pins.py).
 
     The daemon and this test run on node 1's CPUs meanwhile, so node 0
     runs the workload alone: two runnable tasks on one CPU make the
@@ -424,48 +466,13 @@ def test_5b_kill9_new_instance_undoes_the_affinities_the_old_one_set():
     write_config(interval=5.0, zone_reclaim="1")  # zone_reclaim_mode as check 4 left it
     sh("systemctl", "reload", UNIT, timeout=120)
     daemon, mark = main_pid(), cursor()
-    node1 = node_cpus(1)
-    os.sched_setaffinity(0, node1)
-    set_threads_affinity(daemon, node1)
+    os.sched_setaffinity(0, node_cpus(1))
+    set_threads_affinity(daemon, node_cpus(1))
     # Busy (the idle rule: under balance.min_cpu_fraction it is left alone),
     # owner-pinned to node 1 with its memory there: the daemon leaves it be.
     w = Workload("--mib", "64", "--node", "1", "--cpunode", "1", "--touch-interval-s", "0")
     try:
-        passes = daemon_state()["passes"]
-        wait_for("two passes that saw the workload on node 1",
-                 lambda: daemon_state()["passes"] >= passes + 2, 60, step=0.5)
-        assert w.local_fraction(1) >= 0.95
-        for tid in os.listdir(f"/proc/{w.pid}/task"):
-            # Onto node 0 and unpinned in one go, so no pass sees it pinned there
-            # (its owner's pin: memory follows task).
-            os.sched_setaffinity(int(tid), node_cpus(0))
-            os.sched_setaffinity(int(tid), node_cpus(0) | node1)
-        before = thread_cpus(w.pid)
-        # The touching thread runs on node 0 now. (The one blocked reading
-        # stdin stays where it last ran until it wakes: either way the
-        # process is not confined to one node.)
-        busy = {thread_nodes(w.pid)[t] for t in w.info["worker_tids"]}
-        assert busy == {0} and len(before) == 1, (thread_nodes(w.pid), w.info["worker_tids"], before)
-        state: dict = {}
-
-        def pinned() -> bool:
-            nonlocal state
-            state = daemon_state()
-            return (thread_cpus(w.pid) == {sched_list(node1)}
-                    and any(p["pid"] == w.pid and set(p["cpus"]) == node1 for p in pins_on_disk()))
-        try:
-            t = wait_for("the daemon pinned the workload to node 1 (and recorded it in pins.json)",
-                         pinned, 90, step=1.0)
-        except AssertionError as e:
-            raise AssertionError(f"{e}{why_not_pinned(w.pid, mark)}") from None
-        record("task_follows_memory_pin_s", round(t, 1))
-        said = [str(e.get("MESSAGE", "")) for e in journal(mark)]
-        assert any(f"pid {w.pid} " in m and "affinity set to node 1" in m for m in said), said
-        for a in state.get("last_pass", {}).get("actions", []):
-            if a["pid"] == w.pid:
-                print(f"hw-systemd: the daemon's decision: {a['kind']} {a['rule']}: {a['reason']}")
-        assert w.local_fraction(1) >= 0.95  # the task moved, not the memory
-
+        before = moved_off_its_memory_and_pinned_back(w, mark)
         restarts, mark = int(prop("NRestarts")), cursor()
         os.sched_setaffinity(0, me)
         os.kill(daemon, signal.SIGKILL)
