@@ -1,8 +1,8 @@
-"""The Debian package (scripts/build-deb), the man pages and the bash completion.
+"""The Debian package (scripts/build-deb), the man pages and the bash and zsh completions.
 
 What runs for real: scripts/build-deb (dpkg-buildpackage with debhelper,
 dh-python/pybuild and dh_installsystemd) and lintian on its .deb; groff on
-the generated pages; bash on the generated completion. The build installs
+the generated pages; bash and zsh on the generated completions. The build installs
 its own build dependencies with apt-get when run as root; where that cannot
 happen the build tests skip with the reason, except under CI=true, where
 that is a failure (as for promtool in test_metrics.py).
@@ -181,6 +181,54 @@ def test_every_option_of_every_subcommand_is_completed(generated):
         assert want <= got, (name, want - got)
 
 
+# -- zsh completion -----------------------------------------------------------------------
+# zsh's own completion system (compinit, _arguments, _describe) run on a
+# command line in an interactive zsh on a pseudo-terminal, with compadd
+# wrapped to print the matches (tests/data/zsh/complete.zsh).
+
+ZSH_DRIVER = REPO / "tests" / "data" / "zsh" / "complete.zsh"
+
+
+def _zsh_complete(fpath_dir: Path, line: str) -> list[str]:
+    zsh = _need("zsh", "apt-get install zsh")
+    r = subprocess.run([zsh, "-f", str(ZSH_DRIVER), str(fpath_dir), line], capture_output=True, text=True,
+                       cwd=REPO, timeout=60)
+    assert r.returncode == 0 and "<done>" in r.stdout, (r.returncode, r.stdout[-2000:], r.stderr)
+    return re.findall(r"<match>([^<\r\n]*)</match>", r.stdout)
+
+
+def test_zsh_completion_parses(generated):
+    zsh = _need("zsh", "apt-get install zsh")
+    r = subprocess.run([zsh, "-n", str(generated / "_autonumad")], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert (generated / "_autonumad").read_text().startswith("#compdef autonumad\n")
+
+
+def test_zsh_completion_offers_every_subcommand_and_top_option(generated):
+    parser = build_parser()
+    assert set(_zsh_complete(generated, "autonumad ")) == set(manpages.subcommands(parser))
+    want = {o for a in parser._actions for o in a.option_strings}
+    assert want <= set(_zsh_complete(generated, "autonumad -"))
+
+
+def test_every_option_of_every_subcommand_is_in_the_zsh_completion(generated):
+    for name, sub in manpages.subcommands(build_parser()).items():
+        got = set(_zsh_complete(generated, f"autonumad {name} -"))
+        want = {o for a in sub._actions for o in a.option_strings}
+        assert want <= got, (name, want - got)
+
+
+@pytest.mark.parametrize("line,expected", [
+    ("autonumad run --kernel-knobs ", {"manage", "external"}),
+    ("autonumad sysctl ", {"show", "apply", "restore", "verify"}),
+    ("autonumad run --config config/autonumad.to", {"autonumad.toml"}),
+    ("autonumad check-config config/autonumad.to", {"autonumad.toml"}),
+    ("autonumad status --root scri", {"scripts"}),
+])
+def test_zsh_completion_of_values(generated, line, expected):
+    assert set(_zsh_complete(generated, line)) == expected
+
+
 # -- the Debian package -------------------------------------------------------------------
 
 
@@ -226,6 +274,7 @@ EXPECTED_FILES = [
     "./usr/share/man/man8/autonumad.8.gz",
     "./usr/share/man/man5/autonumad.toml.5.gz",
     "./usr/share/bash-completion/completions/autonumad",
+    "./usr/share/zsh/vendor-completions/_autonumad",
     "./usr/lib/python3/dist-packages/autonumad/cli.py",
 ]
 

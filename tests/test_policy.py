@@ -262,3 +262,31 @@ def test_shared_file_pages_are_not_moved(tmp_path):
     nm = parse_numa_maps("7f0000000000 default file=/usr/lib/libc.so.6 mapped=100 mapmax=40 N1=100 kernelpagesize_kB=4\n"
                          "7f1000000000 default anon=50 dirty=50 N1=50 kernelpagesize_kB=4\n")
     assert [(m.start, m.pages) for m in VmaMoves(nm, 0)] == [(0x7f1000000000, 50)]
+
+
+def test_a_busy_process_found_off_its_memory_after_being_measured_beside_it_gets_its_task_moved(tmp_path):
+    """The arrangement of check 5b in tests/hardware/test_hw_systemd.py, on the rules alone.
+
+    Seen on node 1 beside its memory for two passes (pinned there by its
+    owner), then unpinned and running on node 0: not confined (its passes
+    name both nodes), measured, busy, its memory on node 1. Task follows
+    memory. (A process seen only on node 0 is confined there by observation
+    and its memory moves instead: test_confinement_by_observed_running_node.)
+    """
+    def host(name: str, cpus, cpu: int, ticks: int):
+        p = ProcessSpec(100, "app", (ThreadSpec(100, cpu, ticks),), vmas=(VmaSpec(BASE, {1: 64 * MiB // P}),),
+                        cpus_allowed=cpus)
+        return build_host(tmp_path / name, two_node([p]))
+
+    cfg = balance_config(min_cpu_fraction=0.1)
+    h = History()
+    # A busy thread: 100 ticks a second (USER_HZ) between passes 1 s apart.
+    passes = [("a", N1, 2, 1000), ("b", N1, 2, 1100), ("c", None, 0, 1200)]
+    for t, (name, cpus, cpu, ticks) in enumerate(passes):
+        snap = take_snapshot(host(name, cpus, cpu, ticks))
+        h.observe(snap, float(t))
+        d = decide(snap, h, cfg, float(t))
+    v = d.verdicts[100]
+    assert v.rule == "task-follows-memory", v.reason
+    (a,) = d.actions
+    assert a.kind == "set_affinity" and a.cpus == N1 and a.original_cpus == N0 + N1

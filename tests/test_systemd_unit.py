@@ -422,7 +422,8 @@ def test_install_stages_every_file(tmp_path):
                      "usr/share/doc/autonumad/metrics.md", "usr/share/autonumad/prometheus/autonumad-rules.yml",
                      "usr/share/autonumad/grafana/autonumad-dashboard.json", "etc/autonumad/autonumad.toml",
                      "usr/share/man/man8/autonumad.8", "usr/share/man/man5/autonumad.toml.5",
-                     "usr/share/bash-completion/completions/autonumad"}
+                     "usr/share/bash-completion/completions/autonumad",
+                     "usr/share/zsh/vendor-completions/_autonumad"}
     assert (tmp_path / "usr/share/autonumad/prometheus/autonumad-rules.yml").read_bytes() == \
         (REPO / "config/prometheus/autonumad-rules.yml").read_bytes()
     assert (tmp_path / unit).read_text() == UNIT.read_text()
