@@ -30,7 +30,7 @@ from hardware.autonuma_workload import Pattern, node_cpus
 from hardware.workload import start_daemon, thread_cpus, write_config
 from autonumad.readers.lists import parse_list
 
-pytestmark = pytest.mark.topology("2x2")
+pytestmark = [pytest.mark.topology("2x2"), pytest.mark.autonuma]
 
 MIB_PER_PROCESS = 32
 DEADLINE_S = 90.0
@@ -90,11 +90,7 @@ def per_process(s, pid):
     return {w["node"] for w in ws}, sum(w["local"] for w in ws) / max(1, len(ws))
 
 
-@pytest.mark.parametrize("name", [
-    # Failed in its one guest run (20:00 UTC): the test's own sampler was a fifth busy thread on four
-    # CPUs, the ledger found no node with room for a whole process, and the kernel (assist) did the split.
-    pytest.param("numa01", marks=pytest.mark.xfail(strict=False, reason="sampler load; see docs/benchmarks.md")),
-    "numa01_THREAD_ALLOC"])
+@pytest.mark.parametrize("name", ["numa01", "numa01_THREAD_ALLOC"])
 def test_numa01_processes_split_with_their_memory(daemon, name):
     with Pattern.start(name, MIB_PER_PROCESS) as pat:
         a, b = pat.pids
