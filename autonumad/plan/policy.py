@@ -285,7 +285,7 @@ def _undo_crammed(ctx: _Ctx, p: ProcessView, owned: OwnedAffinity | None) -> Ver
     d = ctx.ledger.demands.get(p.pid)
     if d is None or d.cores_by_node.get(owned.node, 0.0) < 1.0:
         return None
-    reason = (f"node {owned.node}, where autonumad placed it, has more demand booked than CPUs "
+    reason = (f"node {owned.node}, where autonumad placed it, has more load confined to it than CPUs "
               f"({ctx.ledger.describe()}); restoring its affinity")
     return _verdict(p, "undo-crammed", reason,
                     Action(RESTORE_AFFINITY, p.pid, p.start_ticks, p.comm, "undo-crammed", reason,
