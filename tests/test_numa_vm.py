@@ -441,7 +441,7 @@ def test_hardware_tests_default_matrix_and_selection(monkeypatch):
     monkeypatch.delenv("AUTONUMAD_HW_GUESTS", raising=False)
     monkeypatch.delenv("AUTONUMAD_HW_TOPOLOGIES", raising=False)
     guests, timeout, rest = ht.parse_args(["-q"])
-    assert [g.name for g in guests] == ["2node", "tiered", "4node", "systemd", "nocgroup", "6.1"]
+    assert [g.name for g in guests] == ["2node", "tiered", "4node", "2x2", "systemd", "nocgroup", "6.1"]
     assert rest == ["-q"]
     assert [g.name for g in ht.parse_args(["--all"])[0]] == [g.name for g in ht.GUESTS]
     assert [g.name for g in ht.parse_args(["--topology", "tiered", "--guest", "6.1"])[0]] == \
@@ -456,6 +456,9 @@ def test_hardware_tests_default_matrix_and_selection(monkeypatch):
     assert by["systemd"].setup_args() == ["--init", "systemd"]
     assert by["6.1"].setup_args() == ["--kernel", "6.1"]
     assert "systemd" in by["systemd"].select and "not systemd" in by["2node"].select
+    # 2x2 runs only the autonuma-benchmark patterns by default, everything on demand.
+    assert by["2x2"].select == "hardware and autonuma" and by["2x2"].marker == "autonuma"
+    assert by["2x2-full"].vm_args == by["2x2"].vm_args and not by["2x2-full"].default
 
 
 @pytest.mark.parametrize("argv", [["--guest", "nope"], ["--topology", "systemd"],
@@ -470,7 +473,7 @@ def test_hardware_tests_usage_errors(argv):
 def test_hardware_tests_markers_are_declared():
     # --strict-markers: a marker the guests select on must be registered.
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
-    for marker in ("systemd", "every_guest", "topology", "hardware"):
+    for marker in ("systemd", "every_guest", "autonuma", "topology", "hardware"):
         assert re.search(rf'"\s*{marker}\b[^"]*:', text), marker
 
 

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from autonumad.model import ProcKey
+from autonumad.plan.placement import BACKGROUND_PASSES, unexplained_cores
 from autonumad.plan.tiering import TieringHistory
+from autonumad.readers.proc_stat import cpu_busy_fraction
 
 # How many passes of "where did its threads run" to keep per process.
 RUN_HISTORY_PASSES = 3
@@ -70,6 +72,9 @@ class History:
     cpu_times: Mapping[int, Any] | None = None
     prev_cpu_times: Mapping[int, Any] | None = None
     tiering: TieringHistory = field(default_factory=TieringHistory)
+    # Per node, the CPU busy between the last passes that no scanned process
+    # explains, newest last (placement.py rule 2: background is what persisted).
+    unexplained: deque[dict[int, float]] = field(default_factory=lambda: deque(maxlen=BACKGROUND_PASSES))
 
     def get(self, key: ProcKey) -> ProcessHistory | None:
         return self.processes.get(key)
@@ -97,11 +102,29 @@ class History:
                                   for tid, t in p.threads.items() if tid in h.thread_ticks}
             h.last_cpu_ticks, h.last_seen_s = p.cpu_ticks, now_s
             h.thread_ticks = {tid: t.utime_ticks + t.stime_ticks for tid, t in p.threads.items()}
+        self._observe_unexplained(snapshot)
         # Processes that exited: drop them, except those below the scan
         # threshold this pass whose affinity we own (kept for undo at exit).
         for key in list(self.processes):
             if key not in seen and self.processes[key].owned_affinity is None:
                 del self.processes[key]
+
+    def _observe_unexplained(self, snapshot) -> None:
+        """This pass's unexplained CPU per node (placement.unexplained_cores), from /proc/stat's two
+        last samples and the scanned threads' use charged to the node each last ran on."""
+        if not self.prev_cpu_times:
+            return
+        cpu_to_node = snapshot.topology.cpu_to_node
+        used: dict[int, float] = {}
+        for p in snapshot.processes:
+            tc = self.processes[(p.pid, p.start_ticks)].thread_cores
+            for tid, t in p.threads.items():
+                n = cpu_to_node.get(t.processor)
+                if tc is not None and n is not None:
+                    used[n] = used.get(n, 0.0) + tc.get(tid, 0.0)
+        node_cpus = {n.id: n.cpus for n in snapshot.topology.nodes if n.cpus}
+        self.unexplained.append(unexplained_cores(node_cpus, cpu_busy_fraction(self.prev_cpu_times,
+                                                                                snapshot.cpu_times), used))
 
     def record_migration(self, key: ProcKey, now_s: float, target: int, complete: bool = True) -> None:
         """Note a page migration (`complete` False: cut short, to be continued); detect moves back to

@@ -25,14 +25,30 @@ busy threads onto two CPUs. The rules here prevent that.
 2. *Capacity.* A node's capacity is its CPU count. The ledger starts each
    pass with every scanned process's demand booked where it runs, plus the
    node's *background* load: CPU time /proc/stat shows busy on the node
-   that no scanned process explains, counted in whole CPUs and only where
-   at least BACKGROUND_MIN_CORES of a CPU is busy (so the daemon's own
-   pass and short bursts are not taken for a resident load).
-3. *A task move must fit.* Moving a process to node N is allowed when N's
-   booked load, minus what the process already has booked on N, plus the
-   process's whole demand, is at most N's capacity (+ FIT_SLACK_CORES).
-   Every move of the pass books from and to the same ledger, so a second
-   process cannot take the capacity the first just took.
+   that no scanned process explains. A thread's use is charged to the node
+   it last ran on, so a thread that hopped nodes in the interval leaves
+   busy time on one node and use on the other: a node's unexplained time
+   is capped at the host's (busy minus used over all nodes). Background
+   counts only what *persisted*: the least unexplained time of the last
+   BACKGROUND_PASSES passes, in whole CPUs and only where at least
+   BACKGROUND_MIN_CORES of a CPU is left (so the daemon's own pass, a
+   sampler's burst and a migrating thread are not taken for a resident
+   load, which a pinned process is).
+3. *A task move must fit* against the load that cannot leave the target.
+   A process is *confined* to a node when its allowed CPUs all lie on it
+   (sched_setaffinity(2), a cpuset); the other busy threads are the
+   scheduler's to move, and its load balancer pulls a runnable thread to an
+   idle CPU of another node (Documentation/scheduler/sched-domains.rst).
+   Moving a process to node N is allowed when N's confined load (its
+   background, the processes confined there, the moves booked this pass),
+   plus the process's whole demand, is at most N's capacity
+   (+ FIT_SLACK_CORES). Every move of the pass books from and to the same
+   ledger, so a second process cannot take the capacity the first just
+   took. Unconfined threads on N do not block it: such a move never adds
+   to the host's least possible cramming (the moved demand leaves the
+   unconfined pool and takes the same amount of the room it could use),
+   and when the host has more busy threads than CPUs (numa01 with a fifth,
+   light thread beside it) refusing every move would not un-cram anyone.
 4. *Assignment.* The candidates (busy processes whose threads are not
    confined to one node by affinity, not excluded, not explicitly placed)
    each either *stay* (the threads stay where the scheduler spread them,
@@ -53,12 +69,13 @@ busy threads onto two CPUs. The rules here prevent that.
    process where it is or where it was already sent: it never crams, but
    may miss an exchange of two processes that the exact search finds).
 
-5. *Un-cram.* An affinity autonumad set on a node whose booked load is
-   above its capacity (+ FIT_SLACK_CORES), where the process has busy
-   threads, is undone at once, cool-down or not (rule "undo-crammed"; the
-   policy applies it): a process that started threads after it was placed,
-   or a node that filled up since. After an undo the process is placed
-   again from the next pass on, without waiting out a cool-down.
+5. *Un-cram.* An affinity autonumad set on a node whose confined load
+   (rule 3) is above its capacity (+ FIT_SLACK_CORES), where the process
+   has busy threads, is undone at once, cool-down or not (rule
+   "undo-crammed"; the policy applies it): a process that started threads
+   after it was placed, or a node that filled up since with pinned work.
+   After an undo the process is placed again from the next pass on,
+   without waiting out a cool-down.
 
 `explain` prints the ledger (capacity, background, bookings per node, and
 each process's demand and outcome).
@@ -74,6 +91,7 @@ BUSY_THREAD_CORES = 0.3
 MIN_LIFETIME_TICKS = 100  # 1 s at USER_HZ 100: younger threads count as busy
 SETTLED_TICKS = 1000  # 10 s: a process this old at first sight is measured by its lifetime use
 BACKGROUND_MIN_CORES = 0.95  # a CPU-bound process alone on a CPU shows ~1.0; the daemon's own pass less
+BACKGROUND_PASSES = 3  # background is the least unexplained load of this many passes
 FIT_SLACK_CORES = 0.1
 EXACT_COMBINATIONS = 4096
 STAY = None  # the assignment choice "leave its threads where they run"
@@ -86,6 +104,7 @@ class Demand:
     cores_by_node: Mapping[int, float]  # every node a thread last ran on, 0.0 if idle there
     measured: bool  # False: first sight, one CPU per thread assumed
     busy_threads: int = 0
+    confined_to: int | None = None  # the node whose CPUs hold all its allowed CPUs, if one does
 
     @property
     def total_cores(self) -> float:
@@ -100,7 +119,8 @@ def thread_demand_cores(used_cores: float | None, state: str) -> float:
 
 
 def process_demand(threads: Mapping[int, object], thread_cores: Mapping[int, float] | None,
-                   cpu_to_node: Mapping[int, int], uptime_ticks: int | None = None) -> Demand:
+                   cpu_to_node: Mapping[int, int], uptime_ticks: int | None = None,
+                   confined_to: int | None = None) -> Demand:
     """A process's demand from its threads' stat lines (`TaskStat`: .processor, .state,
     .utime_ticks, .stime_ticks, .starttime_ticks) and their use between the last two passes
     (`thread_cores`, tid -> cores; None on first sight, when the lifetime use since each
@@ -131,80 +151,100 @@ def process_demand(threads: Mapping[int, object], thread_cores: Mapping[int, flo
         if d >= 1.0:
             busy += 1
         by_node[node] = by_node.get(node, 0.0) + d  # 0.0: an idle thread still says where it runs
-    return Demand(by_node, measured, busy)
+    return Demand(by_node, measured, busy, confined_to)
+
+
+def unexplained_cores(node_cpus: Mapping[int, Iterable[int]], busy_fraction_by_cpu: Mapping[int, float],
+                      used_cores_by_node: Mapping[int, float]) -> dict[int, float]:
+    """Rule 2, one pass: CPU time busy on each node that no scanned process's use explains, capped
+    at the host's unexplained time (use is charged to the node a thread last ran on)."""
+    busy = {n: sum(busy_fraction_by_cpu.get(c, 0.0) for c in cpus) for n, cpus in node_cpus.items()}
+    host = max(0.0, sum(busy.values()) - sum(used_cores_by_node.get(n, 0.0) for n in busy))
+    return {n: min(host, max(0.0, b - used_cores_by_node.get(n, 0.0))) for n, b in busy.items()}
+
+
+def background_cores(recent: Sequence[Mapping[int, float]], nodes: Iterable[int]) -> dict[int, float]:
+    """Rule 2: the load that persisted over `recent` passes' unexplained cores, in whole CPUs."""
+    out = {}
+    for n in nodes:
+        least = min((r.get(n, 0.0) for r in recent), default=0.0)
+        whole = int(least)
+        if least - whole >= BACKGROUND_MIN_CORES - 1e-9:
+            whole += 1
+        out[n] = float(whole)
+    return out
 
 
 @dataclass
 class CpuLedger:
-    """One pass's CPU bookings per node (rules 2 and 3)."""
+    """One pass's CPU bookings per node (rules 2 and 3): everything booked where it runs or goes,
+    and, of that, what cannot leave the node (background, confined processes)."""
 
     capacity_cores: dict[int, float]
     background_cores: dict[int, float]
     booked_cores: dict[int, float] = field(default_factory=dict)
+    confined_cores: dict[int, float] = field(default_factory=dict)
     demands: dict[int, Demand] = field(default_factory=dict)  # pid -> demand as booked now
     log: list[str] = field(default_factory=list)  # the pass's bookings, in order
 
     @classmethod
     def build(cls, node_cpus: Mapping[int, Iterable[int]], demands: Mapping[int, Demand],
-              busy_fraction_by_cpu: Mapping[int, float] | None = None,
-              used_cores_by_node: Mapping[int, float] | None = None) -> "CpuLedger":
+              recent_unexplained: Sequence[Mapping[int, float]] = ()) -> "CpuLedger":
         """Capacity from `node_cpus` (CPU-less nodes left out); every demand booked where it runs;
-        background = busy CPU (from /proc/stat) minus what scanned processes used on the node."""
+        background from the last passes' unexplained cores (`unexplained_cores`, newest last)."""
         cap = {n: float(len(tuple(c))) for n, c in node_cpus.items() if tuple(c)}
-        background = {n: 0.0 for n in cap}
-        if busy_fraction_by_cpu:
-            used = used_cores_by_node or {}
-            for n, cpus in node_cpus.items():
-                if n not in cap:
-                    continue
-                busy = sum(busy_fraction_by_cpu.get(c, 0.0) for c in cpus)
-                unexplained = max(0.0, busy - used.get(n, 0.0))
-                whole = int(unexplained)
-                if unexplained - whole >= BACKGROUND_MIN_CORES - 1e-9:
-                    whole += 1
-                background[n] = float(whole)
-        ledger = cls(cap, background, dict(background))
+        background = background_cores(recent_unexplained, cap)
+        ledger = cls(cap, background, dict(background), dict(background))
         for pid, d in demands.items():
             ledger.demands[pid] = d
             for n, c in d.cores_by_node.items():
                 if n in ledger.booked_cores:
                     ledger.booked_cores[n] += c
+            if d.confined_to in ledger.confined_cores:
+                ledger.confined_cores[d.confined_to] += d.total_cores
         return ledger
 
     def crammed(self, node: int) -> bool:
-        """Rule 5: more demand booked on `node` than it has CPUs."""
-        return self.booked_cores.get(node, 0.0) > self.capacity_cores.get(node, 0.0) + FIT_SLACK_CORES
+        """Rule 5: more load that cannot leave `node` than it has CPUs."""
+        return self.confined_cores.get(node, 0.0) > self.capacity_cores.get(node, 0.0) + FIT_SLACK_CORES
 
     def free_cores(self, node: int) -> float:
-        return self.capacity_cores[node] - self.booked_cores.get(node, 0.0)
+        """CPUs of `node` not taken by load that cannot leave it."""
+        return self.capacity_cores[node] - self.confined_cores.get(node, 0.0)
 
     def fits(self, pid: int, node: int) -> bool:
-        """Rule 3: would all of `pid`'s demand fit on `node`, given everything booked so far?"""
+        """Rule 3: would all of `pid`'s demand fit on `node`, given everything confined there so far?"""
         d = self.demands[pid]
-        after = self.booked_cores[node] - d.cores_by_node.get(node, 0.0) + d.total_cores
-        return after <= self.capacity_cores[node] + FIT_SLACK_CORES
+        own = d.total_cores if d.confined_to == node else 0.0
+        return self.confined_cores[node] - own + d.total_cores <= self.capacity_cores[node] + FIT_SLACK_CORES
 
     def move(self, pid: int, node: int, why: str = "") -> None:
-        """Book all of `pid`'s demand on `node` (releasing it where it was)."""
+        """Book all of `pid`'s demand on `node` (releasing it where it was), confined there."""
         d = self.demands[pid]
         for n, c in d.cores_by_node.items():
             if n in self.booked_cores:
                 self.booked_cores[n] -= c
+        if d.confined_to in self.confined_cores:
+            self.confined_cores[d.confined_to] -= d.total_cores
         self.booked_cores[node] += d.total_cores
-        self.demands[pid] = Demand({node: d.total_cores}, d.measured, d.busy_threads)
+        self.confined_cores[node] += d.total_cores
+        self.demands[pid] = Demand({node: d.total_cores}, d.measured, d.busy_threads, node)
         self.log.append(f"pid {pid}: {d.total_cores:.1f} CPU booked on node {node}" + (f" ({why})" if why else ""))
 
     def describe(self) -> str:
-        """One line per node: booked / capacity (background)."""
+        """One line per node: booked / capacity (confined, background)."""
         return "; ".join(f"node {n}: {self.booked_cores[n]:.1f} of {self.capacity_cores[n]:.0f} CPUs booked "
-                         f"({self.background_cores[n]:.0f} background)" for n in sorted(self.capacity_cores))
+                         f"({self.confined_cores[n]:.1f} confined, {self.background_cores[n]:.0f} background)"
+                         for n in sorted(self.capacity_cores))
 
     def as_json(self) -> dict:
         return {"nodes": {str(n): {"capacity_cores": self.capacity_cores[n],
                                    "background_cores": self.background_cores[n],
+                                   "confined_cores": round(self.confined_cores[n], 2),
                                    "booked_cores": round(self.booked_cores[n], 2)} for n in sorted(self.capacity_cores)},
                 "demands": {str(pid): {"cores_by_node": {str(n): round(c, 2) for n, c in d.cores_by_node.items()},
-                                       "measured": d.measured, "busy_threads": d.busy_threads}
+                                       "measured": d.measured, "busy_threads": d.busy_threads,
+                                       "confined_to": d.confined_to}
                             for pid, d in sorted(self.demands.items())},
                 "bookings": list(self.log)}
 
@@ -261,17 +301,20 @@ def assign(ledger: CpuLedger, candidates: Sequence[Candidate]) -> dict[int, Choi
     else:
         plan = _greedy(ledger, cands, options)
         how = "greedy"
+    reasons: dict[int, str] = {}
+    for c, node in zip(cands, plan):  # the moves first: a stay's reason sees the whole pass booked
+        if node is not STAY:
+            d = ledger.demands[c.pid]
+            reasons[c.pid] = (f"its {d.total_cores:.1f} CPU of demand fits on node {node} "
+                              f"({ledger.free_cores(node) + (d.total_cores if d.confined_to == node else 0.0):.1f}"
+                              f" CPU not held by confined load)")
+            ledger.move(c.pid, node, f"{how} assignment of {len(cands)} candidate(s)")
     out: dict[int, Choice] = {}
     for c, node in zip(cands, plan):
-        d = ledger.demands[c.pid]
-        remote, moved, _ = _option_cost(c, d, node)
+        remote, moved, _ = _option_cost(c, ledger.demands[c.pid], node)
         if node is STAY:
-            reason = _stay_reason(ledger, c, d)
-        else:
-            reason = (f"its {d.total_cores:.1f} CPU of demand fits on node {node} "
-                      f"({ledger.free_cores(node) + d.cores_by_node.get(node, 0.0):.1f} CPU free for it)")
-            ledger.move(c.pid, node, f"{how} assignment of {len(cands)} candidate(s)")
-        out[c.pid] = Choice(c.pid, node, moved, remote, reason)
+            reasons[c.pid] = _stay_reason(ledger, c, ledger.demands[c.pid])
+        out[c.pid] = Choice(c.pid, node, moved, remote, reasons[c.pid])
     return out
 
 
@@ -288,19 +331,18 @@ def _stay_reason(ledger: CpuLedger, c: Candidate, d: Demand) -> str:
 
 
 def _feasible(ledger: CpuLedger, cands: Sequence[Candidate], plan: Sequence[int | None]) -> bool:
-    booked = dict(ledger.booked_cores)
+    """Rule 3 for a whole plan: every node a candidate goes to holds what is confined there."""
+    confined = dict(ledger.confined_cores)
     targets = set()
     for c, node in zip(cands, plan):
         if node is STAY:
             continue
         d = ledger.demands[c.pid]
-        for n, x in d.cores_by_node.items():
-            if n in booked:
-                booked[n] -= x
-        booked[node] += d.total_cores
-        if not set(d.cores_by_node) <= {node}:
-            targets.add(node)
-    return all(booked[n] <= ledger.capacity_cores[n] + FIT_SLACK_CORES for n in targets)
+        if d.confined_to in confined:
+            confined[d.confined_to] -= d.total_cores
+        confined[node] += d.total_cores
+        targets.add(node)
+    return all(confined[n] <= ledger.capacity_cores[n] + FIT_SLACK_CORES for n in targets)
 
 
 def _exact(ledger: CpuLedger, cands: Sequence[Candidate], options) -> list[int | None]:

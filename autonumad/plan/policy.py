@@ -34,8 +34,9 @@ are checked for each process:
      cache warm-up it would not win back). The others are placed together,
      after every other process of the pass, by placement.py: a CPU
      capacity ledger (each process's measured per-thread demand booked
-     where it runs; a task move must fit the target node's free CPUs, and
-     every move books from the same ledger) and an assignment of these
+     where it runs; a task move must fit the target node's CPUs beside
+     the load that cannot leave it, and every move books from the same
+     ledger) and an assignment of these
      processes to nodes (or to where they run now) that leaves the fewest
      bytes remote, then moves the FEWEST BYTES, then the fewest tasks:
      moving a task costs a cache warm-up, moving memory costs copying
@@ -176,7 +177,7 @@ def decide(snapshot: HostSnapshot, history: History, cfg, now_s: float, prev_cpu
         return _all(snapshot, "disabled", "balancing is disabled in the config")
     if len(cpu_nodes) < 2 and len(topo.nodes) < 2:
         return _all(snapshot, "single-node", "the host has a single NUMA node")
-    ctx.ledger = _build_ledger(ctx, busy)
+    ctx.ledger = _build_ledger(ctx)
     ctx.pending = []
     verdicts: dict[int, Verdict] = {}
     # Biggest misplaced processes first, so they get the budget and the headroom.
@@ -192,21 +193,19 @@ def decide(snapshot: HostSnapshot, history: History, cfg, now_s: float, prev_cpu
     return Decision(tuple(actions), verdicts, ctx.ledger)
 
 
-def _build_ledger(ctx: _Ctx, busy: Mapping[int, float]) -> placement.CpuLedger:
-    """The pass's CPU ledger: every scanned process's measured demand booked where its threads run."""
+def _build_ledger(ctx: _Ctx) -> placement.CpuLedger:
+    """The pass's CPU ledger: every scanned process's measured demand booked where its threads run,
+    and the background that persisted over the last passes (History.unexplained)."""
     cpu_to_node = ctx.snap.topology.cpu_to_node
-    demands, used_by_node = {}, {}
+    demands = {}
     # The clock for a first-sight thread's lifetime use: a CPU's tick total in /proc/stat.
     uptime_ticks = max((t.total_ticks for t in ctx.snap.cpu_times.values()), default=0) or None
     for p in ctx.snap.processes:
         h = ctx.history.get((p.pid, p.start_ticks))
         tc = h.thread_cores if h is not None else None
-        demands[p.pid] = placement.process_demand(p.threads, tc, cpu_to_node, uptime_ticks)
-        for tid, t in p.threads.items():
-            n = cpu_to_node.get(t.processor)
-            if tc is not None and n is not None:
-                used_by_node[n] = used_by_node.get(n, 0.0) + tc.get(tid, 0.0)
-    return placement.CpuLedger.build(ctx.node_cpus, demands, busy or None, used_by_node)
+        confined_to = _node_of_cpus(ctx, p.status.cpus_allowed)
+        demands[p.pid] = placement.process_demand(p.threads, tc, cpu_to_node, uptime_ticks, confined_to)
+    return placement.CpuLedger.build(ctx.node_cpus, demands, tuple(ctx.history.unexplained))
 
 
 def _place_pending(ctx: _Ctx) -> dict[int, Verdict]:
@@ -286,7 +285,7 @@ def _undo_crammed(ctx: _Ctx, p: ProcessView, owned: OwnedAffinity | None) -> Ver
     d = ctx.ledger.demands.get(p.pid)
     if d is None or d.cores_by_node.get(owned.node, 0.0) < 1.0:
         return None
-    reason = (f"node {owned.node}, where autonumad placed it, has more demand booked than CPUs "
+    reason = (f"node {owned.node}, where autonumad placed it, has more load confined to it than CPUs "
               f"({ctx.ledger.describe()}); restoring its affinity")
     return _verdict(p, "undo-crammed", reason,
                     Action(RESTORE_AFFINITY, p.pid, p.start_ticks, p.comm, "undo-crammed", reason,
