@@ -164,7 +164,7 @@ class Executor:
             stopped, pos = self._move_range(a, start, end, page_size, out, left)
             if stopped:
                 out.status, out.detail, out.cut = stopped
-                if out.cut in (CUT_DEADLINE, CUT_BUDGET, CUT_RATE) and pos < end:
+                if out.cut in (CUT_DEADLINE, CUT_BUDGET, CUT_RATE):
                     self.resume[key] = pos
                 return out
         if out.failures and not out.moved_pages:
