@@ -131,6 +131,16 @@ class Outcome:
     failures: dict[str, int] = field(default_factory=dict)  # errno name -> pages
     threads_set: int = 0
     page_size_bytes: int = DEFAULT_PAGE_BYTES  # the host's base page, the unit of the page counts
+    # Which limit ended a "partial" or "budget" move: CUT_DEADLINE, CUT_BUDGET, CUT_RATE or CUT_STOP
+    # ("" when none did). The daemon starts the next pass at once after a deadline cut only.
+    cut: str = ""
+
+
+# Outcome.cut: the limit that ended a move early.
+CUT_DEADLINE = "deadline"  # the pass's moving window ended (the mover was slower than its rate)
+CUT_BUDGET = "budget"  # the pass's byte budget was spent
+CUT_RATE = "rate"  # the token bucket would not refill before the deadline
+CUT_STOP = "stop"  # SIGTERM
 
 
 def mib(n: float) -> str:

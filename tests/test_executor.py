@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from autonumad.act.executor import Executor, TokenBucket
+from autonumad.act.executor import Executor, TokenBucket, resume_order
 from autonumad.sim.fakehost import HostSpec, NodeSpec, ProcessSpec, ThreadSpec, VmaSpec, build_host
 from autonumad.plan.history import History
 from autonumad.model import Action, VmaMove
@@ -95,6 +95,63 @@ def test_rate_limit_stops_at_deadline_and_continues_next_pass(tmp_path):
     (o2,) = ex.run([migrate_action(65536 - o.moved_pages)], deadline_s=clock() + 0.5)
     assert o.moved_bytes + o2.moved_bytes <= moved + 96 * MiB
     assert o2.moved_bytes >= 64 * MiB
+
+
+def test_resume_order_starts_at_the_stop_point_and_ends_with_what_came_before():
+    r = [(0, 100, 4), (200, 300, 4), (400, 500, 4)]
+    assert resume_order(r, None) == r
+    assert resume_order(r, 240) == [(240, 300, 4), (400, 500, 4), (0, 100, 4), (200, 240, 4)]
+    assert resume_order(r, 200) == [(200, 300, 4), (400, 500, 4), (0, 100, 4)]
+    assert resume_order(r, 150) == [(200, 300, 4), (400, 500, 4), (0, 100, 4)]
+    assert resume_order(r, 900) == r
+
+
+class RecordingMover:
+    """Wraps a fake host: each move_pages call's start address, and one fake second per call."""
+
+    def __init__(self, host, clock):
+        self.host, self.clock, self.starts = host, clock, []
+
+    def __getattr__(self, name):
+        return getattr(self.host, name)
+
+    def move_pages(self, pid, start, *args, **kw):
+        self.starts.append(start)
+        self.clock.advance(1.0)
+        return self.host.move_pages(pid, start, *args, **kw)
+
+
+def test_a_cut_move_resumes_where_it_stopped_and_only_for_the_same_process_and_node(tmp_path):
+    clock = FakeClock()
+    host = RecordingMover(host_with(tmp_path, {1: 65536}), clock)  # 256 MiB, 16 MiB a call
+    ex = Executor(host, TokenBucket(1e12, clock=clock), clock=clock)
+    (o,) = ex.run([migrate_action(65536)], deadline_s=2.5)  # three calls
+    assert o.status == "partial" and o.cut == "deadline" and o.moved_bytes == 48 * MiB
+    assert host.starts == [BASE, BASE + 16 * MiB, BASE + 32 * MiB]
+    host.starts.clear()
+    (o,) = ex.run([migrate_action(65536 - 3 * 4096)], deadline_s=clock() + 0.5)
+    assert host.starts == [BASE + 48 * MiB]
+    # A move to another node starts from the beginning, and a run without the process forgets the point.
+    host.starts.clear()
+    ex.run([migrate_action(100, target=1)], deadline_s=clock() + 0.5)
+    assert host.starts == [BASE]
+    ex.run([], deadline_s=clock() + 0.5)
+    host.starts.clear()
+    ex.run([migrate_action(100)], deadline_s=clock() + 0.5)
+    assert host.starts == [BASE]
+
+
+def test_a_resumed_move_examines_what_came_before_its_stop_point_last(tmp_path):
+    clock = FakeClock()
+    host = RecordingMover(host_with(tmp_path, {1: 8192}), clock)  # 32 MiB
+    ex = Executor(host, TokenBucket(1e12, clock=clock), clock=clock)
+    (o,) = ex.run([migrate_action(8192)], deadline_s=0.5)
+    assert o.cut == "deadline" and o.moved_bytes == 16 * MiB
+    host.starts.clear()
+    (o,) = ex.run([migrate_action(8192)], deadline_s=clock() + 10)
+    assert o.status == "done" and o.moved_bytes == 16 * MiB
+    assert host.starts[0] == BASE + 16 * MiB and host.starts[-1] == BASE  # wrapped round to the start
+    assert read_numa_maps(host.host, 100).pages_by_node() == {0: 8192}
 
 
 def test_stop_event_ends_the_move_between_batches(tmp_path):

@@ -165,3 +165,50 @@ def test_a_single_pass_may_take_the_time_its_budget_needs(tmp_path):
     outcomes = reports[-1].outcomes
     assert [o.status for o in outcomes if o.action.pid == POSTGRES and o.action.kind == "migrate"] == ["done"]
     assert d.pass_window_s() == 8.0
+
+
+class RecordingHost(SlowHost):
+    """SlowHost that records each move_pages call: (pid, start, end, MoveResult)."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.moves = []
+
+    def move_pages(self, pid, start, end, *args, **kw):
+        r = super().move_pages(pid, start, end, *args, **kw)
+        self.moves.append((pid, start, end, r))
+        return r
+
+
+def test_a_move_the_deadline_cut_continues_at_once_from_where_it_stopped(tmp_path):
+    # 1 s per 16 MiB batch against a 4 s window: postgres's 2 GiB take many passes. Each one should start
+    # as soon as the last ends (the rate limit, not an idle second, bounds the mover) and pick up at the
+    # address the last one stopped at, not re-examine (on a real kernel: re-query) the part already done.
+    clock = FakeClock()
+    build_demo_host(tmp_path / "host")
+    host = RecordingHost(tmp_path / "host", clock, batch_s=1.0)
+    d = daemon(tmp_path, host=host, clock=clock)
+    report = d.run_pass()
+    postgres = next(o for o in report.outcomes if o.action.pid == POSTGRES)
+    assert postgres.status == "partial" and postgres.cut == "deadline"
+    assert d.next_pass_at(report) <= d.clock()
+    passes = 1
+    while postgres.status != "done" and passes < 100:
+        _, start, _, r = [m for m in host.moves if m[0] == POSTGRES][-1]
+        stopped_at = start + r.requested * 4096
+        host.moves.clear()
+        report = d.run_pass()
+        passes += 1
+        postgres = next(o for o in report.outcomes if o.action.pid == POSTGRES)
+        first = next(m for m in host.moves if m[0] == POSTGRES)
+        assert first[1] == stopped_at, (passes, hex(first[1]), hex(stopped_at))
+    assert postgres.status == "done" and passes > 2
+
+
+def test_a_move_the_budget_cut_waits_for_the_recheck(tmp_path):
+    # The byte budget is a per-pass limit: the next pass waits fast_recheck_s, it does not start at once.
+    d = daemon(tmp_path, pass_budget_mib=16, clock=FakeClock())
+    report = d.run_pass()
+    postgres = next(o for o in report.outcomes if o.action.pid == POSTGRES)
+    assert postgres.cut == "budget"
+    assert d.next_pass_at(report) == d.clock() + d.config.daemon.fast_recheck_s

@@ -148,6 +148,32 @@ def test_a_migration_cut_short_is_continued_next_pass_not_cooled_down(tmp_path):
     assert decide(snap, h, balance_config(cooldown_s=30), 1020.0).verdicts[100].rule == "cooldown"
 
 
+def test_a_migration_cut_short_is_finished_past_the_target_fraction(tmp_path):
+    # 92 % local is above target_local_fraction (90 %), which is where a move starts; a move the last
+    # pass cut short is finished, as an uncut one would have been (bench-convergence counts to 95 %).
+    h = History()
+    spec = two_node([proc(cpus=N0, pages={0: 9200, 1: 800})])
+    decision, host, snap = run(tmp_path, spec, history=h)
+    assert decision.verdicts[100].rule == "already-local"
+    key = (100, snap.process(100).start_ticks)
+    h.record_migration(key, 1000.0, 0, complete=False)
+    later = decide(snap, h, balance_config(cooldown_s=30), 1010.0)
+    assert later.verdicts[100].rule == "memory-follows-task"
+    (a,) = later.verdicts[100].actions
+    assert a.target_node == 0 and a.bytes == 800 * P
+    # A cut move to another node is not this one.
+    h.record_migration(key, 1011.0, 1, complete=False)
+    assert decide(snap, h, balance_config(cooldown_s=0), 1020.0).verdicts[100].rule == "already-local"
+    # A pass that does not take the move up again ends it.
+    h.record_migration(key, 1021.0, 0, complete=False)
+    h.end_continuations({key})
+    assert h.get(key).continuing_to == 0
+    h.end_continuations(set())
+    assert h.get(key).continuing_to is None
+    h.get(key).backoff_until_s = 0.0  # (the 0 -> 1 -> 0 of this test counted as a ping-pong)
+    assert decide(snap, h, balance_config(cooldown_s=0), 1030.0).verdicts[100].rule == "already-local"
+
+
 def test_pingpong_backs_off(tmp_path):
     h = History()
     _, _, snap = run(tmp_path, two_node([proc(cpus=N0)]), history=h)

@@ -10,6 +10,7 @@ in tests/hardware/ (the 2node guest).
 from __future__ import annotations
 
 import errno
+from array import array
 import os
 import signal
 import subprocess
@@ -87,6 +88,52 @@ def test_classify_query_accounts_for_every_page(status, target):
     to_move, already, absent, failed = syscalls.classify_query(status, target)
     assert len(to_move) + already + absent + sum(failed.values()) == len(status)
     assert all(status[i] >= 0 and status[i] != target for i in to_move)
+
+
+def _classify_one_by_one(status, target):
+    """classify_query as a loop over every page: the reference its counted form must equal."""
+    to_move, already, absent, failed = [], 0, 0, Counter()
+    for i, s in enumerate(status):
+        if s == target:
+            already += 1
+        elif s >= 0:
+            to_move.append(i)
+        elif s == -errno.ENOENT:
+            absent += 1
+        else:
+            failed[syscalls.errno_name(s)] += 1
+    return to_move, already, absent, failed
+
+
+_STATUS = st.one_of(st.integers(-140, 8), st.just(syscalls.NOT_REPORTED), st.just(-errno.EAGAIN))
+
+
+@given(st.one_of(st.lists(_STATUS, max_size=200),
+                 # whole batches on one node, the common case the counted form takes without a loop
+                 st.builds(lambda n, k: [n] * k, st.integers(0, 3), st.integers(0, 300))),
+       st.integers(0, 3))
+def test_classify_query_equals_the_page_by_page_loop(status, target):
+    assert syscalls.classify_query(array("i", status), target) == _classify_one_by_one(status, target)
+
+
+@given(st.lists(st.integers(0, 3), max_size=120), st.integers(0, 3), st.data())
+def test_tally_moved_equals_the_page_by_page_loop(before, target, data):
+    to_move = [i for i, s in enumerate(before) if s != target]
+    arrived = data.draw(st.booleans())
+    after = [target] * len(to_move) if arrived else data.draw(
+        st.lists(st.one_of(st.integers(0, 3), _STATUS), min_size=len(to_move), max_size=len(to_move)))
+    t = syscalls._Tally(PAGE)
+    syscalls.tally_moved(array("i", before), to_move, array("i", after), target, t)
+    moved, moved_from, failed = 0, Counter(), Counter()
+    for k, s in enumerate(after):
+        if s == target:
+            moved += 1
+            moved_from[before[to_move[k]]] += 1
+        elif s >= 0:
+            failed["EAGAIN"] += 1
+        else:
+            failed[syscalls.errno_name(s)] += 1
+    assert (t.moved, +t.moved_from, +t.failed) == (moved, +moved_from, +failed)
 
 
 @pytest.mark.parametrize("nodes, words, maxnode", [

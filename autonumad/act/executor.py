@@ -10,6 +10,15 @@ pass's byte budget (`pass_budget_mib`), the pass deadline (a mover slower
 than its rate never waits for tokens, so the clock is read per batch), and
 a stop request (SIGTERM), so the daemon exits within about one batch.
 
+A move one of these limits cut short is continued by the next pass's
+action on the same process and node, and that action starts where the
+last one stopped (`Executor.resume`): the pages before it were examined
+last pass, and a 512 MiB move cut three times would otherwise query its
+moved prefix three times more (each query a page-table walk under the
+target's mmap lock, move_pages(2), plus a Python loop over its statuses).
+The skipped prefix is not forgotten: it is examined last, so the action
+still covers every range the planner gave it before it reports "done".
+
 Expected failures (the process exited, EPERM, a full node, huge pages) are
 outcomes, not exceptions: one process never fails a pass.
 """
@@ -27,7 +36,8 @@ from autonumad.act import identity
 from autonumad.act.affinity import set_process_affinity
 from autonumad.errors import AccessDenied, MalformedProcFile, ProcessError, ProcessGone
 from autonumad.host import Host
-from autonumad.model import MIGRATE, RESTORE_AFFINITY, SET_AFFINITY, Action, MoveResult, Outcome
+from autonumad.model import (CUT_BUDGET, CUT_DEADLINE, CUT_RATE, CUT_STOP, MIGRATE, RESTORE_AFFINITY,
+                             SET_AFFINITY, Action, MoveResult, Outcome)
 from autonumad.readers.proc_maps import read_maps
 
 log = logging.getLogger("autonumad")
@@ -36,6 +46,10 @@ log = logging.getLogger("autonumad")
 # second even on a slow (TCG) guest, and is large enough that the per-call
 # overhead (a page-table walk per call) stays small.
 BATCH_BYTES = 16 * 2**20
+
+_STOPPING = ("partial", "stopping", CUT_STOP)
+_DEADLINE_PASSED = "the pass deadline has passed: continues next pass"
+_BUDGET_SPENT = "this pass's byte budget is spent: continues next pass"
 
 
 class TokenBucket:
@@ -80,6 +94,8 @@ class Executor:
     wait: Callable[[float], bool] | None = None
     _deadline_s: float = field(default=float("inf"), init=False, repr=False)
     _budget_left: float = field(default=float("inf"), init=False, repr=False)
+    # (pid, start time, target node) -> the address where that move stopped last run (module docstring).
+    resume: dict[tuple[int, int, int], int] = field(default_factory=dict, init=False)
 
     def _wait(self, seconds: float) -> bool:
         return self.wait(seconds) if self.wait is not None else self.stop.wait(seconds)
@@ -88,6 +104,10 @@ class Executor:
         """Apply `actions` in order until `deadline_s` (on self.clock), moving at most `budget_bytes`."""
         self._deadline_s = deadline_s
         self._budget_left = budget_bytes if budget_bytes is not None else float("inf")
+        # A stop point is good for the very next run only: a move the planner did not continue
+        # (the process settled, was re-pinned elsewhere, exited) starts from the beginning next time.
+        planned = {_resume_key(a) for a in actions if a.kind == MIGRATE and a.target_node is not None}
+        self.resume = {k: v for k, v in self.resume.items() if k in planned}
         return [self._one(a) for a in actions]
 
     def _one(self, a: Action) -> Outcome:
@@ -105,9 +125,9 @@ class Executor:
             identity.hold(self.host, a.pid, a.start_ticks)  # the snapshot's process, or ProcessGone
             if a.kind == MIGRATE:
                 if self._budget_left <= 0:
-                    return Outcome(a, "budget", "this pass's byte budget is spent: continues next pass")
+                    return Outcome(a, "budget", _BUDGET_SPENT, cut=CUT_BUDGET)
                 if self.clock() >= self._deadline_s:
-                    return Outcome(a, "budget", "the pass deadline has passed: continues next pass")
+                    return Outcome(a, "budget", _DEADLINE_PASSED, cut=CUT_DEADLINE)
                 return self._migrate(a)
             if a.kind in (SET_AFFINITY, RESTORE_AFFINITY):
                 return self._affinity(a)
@@ -134,13 +154,18 @@ class Executor:
         ends = {m.start: m.end for m in maps}
         out = Outcome(a, "done", page_size_bytes=self.host.page_size_bytes)
         left = [a.bytes]  # this action's bytes still to move
+        ranges = []
         for v in a.vmas:
             end = ends.get(v.start) if v.end is None else _range_end(maps, v.start, v.end)
-            if end is None:
-                continue  # unmapped since the snapshot
-            stopped = self._move_range(a, v.start, end, v.page_size_bytes, out, left)
+            if end is not None:  # else unmapped since the snapshot
+                ranges.append((v.start, end, v.page_size_bytes))
+        key = _resume_key(a)
+        for start, end, page_size in resume_order(ranges, self.resume.pop(key, None)):
+            stopped, pos = self._move_range(a, start, end, page_size, out, left)
             if stopped:
-                out.status, out.detail = stopped
+                out.status, out.detail, out.cut = stopped
+                if out.cut in (CUT_DEADLINE, CUT_BUDGET, CUT_RATE):
+                    self.resume[key] = pos
                 return out
         if out.failures and not out.moved_pages:
             out.status = "failed"
@@ -149,16 +174,20 @@ class Executor:
         return out
 
     def _move_range(self, a: Action, pos: int, end: int, page_size: int, out: Outcome,
-                    left: list[int]) -> tuple[str, str] | None:
-        """Move [pos, end) batch by batch; (status, detail) when the pass must stop moving, else None."""
+                    left: list[int]) -> tuple[tuple[str, str, str] | None, int]:
+        """Move [pos, end) batch by batch.
+
+        Returns (status, detail, cut) when the pass must stop moving, else None, and the first
+        address not yet examined.
+        """
         while pos < end and left[0] > 0:
             stopped = self._batch_gate()
             if stopped:
-                return stopped
+                return stopped, pos
             chunk = min(BATCH_BYTES, end - pos, left[0], self._budget_left)
             granted = self._tokens(chunk, page_size)
             if isinstance(granted, tuple):
-                return granted
+                return granted, pos
             # Ask for the rest of the range with a page cap rather than a
             # shorter range: a cut inside a transparent huge page would move
             # the whole THP while counting part of it (syscalls.move_range
@@ -174,34 +203,34 @@ class Executor:
             left[0] -= r.moved_bytes
             self._budget_left -= r.moved_bytes
             if r.gone:
-                return "gone", "process exited during the move"
+                return ("gone", "process exited during the move", ""), pos
             if r.failed.get("ENOMEM") or r.requested <= 0:
                 # The target node is full (the rest would fail too), or
                 # nothing was examined: nothing left to move here.
-                return None
+                return None, end
             # The examined pages are a prefix of [pos, end): resume after them.
             pos += r.requested * page_size
-        return None
+        return None, pos
 
-    def _batch_gate(self) -> tuple[str, str] | None:
+    def _batch_gate(self) -> tuple[str, str, str] | None:
         """Before each batch: a stop request, the pass budget, the deadline."""
         if self.stop.is_set():
-            return "partial", "stopping"
+            return _STOPPING
         if self._budget_left <= 0:
-            return "partial", "this pass's byte budget is spent: continues next pass"
+            return "partial", _BUDGET_SPENT, CUT_BUDGET
         if self.clock() >= self._deadline_s:
-            return "partial", "the pass deadline has passed: continues next pass"
+            return "partial", _DEADLINE_PASSED, CUT_DEADLINE
         return None
 
-    def _tokens(self, chunk: int, page_size: int) -> float | tuple[str, str]:
+    def _tokens(self, chunk: int, page_size: int) -> float | tuple[str, str, str]:
         """Tokens for one batch (at least a page), waiting while the deadline allows."""
         granted = self.bucket.take(chunk)
         while granted < min(chunk, page_size):
             wait = self.bucket.wait_s(chunk)
             if self.clock() + wait > self._deadline_s:
-                return "partial", "rate limit: continues next pass"
+                return "partial", "rate limit: continues next pass", CUT_RATE
             if self._wait(min(wait, 0.5)):
-                return "partial", "stopping"
+                return _STOPPING
             granted += self.bucket.take(chunk - granted)
         return granted
 
@@ -213,6 +242,30 @@ class Executor:
             out.moved_from[node] = out.moved_from.get(node, 0) + n * scale
         for name, n in r.failed.items():
             out.failures[name] = out.failures.get(name, 0) + n
+
+
+def _resume_key(a: Action) -> tuple[int, int, int]:
+    return a.pid, a.start_ticks, a.target_node if a.target_node is not None else -1
+
+
+def resume_order(ranges: list[tuple[int, int, int]], at: int | None) -> list[tuple[int, int, int]]:
+    """`ranges` ((start, end, page size), in address order) from address `at` on, then the part before it.
+
+    Pure. `at` None, or past every range: unchanged. A range containing `at` is split there; `at` is a
+    page boundary of it (an executor stop point), so both parts stay page-aligned.
+    """
+    if at is None:
+        return list(ranges)
+    after, before = [], []
+    for start, end, page in ranges:
+        if end <= at:
+            before.append((start, end, page))
+        elif start >= at:
+            after.append((start, end, page))
+        else:
+            after.append((at, end, page))
+            before.append((start, at, page))
+    return after + before
 
 
 def _range_end(maps, start: int, end: int) -> int | None:

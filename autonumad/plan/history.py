@@ -141,6 +141,13 @@ class History:
         recent.append((now_s, target))
         h.migrations = recent[-8:]
 
+    def end_continuations(self, migrated: set[ProcKey]) -> None:
+        """After a pass: a cut-short move this pass did not take up again is over (the executor's stop
+        point is dropped the same way), so it no longer skips the cool-down or runs past the target."""
+        for key, h in self.processes.items():
+            if h.continuing_to is not None and key not in migrated:
+                h.continuing_to = None
+
     def record_affinity(self, key: ProcKey, now_s: float, owned: OwnedAffinity | None) -> None:
         h = self.entry(key)
         h.last_action_s = now_s

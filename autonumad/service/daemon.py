@@ -35,7 +35,7 @@ from autonumad import __version__
 from autonumad.errors import AutonumadError, HostError, ProcessError
 from autonumad.act.executor import Executor, TokenBucket
 from autonumad.host import Host
-from autonumad.model import MIGRATE, RESTORE_AFFINITY, SET_AFFINITY, Decision, Outcome
+from autonumad.model import CUT_DEADLINE, MIGRATE, RESTORE_AFFINITY, SET_AFFINITY, Decision, Outcome
 from autonumad.observe.inputs import HotnessSource, PassInputs, read_pass_inputs
 from autonumad.observe.snapshot import HostSnapshot, SnapshotCache
 from autonumad.plan.assist import KernelAssist
@@ -351,6 +351,7 @@ class Daemon:
             else:
                 balancing.append(o)
                 self._record_outcome(o, now)
+        self.history.end_continuations({o.action.key for o in outcomes if o.action.kind == MIGRATE})
         drifts = self._check_drift()
         report = PassReport(number, t0, self.clock() - t0, inputs.snapshot, the_plan.balancing, balancing, drifts,
                             self._tiering_report(inputs, the_plan), tiering, the_plan)
@@ -419,14 +420,21 @@ class Daemon:
     def next_pass_at(self, report: PassReport) -> float:
         """When the pass after `report` starts, on self.clock, unless a signal or a re-pin comes first.
 
-        One interval after the last start; sooner when a move stopped short
-        (the rate limit or the deadline cut it: fast_recheck_s from now) or
-        when tiering can do more then than now (its tracker's first sample,
-        idle memory old enough to exchange for waiting hot memory).
+        One interval after the last start; sooner when a move stopped short:
+        at once when the pass's moving window ended it (a mover slower than
+        its rate: the token bucket still bounds the next pass, and waiting
+        would only leave the workload's memory remote for longer), and
+        fast_recheck_s from now when the byte budget or the rate limit did
+        (both are limits the wait itself serves); also sooner when tiering
+        can do more then than now (its tracker's first sample, idle memory
+        old enough to exchange for waiting hot memory).
         """
         now = self.clock()
         at = report.started_s + self.interval_s
-        if any(o.status in ("partial", "budget") for o in (*report.outcomes, *report.tiering_outcomes)):
+        cuts = {o.cut for o in (*report.outcomes, *report.tiering_outcomes) if o.status in ("partial", "budget")}
+        if CUT_DEADLINE in cuts:
+            at = now
+        elif cuts:
             at = min(at, now + self.config.daemon.fast_recheck_s)
         recheck = report.tiering.recheck_in_s if report.tiering is not None else None
         if recheck is not None:
