@@ -375,6 +375,29 @@ def _parse_vma(line: str) -> Vma:
     return Vma(*_parse_fields(line))
 
 
+def _parse_head(tokens: list[str], line: str) -> tuple[int, tuple, int]:
+    """The start address and the policy of a split numa_maps line, and the index of the next token.
+
+    The policy is one token ("default", "bind:0-1") or, for the modes
+    _TWO_WORD_MODES lists, two ("weighted interleave=0-1").
+    """
+    if len(tokens) < 2:
+        raise ParseError(f"expected '<start> <policy> ...', got {line[:60]!r}")
+    try:
+        start = int(tokens[0], 16)
+    except ValueError:
+        raise ParseError(f"bad start address {tokens[0][:30]!r}") from None
+    if start < 0:
+        raise ParseError(f"bad start address {tokens[0][:30]!r}")
+    policy_text = tokens[1]
+    rest = 2
+    second = _TWO_WORD_MODES.get(policy_text)
+    if second is not None and len(tokens) > 2 and tokens[2].startswith(second):
+        policy_text = f"{policy_text} {tokens[2]}"
+        rest = 3
+    return start, _parse_policy(policy_text), rest
+
+
 def _parse_fields(line: str) -> tuple:
     """One numa_maps line as the tuple of Vma's fields, in order.
 
@@ -385,22 +408,7 @@ def _parse_fields(line: str) -> tuple:
     # str.split() would also break file names containing other Unicode
     # whitespace (form feed, U+00A0, U+2028, ...), which seq_path leaves raw.
     tokens = line.split(" ")
-    if len(tokens) < 2:
-        raise ParseError(f"expected '<start> <policy> ...', got {line[:60]!r}")
-    try:
-        start = int(tokens[0], 16)
-    except ValueError:
-        raise ParseError(f"bad start address {tokens[0][:30]!r}") from None
-    if start < 0:
-        raise ParseError(f"bad start address {tokens[0][:30]!r}")
-
-    policy_text = tokens[1]
-    rest = 2
-    second = _TWO_WORD_MODES.get(policy_text)
-    if second is not None and len(tokens) > 2 and tokens[2].startswith(second):
-        policy_text = f"{policy_text} {tokens[2]}"
-        rest = 3
-    policy, policy_flags, policy_nodes = _parse_policy(policy_text)
+    start, (policy, policy_flags, policy_nodes), rest = _parse_head(tokens, line)
 
     path: str | None = None
     is_file = huge = False
