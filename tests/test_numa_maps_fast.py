@@ -388,26 +388,6 @@ def test_chunked_reparse_agrees_with_the_full_parser(texts_, chunk_chars):
         assert outcome(reparse_numa_maps, new_text, old_text, previous) == outcome(parse_numa_maps_slowly, new_text)
 
 
-@given(edits(), st.sampled_from([1, 30, 80, 200]))
-@settings(max_examples=150)
-def test_reparse_against_the_bytes_of_the_old_text_agrees_with_the_full_parser(texts_, chunk_chars):
-    # A packed file's old text is compared as its UTF-8 (VmaLines.encoded), a chunk decoded at a time.
-    old_text, new_text = texts_
-    previous = parse_numa_maps(old_text)
-    old_bytes = old_text.encode("utf-8", "surrogatepass")
-    with patch.object(nm_mod, "_DIFF_CHUNK_CHARS", chunk_chars):
-        assert outcome(reparse_numa_maps, new_text, old_bytes, previous) == outcome(parse_numa_maps_slowly, new_text)
-
-
-@given(st.lists(st.sampled_from(["a", "\n", "é", "\udcff", "N0=1 "]), max_size=30).map("".join),
-       st.lists(st.sampled_from(["a", "\n", "é", "\udcff", "N0=1 "]), max_size=30).map("".join),
-       st.sampled_from([1, 3, 1 << 18]))
-def test_same_text_against_bytes_is_string_equality(a, b, piece):
-    with patch.object(nm_mod, "_PACK_PIECE_CHARS", piece):
-        for old in (a, b):
-            assert nm_mod.same_text(b, old.encode("utf-8", "surrogatepass")) == (b == old)
-
-
 @given(one_class_edits(), st.sampled_from([1, 50, 120]))
 @settings(max_examples=200)
 def test_chunk_pairs_cover_both_texts_in_whole_lines(texts_, chunk_chars):

@@ -41,7 +41,7 @@ from autonumad.readers.cgroup import read_cgroup_or_unknown
 from autonumad.readers.knobs import Knobs, read_knobs
 from autonumad.readers.nodes import Topology, read_topology
 from autonumad.model import DEFAULT_CLOCK_TICKS_PER_S, DEFAULT_PAGE_BYTES
-from autonumad.readers.numa_maps import NumaMaps, parse_numa_maps, reparse_numa_maps, same_text
+from autonumad.readers.numa_maps import NumaMaps, parse_numa_maps, reparse_numa_maps
 from autonumad.readers.proc_stat import CpuTimes, read_proc_stat
 from autonumad.readers.proc_status import ProcStatus, read_status
 from autonumad.readers.statm import read_statm
@@ -295,11 +295,8 @@ class SnapshotCache:
             self.new += 1
             nm = parse_numa_maps(text)
         else:
-            vmas = previous.numa_maps.vmas
-            # A packed text is compared as the bytes it unpacks to: no str
-            # copy of it beside them (6 MiB for a process of 100,000 VMAs).
-            previous_text = vmas.encoded() if vmas.packed else vmas.text
-            if same_text(text, previous_text):
+            previous_text = previous.numa_maps.vmas.text
+            if previous_text == text:
                 self.unchanged += 1
                 nm = previous.numa_maps  # and the new copy of the text is dropped
             else:

@@ -197,22 +197,6 @@ class _TotalsBuilder:
             tuple(sorted((mode, c) for mode, c in self.policy_vmas.items() if c)))
 
 
-# Characters encoded and packed at a time: the whole text's UTF-8 is never
-# held beside it (6 MiB for a process of 100,000 VMAs).
-_PACK_PIECE_CHARS = 1 << 18
-
-
-def _pack(text: str) -> bytes:
-    # Level 1: ~450 MB/s on numa_maps text, and still ~20x smaller.
-    # surrogatepass: the Host decodes names with surrogateescape. UTF-8
-    # encodes code point by code point, so the pieces' bytes are the text's.
-    packer = zlib.compressobj(1)
-    parts = [packer.compress(text[i:i + _PACK_PIECE_CHARS].encode("utf-8", "surrogatepass"))
-             for i in range(0, len(text), _PACK_PIECE_CHARS)]
-    parts.append(packer.flush())
-    return b"".join(parts)
-
-
 class VmaLines(Sequence[Vma]):
     """The VMAs of a numa_maps file, parsed from its text when read.
 
@@ -233,21 +217,12 @@ class VmaLines(Sequence[Vma]):
     def __init__(self, text: str, count: int):
         # Already checked by parse_numa_maps: every line parses.
         if len(text) >= _PACK_CHARS:
-            self._text, self._packed = None, _pack(text)
+            # Level 1: ~450 MB/s on numa_maps text, and still ~20x smaller.
+            # surrogatepass: the Host decodes names with surrogateescape.
+            self._text, self._packed = None, zlib.compress(text.encode("utf-8", "surrogatepass"), 1)
         else:
             self._text, self._packed = text, None
         self._count = count
-
-    @property
-    def packed(self) -> bool:
-        return self._packed is not None
-
-    def encoded(self) -> bytes:
-        """The text as UTF-8 (surrogatepass), unpacked if held packed: half the transient
-        memory of `text` for a packed file (no str beside the bytes)."""
-        if self._packed is None:
-            return self._text.encode("utf-8", "surrogatepass")
-        return zlib.decompress(self._packed)
 
     @property
     def text(self) -> str:
@@ -779,24 +754,7 @@ def parse_numa_maps_slowly(text: str) -> NumaMaps:
     return NumaMaps(VmaLines(text, acc.vma_count), acc.totals())
 
 
-def same_text(text: str, previous_text: str | bytes) -> bool:
-    """`text == previous_text`, where `previous_text` may be the UTF-8 (surrogatepass) of a text
-    (`VmaLines.encoded`): compared a piece at a time, without encoding the whole text at once."""
-    if isinstance(previous_text, str):
-        return text == previous_text
-    if len(previous_text) < len(text):
-        return False  # a character is at least a byte
-    old = memoryview(previous_text)
-    at = 0
-    for i in range(0, len(text), _PACK_PIECE_CHARS):
-        piece = text[i:i + _PACK_PIECE_CHARS].encode("utf-8", "surrogatepass")
-        if old[at:at + len(piece)] != piece:
-            return False
-        at += len(piece)
-    return at == len(previous_text)
-
-
-def reparse_numa_maps(text: str, previous_text: str | bytes, previous: NumaMaps) -> NumaMaps:
+def reparse_numa_maps(text: str, previous_text: str, previous: NumaMaps) -> NumaMaps:
     """`parse_numa_maps(text)`, given `previous == parse_numa_maps(previous_text)`.
 
     A pass sees the same numa_maps again with a few lines changed (counts
@@ -812,17 +770,12 @@ def reparse_numa_maps(text: str, previous_text: str | bytes, previous: NumaMaps)
 
     A large file is compared a chunk at a time (`_chunk_pairs`), so the
     lists of lines this makes stay small for a process of 100,000 VMAs, and
-    a chunk equal to its old one is skipped with one string compare. Such a
-    file's previous text may be given as its UTF-8 (`VmaLines.encoded`), of
-    which only a chunk at a time is decoded: the old text is then held once
-    (as bytes), not twice (bytes and str) while the new one is compared.
+    a chunk equal to its old one is skipped with one string compare.
     """
-    if same_text(text, previous_text):
+    if text == previous_text:
         return previous
     acc = _TotalsBuilder(previous.totals)
     whole = len(text) <= _DIFF_CHUNK_CHARS and len(previous_text) <= _DIFF_CHUNK_CHARS
-    if whole and isinstance(previous_text, bytes):
-        previous_text = previous_text.decode("utf-8", "surrogatepass")
     for new_chunk, old_chunk in ((text, previous_text),) if whole else _chunk_pairs(text, previous_text):
         if new_chunk == old_chunk:
             continue
@@ -863,7 +816,7 @@ def reparse_numa_maps(text: str, previous_text: str | bytes, previous: NumaMaps)
 _DIFF_CHUNK_CHARS = 1 << 18
 
 
-def _chunk_pairs(text: str, previous_text: str | bytes) -> Iterator[tuple[str, str]]:
+def _chunk_pairs(text: str, previous_text: str) -> Iterator[tuple[str, str]]:
     """Cut both texts into pairs of chunks of whole lines, in order, covering both.
 
     Any such cut gives the right totals (module doc); a good one pairs
@@ -875,7 +828,6 @@ def _chunk_pairs(text: str, previous_text: str | bytes) -> Iterator[tuple[str, s
     """
     i = j = 0
     n = len(text)
-    as_bytes = isinstance(previous_text, bytes)  # offsets j, old_cut are then in bytes
     while n - i > _DIFF_CHUNK_CHARS:
         cut = text.find("\n", i + _DIFF_CHUNK_CHARS)
         old_cut = -1
@@ -885,22 +837,15 @@ def _chunk_pairs(text: str, previous_text: str | bytes) -> Iterator[tuple[str, s
             space = text.find(" ", cut + 1, cut + 40)
             if space < 0:
                 break
-            key = text[cut:space + 1]
-            old_cut = previous_text.find(key.encode("utf-8", "surrogatepass") if as_bytes else key, max(j - 1, 0))
+            old_cut = previous_text.find(text[cut:space + 1], max(j - 1, 0))
             if old_cut >= 0:
                 break
             cut = text.find("\n", cut + 1)
         if old_cut < 0 or cut < 0:
             break
-        yield text[i:cut + 1], _old_chunk(previous_text, j, old_cut + 1)
+        yield text[i:cut + 1], previous_text[j:old_cut + 1]
         i, j = cut + 1, old_cut + 1
-    yield text[i:], _old_chunk(previous_text, j, len(previous_text))
-
-
-def _old_chunk(previous_text: str | bytes, start: int, end: int) -> str:
-    # Cut after a newline, so a whole UTF-8 sequence either side.
-    chunk = previous_text[start:end]
-    return chunk.decode("utf-8", "surrogatepass") if isinstance(chunk, bytes) else chunk
+    yield text[i:], previous_text[j:]
 
 
 def _parse_line(lineno: int, line: str) -> tuple:
