@@ -191,6 +191,55 @@ def test_reparse_of_one_class_files_agrees_with_the_full_parser(texts_):
     assert outcome(reparse_numa_maps, new_text, old_text, previous) == outcome(parse_numa_maps_slowly, new_text)
 
 
+# Files of one class other than the default one: a policy token of their own
+# (two tokens of one mode are one class), a page size of their own, and now
+# and then a line of another kind, without its page size, or with its own
+# policy token: the cases the class-wide read of new lines (_add_class_lines)
+# must leave to the per-line path.
+CLASS_POLICY = st.sampled_from(["default", "local", "bind:1", "bind=static:0-1", "interleave:0-3"])
+CLASS_PAGE_KB = st.sampled_from(["4", "2048", "64"])
+
+
+@st.composite
+def class_line(draw, policy: str, page_kb: str) -> str:
+    tokens = [f"{draw(st.integers(0, 2**48)):x}", draw(mostly(st.just(policy), CLASS_POLICY))]
+    tokens += [draw(mostly(st.sampled_from(["", "heap", "stack"]), st.sampled_from(["file=/x", "huge"])))]
+    for key in COUNT_KEYS:
+        if draw(st.integers(0, 3)) == 0:
+            tokens.append(f"{key}={draw(VALID_COUNT)}")
+    tokens += [f"N{n}={draw(VALID_COUNT)}" for n in sorted(draw(st.sets(st.sampled_from("0123"), max_size=3)))]
+    tokens.append(draw(mostly(st.just(f"kernelpagesize_kB={page_kb}"), st.sampled_from(["", "kernelpagesize_kB=4"]))))
+    return " ".join(t for t in tokens if t)
+
+
+@st.composite
+def other_class_edits(draw):
+    policy, page_kb = draw(CLASS_POLICY), draw(CLASS_PAGE_KB)
+    line = class_line(policy, page_kb)
+    old = draw(st.lists(line, min_size=1, max_size=12))
+    new = [draw(line | lines()) if draw(st.integers(0, 2)) == 0 else x for x in old]
+    return "".join(x + "\n" for x in old), "".join(x + "\n" for x in new)
+
+
+@given(other_class_edits())
+@settings(max_examples=400)
+def test_reparse_of_other_one_class_files_agrees_with_the_full_parser(texts_):
+    old_text, new_text = texts_
+    previous = parse_numa_maps(old_text)
+    assert outcome(reparse_numa_maps, new_text, old_text, previous) == outcome(parse_numa_maps_slowly, new_text)
+
+
+def test_one_odd_field_in_a_line_of_a_one_class_file_is_read_as_the_full_parser_reads_it():
+    previous_text = "".join(f"{0x1000 * (i + 1):x} default anon=9 dirty=9 N0={i} N1=9 kernelpagesize_kB=4\n"
+                            for i in range(20))
+    previous = parse_numa_maps(previous_text)
+    for line in one_field_variants():
+        for at in (0, 7):  # the first new line names the policy token the class read expects
+            new_text = previous_text.replace(previous_text.split("\n")[at], line)
+            assert outcome(reparse_numa_maps, new_text, previous_text, previous) == \
+                outcome(parse_numa_maps_slowly, new_text), line
+
+
 # --------------------------------------------------------------------------
 # The fast path is taken where it should be (else the tests above prove
 # nothing about it)
@@ -226,6 +275,39 @@ def test_reparse_of_changed_kernel_lines_needs_no_full_parse(no_full_parser):
     del lines_[7]
     new_text = "\n".join(lines_)
     assert reparse_numa_maps(new_text, KERNEL_TEXT, previous).totals == parse_numa_maps(new_text).totals
+
+
+def test_new_lines_of_a_one_class_file_are_read_by_one_class_wide_findall(monkeypatch):
+    old_text = "".join(f"{0x1000 * (i + 1):x} bind:1 anon=9 dirty=9 N1={i} kernelpagesize_kB=2048\n"
+                       for i in range(100))
+    new_text = old_text.replace("dirty=9 N1=", "dirty=8 N1=1", 30)
+    expected = parse_numa_maps_slowly(new_text).totals
+    previous = parse_numa_maps(old_text)
+    monkeypatch.setattr(nm_mod, "_add_lines", lambda *a: pytest.fail("per-line read of new lines"))
+    monkeypatch.setattr(nm_mod, "_parse_fields", lambda line: pytest.fail(f"full parse of {line!r}"))
+    assert reparse_numa_maps(new_text, old_text, previous).totals == expected
+
+
+@pytest.mark.parametrize("line", [
+    "3000 bind:1 anon=9 N1=4",  # no page size: base pages, another class
+    "3000 bind:1 anon=9",  # no pages at all: one VMA of the mode
+    "3000 bind:1 anon=9 N1=4 kernelpagesize_kB=4",
+    "3000 bind:1 huge anon=9 N1=4 kernelpagesize_kB=2048",
+    "3000 bind:1 file=/x mapmax=2 N1=4 kernelpagesize_kB=2048",
+    "3000 bind:0 anon=9 N0=4 kernelpagesize_kB=2048",  # the same mode, another token
+    "3000 interleave:1 anon=9 N1=4 kernelpagesize_kB=2048",
+    "3000 bind:1 heap anon=9 N01=4 N3=1 kernelpagesize_kB=2048",  # a node the file had no pages on
+    "3000 bind:1 anon=9 N1=٣ kernelpagesize_kB=2048",
+])
+def test_a_new_line_off_a_one_class_file_class_is_read_as_the_full_parser_reads_it(line):
+    old_text = "".join(f"{0x1000 * (i + 1):x} bind:1 anon=9 N1={i + 1} kernelpagesize_kB=2048\n" for i in range(10))
+    for at in (0, 5):  # as the first new line and as a later one
+        rows = old_text.split("\n")
+        rows[at] = line
+        rows[7] = rows[7].replace("anon=9", "anon=8")
+        new_text = "\n".join(rows)
+        assert outcome(reparse_numa_maps, new_text, old_text, parse_numa_maps(old_text)) == \
+            outcome(parse_numa_maps_slowly, new_text)
 
 
 def test_known_lines_of_a_one_class_file_are_subtracted_unparsed(monkeypatch):

@@ -62,7 +62,8 @@ parser (`_parse_fields`), which alone decides what is malformed, so the two
 give the same totals and the same errors (`parse_numa_maps_slowly` is the
 reference the tests hold the fast path to). A re-parse takes out the lines
 that went without parsing them when the file is of one policy mode and one
-page class (`_subtract_known_lines`).
+page class (`_subtract_known_lines`), and reads the lines that came with one
+findall for the whole batch when they are of that class too (`_add_class_lines`).
 """
 
 from __future__ import annotations
@@ -653,6 +654,66 @@ def _subtract_known_lines(acc: _TotalsBuilder, lines: list[str], totals: NumaMap
     return True
 
 
+def _single_class(totals: NumaMapsTotals) -> tuple[str, int, bool] | None:
+    """(mode, page size, unmovable) of a file whose VMAs are all of one mode and whose pages are all
+    of one class; None for any other file (or one without pages)."""
+    if len(totals.policy_vmas) != 1 or not totals.pages:
+        return None
+    _, size, unmovable, _ = totals.pages[0]
+    if any(s != size or u != unmovable for _, s, u, _ in totals.pages):
+        return None
+    return totals.policy_vmas[0][0], size, unmovable
+
+
+@lru_cache(maxsize=64)
+def _anon_lines(policy_text: str, page_kb: int) -> re.Pattern:
+    """Lines of non-file, non-hugetlbfs memory under exactly this policy token and page size, in
+    _FAST_LINE's field order, their N<node> tokens captured as one group.
+
+    A subset of the lines _FAST_LINE reads (same fields, same digit bounds), all of one class:
+    no file= and no huge means movable (`unmovable_vma`), whatever mapmax says. A line without
+    kernelpagesize_kB is read in base pages, so it is of the class only when the class's page
+    is the base page.
+    """
+    digits = "[0-9]{1,20}"
+    counts = "".join(f"(?: {name}={digits})?" for name in
+                     ("anon", "dirty", "mapped", "mapmax", "swapcache", "active", "writeback"))
+    optional = "?" if page_kb * 1024 == DEFAULT_PAGE_BYTES else ""
+    return re.compile(rf"^[0-9a-f]{{1,16}} {re.escape(policy_text)}(?: heap| stack)?{counts}"
+                      rf"((?: N[0-9]{{1,5}}={digits})*)(?: kernelpagesize_kB={page_kb}){optional}$", re.M)
+
+
+def _add_class_lines(acc: _TotalsBuilder, lines: list[str], totals: NumaMapsTotals) -> bool:
+    """Add new lines of a single-class file that are of its class, all read by one findall;
+    False, with nothing added, if the file is not single-class or a line is not of its class.
+
+    The usual churn: a process's anonymous VMAs changing their counts. One findall with one
+    group (a string per line, no tuples) checks every line and hands back only its N<node>
+    tokens, which are then summed per node over a string a quarter of the lines' size.
+    """
+    cls = _single_class(totals)
+    if cls is None or cls[2] or cls[1] % 1024 or not lines:
+        return False
+    first = lines[0]
+    start = first.find(" ") + 1
+    end = first.find(" ", start)
+    policy_text = first[start:end if end > 0 else len(first)]
+    if not start or not policy_text or _fast_class((policy_text, "", "", "", str(cls[1] // 1024))) != cls:
+        return False
+    regions = _anon_lines(policy_text, cls[1] // 1024).findall("\n".join(lines))
+    if len(regions) != len(lines):
+        return False
+    mode, page_size_bytes, _ = cls
+    sums = _node_sums("".join(regions), {n for n, _, _, _ in totals.pages})
+    pages = acc.pages
+    for node, count in sums.items():
+        key = (node, page_size_bytes, False)
+        pages[key] = pages.get(key, 0) + count
+    acc.vma_count += len(lines)
+    acc.policy_vmas[mode] = acc.policy_vmas.get(mode, 0) + len(lines)
+    return True
+
+
 def parse_numa_maps(text: str) -> NumaMaps:
     """Parse a whole numa_maps file; any malformed line raises ParseError."""
     acc = _TotalsBuilder()
@@ -746,7 +807,7 @@ def reparse_numa_maps(text: str, previous_text: str, previous: NumaMaps) -> Numa
             return parse_numa_maps(text)
         del new_lines, old_lines
         try:
-            for line in _add_lines(acc, added, 1):
+            for line in () if _add_class_lines(acc, added, previous.totals) else _add_lines(acc, added, 1):
                 acc.add_fields(_parse_fields(line))
         except ParseError:
             # Name the line as parse_numa_maps would: the first bad one in the file.
