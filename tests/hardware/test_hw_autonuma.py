@@ -10,7 +10,7 @@ kernel's balancing off:
 - the right split: numa01 and numa01_THREAD_ALLOC end with the two
   processes on different nodes, each with its memory (locality >= 0.9),
   pinned there by the daemon, which never undid either pin (undo-crammed);
-  numa02_SMT ends on node 0 with its memory; numa02 (4 busy threads, 2
+  numa02_SMT ends on one node with its memory (either moves); numa02 (4 busy threads, 2
   CPUs per node) is left spread, the daemon says why (spread-by-capacity)
   and turns kernel assist on.
 Locality and where workers ran come from move_pages(2)'s status query and
@@ -117,9 +117,12 @@ def test_numa02_smt_goes_to_its_memory(daemon):
     with Pattern.start("numa02_SMT", MIB_PER_PROCESS) as pat:
         (pid,) = pat.pids
 
+        # Issue 12: "threads and memory together on one node (they fit)". Either way is right: the
+        # task to its memory on node 0, or, when the scheduler kept both threads on node 1 for
+        # passes, the memory to them (a final run did that: locality 1.0 on node 1).
         def home(s):
             nodes, local = per_process(s, pid)
-            return nodes == {0} and local >= 0.9
+            return len(nodes) == 1 and local >= 0.9
 
         s = watch(pat, home, daemon)
         assert home(s), (s.workers, daemon.read_text()[-3000:])
