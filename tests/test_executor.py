@@ -16,15 +16,7 @@ from autonumad.readers.numa_maps import read_numa_maps
 from autonumad.readers.proc_status import read_status
 from autonumad.readers.task_stat import read_thread_stats
 from autonumad.observe.snapshot import take_snapshot
-
-
-def balance_config(**keys):
-    """[balance] as the config compiles it (regular expressions compiled once, there), with
-    min_cpu_fraction 0 unless given: these fake processes use no CPU between passes."""
-    from autonumad.service.config import compile_config
-
-    return compile_config({"balance": {"min_cpu_fraction": 0,
-                                       **{k: list(v) if isinstance(v, tuple) else v for k, v in keys.items()}}}).balance
+from test_policy import balance_config  # one definition, in test_policy.py
 
 
 GiB = 2**30

@@ -17,15 +17,7 @@ from autonumad.plan.tiering import (
     RULE_DEMOTE, RULE_PROMOTE, TieringHistory, _split_budget, decide_tiering, plan_tiers,
 )
 from autonumad.observe.tracker import Region, read_vma_ends
-
-
-def balance_config(**keys):
-    """[balance] as the config compiles it (regular expressions compiled once, there), with
-    min_cpu_fraction 0 unless given: these fake processes use no CPU between passes."""
-    from autonumad.service.config import compile_config
-
-    return compile_config({"balance": {"min_cpu_fraction": 0,
-                                       **{k: list(v) if isinstance(v, tuple) else v for k, v in keys.items()}}}).balance
+from test_policy import balance_config  # one definition, in test_policy.py
 
 
 GiB = 2**30
