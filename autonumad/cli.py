@@ -402,7 +402,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
            "kernel_numa_balancing": snap.knobs.as_json().get("numa_balancing"),
            "cpu_ledger": {**ledger.as_json(), "summary": ledger.describe()} if ledger is not None else None,
            "tiering": _tiering_explain(args, config, host, snap, p.pid, state),
-           "daemon_last_pass": _daemon_last_pass(state, p.pid)}
+           "daemon_last_pass": _daemon_last_pass(state, p.pid, p.start_ticks)}
     if args.json:
         _print_json(doc)
     else:
@@ -544,8 +544,9 @@ def _render_explain(doc: dict, p) -> None:
         c.print(f"tiering (tracker {tv['tracker']}): [bold]{tv['rule']}[/bold]: {tv['reason']}")
 
 
-def _daemon_last_pass(state: dict | None, pid: int) -> dict | None:
-    """The running daemon's own verdict for `pid` in its last pass (state.json), if it detailed it.
+def _daemon_last_pass(state: dict | None, pid: int, start_ticks: int) -> dict | None:
+    """The running daemon's own verdict for this process in its last pass (state.json), if it detailed
+    it: the same pid *and* start time, so a reused pid never shows its predecessor's verdict.
 
     explain plans on a fresh read with a fresh history; the daemon remembers cool-downs and CPU
     measurements between passes, so the two can differ for a process it has just acted on.
@@ -553,7 +554,7 @@ def _daemon_last_pass(state: dict | None, pid: int) -> dict | None:
     if not state or not _daemon_alive(state):
         return None
     v = (state.get("verdicts") or {}).get(str(pid))
-    if not isinstance(v, dict) or not isinstance(v.get("rule"), str):
+    if not isinstance(v, dict) or not isinstance(v.get("rule"), str) or v.get("start_ticks") != start_ticks:
         return None
     return {"pass": state.get("passes"), "rule": v["rule"], "reason": str(v.get("reason", ""))}
 

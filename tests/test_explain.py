@@ -62,7 +62,9 @@ def test_explain_gives_the_daemons_rule_for_every_process(tmp_path, capsys, name
     assert len(verdicts) >= 3
     # The state file carries the same verdicts: the guest test compares explain against it.
     state = json.loads((run / "state.json").read_text())
-    assert state["verdicts"] == {str(pid): {"comm": v.comm, "rule": v.rule, "reason": v.reason}
+    start = {p.pid: p.start_ticks for p in report.snapshot.processes}
+    assert state["verdicts"] == {str(pid): {"comm": v.comm, "start_ticks": start[pid], "rule": v.rule,
+                                            "reason": v.reason}
                                  for pid, v in verdicts.items()}
     for pid, v in verdicts.items():
         doc = explain(capsys, str(pid), "--root", str(root), "--runtime-dir", str(run), "--sample-s", sample)
@@ -95,9 +97,16 @@ def test_explain_shows_the_daemons_own_verdict_when_its_history_makes_them_diffe
     d = Daemon(open_host(root), load_config(cfg), config_path=str(cfg), dry_run=True, manage_knobs=False)
     pid = next(iter(d.run_pass().decision.verdicts))
     state = json.loads((run / "state.json").read_text())
-    state["verdicts"][str(pid)] = {"comm": "x", "rule": "cooling-down", "reason": "moved 3 s ago"}
+    mine = state["verdicts"][str(pid)]
+    state["verdicts"][str(pid)] = {**mine, "rule": "cooling-down", "reason": "moved 3 s ago"}
     (run / "state.json").write_text(json.dumps(state))
     assert main(["explain", str(pid), "--root", str(root), "--runtime-dir", str(run), "--sample-s", "0"]) == 0
     out = capsys.readouterr().out
     assert "the running daemon's last pass (#1) said cooling-down: moved 3 s ago" in " ".join(out.split())
+    # The same pid with another start time is another process (pid reuse): its verdict is not shown.
+    state["verdicts"][str(pid)]["start_ticks"] = mine["start_ticks"] + 1
+    (run / "state.json").write_text(json.dumps(state))
+    assert main(["explain", str(pid), "--root", str(root), "--runtime-dir", str(run), "--sample-s", "0",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["daemon_last_pass"] is None
     d._shutdown()

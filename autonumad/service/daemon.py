@@ -515,6 +515,7 @@ class Daemon:
 
     def _write_state(self, report: PassReport) -> None:
         """state.json in the runtime dir, atomically: read by `reload --wait` and the CLI."""
+        start_ticks = {p.pid: p.start_ticks for p in report.snapshot.processes}
         doc = {
             "schema_version": 1,
             "pid": os.getpid(),
@@ -534,7 +535,10 @@ class Daemon:
             },
             # Every detailed process's rule this pass: what `explain PID` must agree with
             # (tests/hardware/test_hw_daemon.py checks it on a real kernel).
-            "verdicts": {str(v.pid): {"comm": v.comm, "rule": v.rule, "reason": v.reason}
+            # start_ticks: with the pid, the process's identity (explain must not show a reused
+            # pid's predecessor's verdict).
+            "verdicts": {str(v.pid): {"comm": v.comm, "start_ticks": start_ticks.get(v.pid), "rule": v.rule,
+                                      "reason": v.reason}
                          for v in list(report.decision.verdicts.values())[:MAX_STATE_VERDICTS]},
             "dry_run": self.dry_run,
             "tiering": tiering_doc(report.tiering),
