@@ -236,10 +236,19 @@ def test_explain_agrees_with_the_running_daemon_on_every_process(tmp_path, cfg, 
             time.sleep(0.5)
         pids = list(state()["verdicts"])
         assert {str(w.pid) for w in shapes.values()} <= set(pids), (pids, log.read_text())
+        def rule_of(pid: str) -> tuple[int, str] | None:
+            # The rule and the process identity only: a verdict's reason quotes CPU use and page
+            # counts that change every pass of a busy process, and a change of wording is not a
+            # change of decision (the CI run of session 4 failed on exactly that).
+            v = state()["verdicts"].get(pid)
+            return None if v is None else (v["start_ticks"], v["rule"])
+
         compared: dict[str, tuple[str, str]] = {}
+        seen: dict[str, list] = {}
         for pid in pids:
-            for _ in range(3):
-                before = state()["verdicts"].get(pid)
+            for _ in range(5):
+                before = rule_of(pid)
+                seen.setdefault(pid, []).append(before)
                 if before is None:
                     break  # gone, or no longer detailed
                 out = subprocess.run([*AUTONUMAD, "explain", pid, "--json", "--runtime-dir", str(tmp_path / "run")],
@@ -249,11 +258,14 @@ def test_explain_agrees_with_the_running_daemon_on_every_process(tmp_path, cfg, 
                     break  # the process ended
                 doc = json.loads(out.stdout)
                 assert doc["config"]["source"] == f"the running daemon (pid {daemon.pid})", doc["config"]
-                if state()["verdicts"].get(pid) == before:
-                    compared[pid] = (before["rule"], doc["rule"])
+                after = rule_of(pid)
+                seen[pid].append(after)
+                if after == before:
+                    compared[pid] = (before[1], doc["rule"])
                     break
         print({pid: rules for pid, rules in compared.items()})
-        assert {str(w.pid) for w in shapes.values()} <= set(compared), "a workload's rule never held still"
+        unsettled = {name: seen.get(str(w.pid)) for name, w in shapes.items() if str(w.pid) not in compared}
+        assert not unsettled, f"a workload's rule never held still across one explain: {unsettled}\n{log.read_text()}"
         disagree = {pid: r for pid, r in compared.items() if r[0] != r[1]}
         assert not disagree, f"(daemon, explain) rules differ: {disagree}\n{log.read_text()}"
         rules = {name: compared[str(w.pid)][0] for name, w in shapes.items()}
