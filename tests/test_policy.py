@@ -316,3 +316,17 @@ def test_a_busy_process_found_off_its_memory_after_being_measured_beside_it_gets
     assert v.rule == "task-follows-memory", v.reason
     (a,) = d.actions
     assert a.kind == "set_affinity" and a.cpus == N1 and a.original_cpus == N0 + N1
+
+
+def test_task_follows_memory_reason_when_threads_span_nodes(tmp_path):
+    """Threads on nodes 0 and 1, memory on node 0: the threads move to node 0, and the reason names
+    what that spares (the memory split towards node 1), not "copying 0 MiB" (the reason said that
+    while the memory on node 0 counted as already where the process runs)."""
+    spec = proc(run_cpu=0, pages={0: 60000, 1: 100})
+    spec = ProcessSpec(spec.pid, spec.comm, (ThreadSpec(100, 0), ThreadSpec(101, 2)), vmas=spec.vmas,
+                       cgroup=spec.cgroup)
+    d, _, _ = run(tmp_path, two_node([spec]))
+    v = d.verdicts[100]
+    assert v.rule == "task-follows-memory", v
+    assert "copying 0 MiB" not in v.reason and "node(s) 0,1" in v.reason, v.reason
+    assert "instead of its memory being split towards its thread(s) on node(s) 1" in v.reason, v.reason

@@ -404,11 +404,19 @@ def _set_affinity(ctx: _Ctx, p: ProcessView, node: int, lf: float, to_move: int,
     """Task follows memory: all its threads get `node`'s CPUs."""
     page = ctx.page_bytes
     if lf >= ctx.cfg.target_local_fraction:
-        running = sum(p.pages_by_node.get(n, 0) for n in p.running_nodes) * page
-        reason = (f"{lf:.0%} of its memory ({mib(p.pages_by_node.get(node, 0) * page)}) is on node {node} "
+        on_node = p.pages_by_node.get(node, 0) * page
+        elsewhere = tuple(n for n in p.running_nodes if n != node)
+        if node in p.running_nodes:
+            # Some threads already run on `node`: the alternative is not one copy "to where it runs"
+            # but the memory those threads use pulled apart towards the other nodes' threads.
+            instead = (f"instead of its memory being split towards its thread(s) on "
+                       f"node(s) {node_list(elsewhere)}")
+        else:
+            running = sum(p.pages_by_node.get(n, 0) for n in p.running_nodes) * page
+            instead = f"instead of copying {mib(total_bytes - running)} of memory to where it runs"
+        reason = (f"{lf:.0%} of its memory ({mib(on_node)}) is on node {node} "
                   f"while it runs on node(s) {node_list(p.running_nodes)}; node {node} has CPU headroom, so its "
-                  f"{len(p.threads)} thread(s) move there instead of copying {mib(total_bytes - running)} "
-                  f"of memory to where it runs")
+                  f"{len(p.threads)} thread(s) move there {instead}")
     else:
         reason = (f"node {node} needs the fewest bytes moved ({mib(to_move)}) among nodes with CPU headroom; "
                   f"its {len(p.threads)} thread(s) move there and the rest of its memory follows"
