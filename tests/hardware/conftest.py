@@ -122,3 +122,13 @@ def hugepages():
     finally:
         for p, v in zip(paths, saved):
             p.write_text(v)
+
+
+@pytest.fixture
+def workloads():
+    """A list the test appends its `hardware.workload.Workload`s to; each is stopped afterwards.
+    (test_hw_damon.py and test_hw_tiering.py override it with a launcher of their own workload.)"""
+    started: list = []
+    yield started
+    for w in started:
+        w.stop()

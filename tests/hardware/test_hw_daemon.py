@@ -105,14 +105,6 @@ listen = ""
     return path
 
 
-@pytest.fixture
-def workloads():
-    started: list[Workload] = []
-    yield started
-    for w in started:
-        w.stop()
-
-
 def explain(pid: int, cfg: Path) -> dict:
     out = subprocess.run([*AUTONUMAD, "explain", str(pid), "--json", "--config", str(cfg)], capture_output=True,
                          text=True, cwd=REPO, timeout=120)

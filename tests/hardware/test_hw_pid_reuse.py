@@ -45,7 +45,7 @@ from pathlib import Path
 
 import pytest
 
-from hardware.test_hw_daemon import AUTONUMAD, REPO, Workload, workload
+from hardware.test_hw_daemon import AUTONUMAD, REPO, workload
 from autonumad.readers.lists import parse_list
 
 pytestmark = pytest.mark.topology("2node")
@@ -201,14 +201,6 @@ def storm(stop_at: float, node0: list[int], node1: list[int], rng: random.Random
     for p, _, _ in live:
         p.kill()
         p.wait()
-
-
-@pytest.fixture
-def workloads():
-    started: list[Workload] = []
-    yield started
-    for w in started:
-        w.stop()
 
 
 def test_pid_reuse_storm_no_action_on_a_process_not_decided_about(tmp_path, workloads):
