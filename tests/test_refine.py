@@ -284,6 +284,77 @@ def test_write_probe_cuts_a_region_to_its_written_granules_and_defers_what_it_di
     assert probe.recheck_in_s == pytest.approx(MIN_SPACING_S - 1)
 
 
+def test_probes_add_up_a_hot_set_swept_slower_than_the_window_is_promoted_whole(tmp_path):
+    # The tiered guest under load: the workload's sweep of its hot set, every page write-protected
+    # by the clear, takes longer than the window, so each probe sees part of it written. Before,
+    # each probe's map replaced the last: the part the newest window missed was left where it
+    # was, though an earlier probe had seen it written (the DAMON promotion hardware test stopped
+    # at 39-48 of 64 MiB).
+    from tests.test_tracker import BASE, Clock, _softdirty_host
+
+    from autonumad.observe.probe import MIN_SPACING_S, WRITE_MEMORY_S, WriteProbe
+
+    host = _softdirty_host(tmp_path, pages=2048)  # 8 MiB, all on the slow node
+    clock = Clock()
+    windows = iter([(0, 1024), (1024, 1024), (0, 1024)])  # pages the workload writes in each window
+
+    def sleep(s):
+        host.write_pages(101, *next(windows))
+        clock.t += s
+
+    probe = WriteProbe(host, clock, sleep, window_s=1.0, granule_pages=64)
+    r = Region(BASE, BASE + 8 * MiB, 0.6, 3.0)
+    on_slow = {101: {(r.start, r.end): {2: 8 * MiB}}}
+    is_hot = lambda x: x.accesses_fraction >= 0.2  # noqa: E731
+    place = lambda pid, ranges: [{2: e - s} for s, e in ranges]  # noqa: E731
+
+    def hot_mib():
+        hot, _ = probe.refine({101: (r,)}, on_slow, is_hot, (2,), 0.1, place)
+        return sum(x.size_bytes for x in hot[101] if is_hot(x)) / MiB
+
+    assert hot_mib() == 4 and probe.probes == 1  # the first window saw the first half written
+    # That probe saw new writes and half the region was never seen written: the next probe comes
+    # MIN_SPACING_S later, not PROBE_INTERVAL_S.
+    clock.t += MIN_SPACING_S - 0.5
+    assert hot_mib() == 4 and probe.probes == 1
+    clock.t += 1
+    # The second window saw only the second half: the first, seen written by the first probe, stays hot.
+    assert hot_mib() == 8 and probe.probes == 2
+    # Both seen: no more probes until the interval.
+    clock.t += MIN_SPACING_S + 1
+    assert hot_mib() == 8 and probe.probes == 2
+    # Past WRITE_MEMORY_S a range's write is forgotten unless a newer probe saw it again.
+    clock.t += WRITE_MEMORY_S
+    assert hot_mib() == 4 and probe.probes == 3
+
+
+def test_a_part_never_written_stops_the_quick_probes_once_a_probe_adds_nothing(tmp_path):
+    # A cold mapping merged with a hot one: each window sees the same hot half. The second probe
+    # adds nothing, so the third waits for the interval, and the cold half is never promoted.
+    from tests.test_tracker import BASE, Clock, _softdirty_host
+
+    from autonumad.observe.probe import MIN_SPACING_S, PROBE_INTERVAL_S, WriteProbe
+
+    host = _softdirty_host(tmp_path, pages=2048)
+    clock = Clock()
+
+    def sleep(s):
+        host.write_pages(101, 0, 1024)
+        clock.t += s
+
+    probe = WriteProbe(host, clock, sleep, window_s=1.0, granule_pages=64)
+    r = Region(BASE, BASE + 8 * MiB, 0.6, 3.0)
+    on_slow = {101: {(r.start, r.end): {2: 8 * MiB}}}
+    is_hot = lambda x: x.accesses_fraction >= 0.2  # noqa: E731
+    place = lambda pid, ranges: [{2: e - s} for s, e in ranges]  # noqa: E731
+    for step_s, probes in ((0, 1), (MIN_SPACING_S, 2), (MIN_SPACING_S, 2), (PROBE_INTERVAL_S, 3)):
+        clock.t += step_s
+        hot, _ = probe.refine({101: (r,)}, on_slow, is_hot, (2,), 0.1, place)
+        assert probe.probes == probes
+        assert [(x.start - BASE, x.end - BASE) for x in hot[101] if is_hot(x)] == [(0, 4 * MiB)]
+    assert "not written in 3 soft-dirty probes of 1 s" in hot[101][0].note
+
+
 def test_refine_by_writes_drops_an_unwritten_region_when_the_process_wrote_elsewhere():
     r = Region(COLD, COLD + 16 * MiB, 0.6, 5.0)
     (x,) = refine_by_writes(r, [(HOT, HOT + MiB)], 0.1, 1.0, written_elsewhere=True)

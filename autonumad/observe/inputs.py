@@ -126,7 +126,7 @@ class HotnessSource:
                 log.warning("tiering: closing the hotness tracker: %s", e)
             self.tracker = None
         self.tracker_error = None
-        self.probe.last.clear()  # a later tracker's regions start without old write maps
+        self.probe.forget()  # a later tracker's regions start without old write maps
 
 
 def scan_limits(config) -> ScanLimits:

@@ -94,7 +94,7 @@ REFINE_MIN_BYTES = 4 * MIB
 
 
 def refine_by_writes(region: Region, written: Sequence[tuple[int, int]], lukewarm: float,
-                     window_s: float, written_elsewhere: bool = False) -> list[Region]:
+                     window_s: float, written_elsewhere: bool = False, probes: int = 1) -> list[Region]:
     """`region` cut to the ranges of `written` (sorted, disjoint (start, end)) it overlaps.
 
     Pieces written in the probe keep the region's access level; the rest
@@ -104,8 +104,10 @@ def refine_by_writes(region: Region, written: Sequence[tuple[int, int]], lukewar
     write in the region at all: if the probe saw the process write
     elsewhere (`written_elsewhere`), the whole region is lukewarm; if it saw
     no write anywhere (read-mostly data, which soft-dirty cannot see), the
-    region unchanged with a note.
+    region unchanged with a note. `written` may be the union of `probes`
+    probes of `window_s` each (WriteMap).
     """
+    seen = _probes_text(window_s, probes)
     hot: list[tuple[int, int]] = []
     for s, e in written:
         lo, hi = max(s, region.start), min(e, region.end)
@@ -116,18 +118,17 @@ def refine_by_writes(region: Region, written: Sequence[tuple[int, int]], lukewar
                 hot.append((lo, hi))
     if not hot and written_elsewhere:
         return [replace(region, accesses_fraction=lukewarm, note=_join(
-            region.note, f"refined: none of its {_mib(region.size_bytes)} written in a {window_s:g} s soft-dirty "
-                         "probe that saw the process write elsewhere, left where it is"))]
+            region.note, f"refined: none of its {_mib(region.size_bytes)} written in {seen} that saw the "
+                         "process write elsewhere, left where it is"))]
     if not hot:
         return [replace(region, note=_join(region.note, f"not refined: no write seen in {_mib(region.size_bytes)} "
-                                                         f"in a {window_s:g} s soft-dirty probe (reads are invisible "
-                                                         "to it)"))]
+                                                         f"in {seen} (reads are invisible to it)"))]
     kept = sum(e - s for s, e in hot)
     away = region.size_bytes - kept
     if not away:
         return [region]
-    note = (f"refined: {_mib(away)} of the {_mib(region.size_bytes)} region at {region.start:#x} not written in a "
-            f"{window_s:g} s soft-dirty probe, left where it is")
+    note = (f"refined: {_mib(away)} of the {_mib(region.size_bytes)} region at {region.start:#x} not written in "
+            f"{seen}, left where it is")
     out = []
     pos = region.start
     for s, e in hot:
@@ -138,6 +139,12 @@ def refine_by_writes(region: Region, written: Sequence[tuple[int, int]], lukewar
     if pos < region.end:
         out.append(replace(region, start=pos, end=region.end, accesses_fraction=lukewarm, note=note))
     return out
+
+
+def _probes_text(window_s: float, probes: int) -> str:
+    if probes <= 1:
+        return f"a {window_s:g} s soft-dirty probe"
+    return f"{probes} soft-dirty probes of {window_s:g} s"
 
 
 def written_ranges(start: int, dirty: bytes, present: bytes, page_size: int,
@@ -178,6 +185,20 @@ class WriteMap:
     window_s: float
     probed: tuple[tuple[int, int], ...]  # ranges it read, sorted and disjoint
     written: tuple[tuple[int, int], ...]  # ranges seen written in them, sorted and disjoint
+    probes: int = 1  # probes whose ranges are merged in here (union_of)
+
+
+def union_of(maps: Sequence[WriteMap]) -> WriteMap:
+    """Several probes of one process as one map: what any of them read, what any of them saw written.
+
+    Written wins over unwritten: a window can miss a write (the process
+    wrote that part before or after it), it cannot invent one. The newest
+    probe's time is the map's.
+    """
+    last = max(maps, key=lambda m: m.when_s)
+    return WriteMap(last.when_s, last.window_s, tuple(merge_ranges(sorted(r for m in maps for r in m.probed))),
+                    tuple(merge_ranges(sorted(r for m in maps for r in m.written))),
+                    sum(m.probes for m in maps))
 
 
 def probe_targets(hot: Mapping[int, Sequence[Region]], placement, is_hot,
@@ -236,7 +257,7 @@ def _refine_process(regions: Sequence[Region], targets, seen: WriteMap, lukewarm
             w = max(0.0, seen.when_s + MIN_SPACING_S - now_s)
             wait = w if wait is None else min(wait, w)
             continue
-        pieces = refine_by_writes(r, seen.written, lukewarm, seen.window_s, bool(seen.written))
+        pieces = refine_by_writes(r, seen.written, lukewarm, seen.window_s, bool(seen.written), seen.probes)
         new.extend(pieces)
         fresh.extend(p for p in pieces if (p.start, p.end) != (r.start, r.end))
     return tuple(new), fresh, wait
