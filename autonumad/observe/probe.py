@@ -32,8 +32,7 @@ clear took longer than 1 s) is seen writing only part of it: the rest is
 not cold. What a process's probes of the last `WRITE_MEMORY_S` saw written
 counts as written (plan/refine.union_of); a range is refined away only
 when none of them saw it written. Before, each probe's map replaced the
-last, and hot memory outside the newest window waited for a later one:
-the DAMON promotion hardware test promoted 39-48 of its 64 MiB in 90 s.
+last, and hot memory outside the newest window waited for a later one.
 Soft-dirty sees writes only: when the probe saw the process write nowhere
 in the ranges it read (read-mostly data), its regions are promoted as DAMON
 reported them, and the reason says so; a region with no write while others
