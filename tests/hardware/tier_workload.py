@@ -177,12 +177,21 @@ def main() -> int:
         scratch_size = MIB
         # Without MADV_NOHUGEPAGE, so that it never merges with the cold mapping.
         scratch = _map(scratch_size, 0, no_thp=False)
-        _touch(_view(scratch, scratch_size), 1)
+        scratch_view = _view(scratch, scratch_size)
+        _touch(scratch_view, 1)
 
         def flusher() -> None:
             while not stop.wait(a.flush_tlb_ms / 1000):
                 _libc.mprotect(scratch, scratch_size, PROT_READ)
                 _libc.mprotect(scratch, scratch_size, PROT_READ | PROT_WRITE)
+                # Written again after every round. mprotect flushes only PTEs whose write bit
+                # it takes away (x86 pte_needs_flush), and after a soft-dirty clear (the write
+                # probe's or the fallback tracker's "4" to clear_refs) the PTEs are read-only
+                # and mprotect(PROT_WRITE) leaves them so (the VMA wants write notifications,
+                # mm/mmap.c vma_wants_writenotify): without this write every later round
+                # changed nothing and flushed nothing, and DAMON saw the process go silent
+                # after the first probe (issue 16's "no access after the first promotion").
+                _touch(scratch_view, 1)
 
         threading.Thread(target=flusher, daemon=True).start()
 
