@@ -88,6 +88,8 @@ class Region:
     end: int  # exclusive
     accesses_fraction: float  # 0..1
     age_s: float
+    # What refined it from the tracker's region (plan/refine.py), for the decision's reason.
+    note: str = ""
 
     @property
     def size_bytes(self) -> int:

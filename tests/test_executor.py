@@ -155,6 +155,24 @@ def test_stop_event_ends_the_move_between_batches(tmp_path):
     assert read_numa_maps(host, 100).pages_by_node() == {1: 65536}
 
 
+def test_then_runs_the_actions_it_names_after_the_plan_in_the_same_budget(tmp_path):
+    # The daemon passes Plan.top_up: spare demotions named from the outcomes, run in the same pass.
+    host = host_with(tmp_path, {1: 10000})
+    seen = []
+
+    def then(outcomes):
+        seen.append([o.moved_pages for o in outcomes])
+        return [migrate_action(10000 - outcomes[0].moved_pages)]
+
+    outcomes = Executor(host, TokenBucket(1e12)).run([migrate_action(4000)], 1e9, 6000 * P, then=then)
+    assert seen == [[4000]]
+    assert [o.moved_pages for o in outcomes] == [4000, 2000]  # the rest of the budget, not a new one
+    assert outcomes[1].status == "partial"
+    # Dry run: nothing moved, nothing to make good.
+    (o,) = Executor(host, TokenBucket(1e12), dry_run=True).run([migrate_action(10)], 1e9, then=then)
+    assert o.status == "dry-run" and len(seen) == 1
+
+
 def test_dry_run_changes_nothing(tmp_path):
     host = host_with(tmp_path, {1: 1000})
     (o,) = Executor(host, TokenBucket(1e12), dry_run=True).run([migrate_action(1000)], deadline_s=1e9)

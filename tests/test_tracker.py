@@ -84,7 +84,9 @@ class SoftDirtyHost(FakeHost):
         if host_path.endswith("/clear_refs") and value.strip() == "4":
             p = self.path(host_path.rsplit("/", 1)[0] + "/pagemap")
             data = bytearray(p.read_bytes())
-            for off in range(0, len(data), 8):
+            # The file is sparse: entries before the first non-zero byte are zero already.
+            first = (len(data) - len(data.lstrip(b"\0"))) // 8 * 8
+            for off in range(first, len(data), 8):
                 e = struct.unpack_from("=Q", data, off)[0]
                 struct.pack_into("=Q", data, off, e & ~SOFT_DIRTY_BIT)
             p.write_bytes(bytes(data))

@@ -100,15 +100,23 @@ class Executor:
     def _wait(self, seconds: float) -> bool:
         return self.wait(seconds) if self.wait is not None else self.stop.wait(seconds)
 
-    def run(self, actions, deadline_s: float, budget_bytes: int | None = None) -> list[Outcome]:
-        """Apply `actions` in order until `deadline_s` (on self.clock), moving at most `budget_bytes`."""
+    def run(self, actions, deadline_s: float, budget_bytes: int | None = None,
+            then: Callable[[list[Outcome]], list[Action]] | None = None) -> list[Outcome]:
+        """Apply `actions` in order until `deadline_s` (on self.clock), moving at most `budget_bytes`.
+
+        `then` (the plan's `Plan.top_up`) names, from the outcomes, the actions to run after them in
+        the same budget and deadline: spare demotions when the planned ones moved less than planned.
+        """
         self._deadline_s = deadline_s
         self._budget_left = budget_bytes if budget_bytes is not None else float("inf")
         # A stop point is good for the very next run only: a move the planner did not continue
         # (the process settled, was re-pinned elsewhere, exited) starts from the beginning next time.
         planned = {_resume_key(a) for a in actions if a.kind == MIGRATE and a.target_node is not None}
         self.resume = {k: v for k, v in self.resume.items() if k in planned}
-        return [self._one(a) for a in actions]
+        outcomes = [self._one(a) for a in actions]
+        if then is not None and not self.dry_run:
+            outcomes += [self._one(a) for a in then(outcomes)]
+        return outcomes
 
     def _one(self, a: Action) -> Outcome:
         """One action, with every expected failure turned into its outcome.
@@ -169,8 +177,8 @@ class Executor:
                 return out
         if out.failures and not out.moved_pages:
             out.status = "failed"
-        out.detail = (f"moved {out.moved_bytes / 2**20:.1f} MiB to node {a.target_node}"
-                      + (f"; failures {out.failures}" if out.failures else ""))
+        # The pages not moved are in out.failures; the record step explains them per errno.
+        out.detail = f"moved {out.moved_bytes / 2**20:.1f} MiB to node {a.target_node}"
         return out
 
     def _move_range(self, a: Action, pos: int, end: int, page_size: int, out: Outcome,

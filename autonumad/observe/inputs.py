@@ -11,7 +11,14 @@
 3. for those processes, their VMA bounds (/proc/<pid>/maps) and where the
    pages of the regions the planner may act on are: move_pages(2) in query
    form, at most `HOT_PLACEMENT_PAGES` pages of hot regions and
-   `IDLE_PLACEMENT_PAGES` of idle ones a pass, sampled beyond that;
+   `IDLE_PLACEMENT_PAGES` of idle ones a pass, sampled beyond that. Hot
+   regions are asked for as the planner will see them, split at VMA bounds
+   (plan/refine.split_hot_at_vmas, the same pure call the planner makes);
+3b. with DAMON, a soft-dirty write probe of the processes with a wide hot
+   region on the slow tier (observe/probe.py: at most every 10 s a process,
+   or 2 s when DAMON's bounds moved outside the last probe; it waits 1 s),
+   kept as a `WriteMap` per process, and the placement of the pieces the
+   planner will cut those regions into (plan/refine.refine_by_probes);
 4. which processes tiering can observe at all (DAMON on the host, or a
    readable /proc/<pid>/pagemap for the soft-dirty fallback): the planner's
    slow-tier rule claims only those.
@@ -31,10 +38,12 @@ from autonumad.errors import HostError, NotSupported, ProcessError
 from autonumad.host import Host
 from autonumad.model import Region
 from autonumad.observe.damon import damon_available
+from autonumad.observe.probe import WriteProbe
 from autonumad.observe.snapshot import HostSnapshot, ScanLimits, SnapshotCache, take_snapshot
 from autonumad.observe.tracker import describe, make_tracker, read_vma_ends
 from autonumad.plan import selection
-from autonumad.plan.tiering import is_hot, plan_tiers, regions_to_place
+from autonumad.plan.refine import WriteMap, split_hot_at_vmas
+from autonumad.plan.tiering import is_hot, lukewarm, plan_tiers, regions_to_place
 
 log = logging.getLogger("autonumad")
 
@@ -63,6 +72,7 @@ class PassInputs:
     tracker: str = "none"  # the tracker in use, for status and metrics
     tracker_cost_s: float = 0.0  # cumulative wall time in the tracker
     tracker_ready_in_s: float | None = None  # seconds until its first sample reports
+    write_maps: Mapping[int, WriteMap] = field(default_factory=dict)  # pid -> its last write probe (DAMON)
 
 
 class HotnessSource:
@@ -73,6 +83,7 @@ class HotnessSource:
         self.clock = clock
         self.tracker = None
         self.tracker_error: str | None = None
+        self.probe = WriteProbe(host, clock)
 
     @property
     def tracker_name(self) -> str:
@@ -115,6 +126,7 @@ class HotnessSource:
                 log.warning("tiering: closing the hotness tracker: %s", e)
             self.tracker = None
         self.tracker_error = None
+        self.probe.forget()  # a later tracker's regions start without old write maps
 
 
 def scan_limits(config) -> ScanLimits:
@@ -136,8 +148,28 @@ def read_pass_inputs(host: Host, config, hotness: HotnessSource | None, cache: S
     if hotness is None:
         return PassInputs(snap, now_s, window_s, tier_observable=observable)
     hot, ready_in_s = hotness.sample(tracked_pids(snap, config), config)
-    return PassInputs(snap, now_s, window_s, hot, read_vma_ends(host, hot), read_placement(host, hot, config.tiering),
-                      observable, hotness.tracker_name, hotness.tracker_cost_s, ready_in_s)
+    ends = read_vma_ends(host, hot)
+    placement, maps = read_hot_placement(host, hotness, snap, hot, ends, config.tiering)
+    return PassInputs(snap, now_s, window_s, hot, ends, placement, observable, hotness.tracker_name,
+                      hotness.tracker_cost_s, ready_in_s, maps)
+
+
+def read_hot_placement(host: Host, hotness: HotnessSource, snap: HostSnapshot, hot, ends, t) -> tuple[dict, dict]:
+    """Where the pages of the regions the planner will see are, and (DAMON) the write probes' maps.
+
+    The planner refines the tracker's regions (plan/tiering.refine_hotness): split at VMA bounds,
+    then cut to what a write probe saw written. Both are pure calls made here too, only to know
+    which ranges to ask the kernel about.
+    """
+    split = split_hot_at_vmas(hot, ends, lambda r: is_hot(r, t))
+    placement = read_placement(host, split, t)
+    tracker = hotness.tracker
+    if tracker is None or tracker.name != "damon":
+        return placement, {}
+    plan = plan_tiers(snap.topology, t)
+    _, placement = hotness.probe.refine(split, placement, lambda r: is_hot(r, t), plan.slow_nodes, lukewarm(t),
+                                        lambda pid, ranges: host.range_nodes(pid, ranges, HOT_PLACEMENT_PAGES))
+    return placement, {pid: m for pid, m in hotness.probe.last.items() if pid in split}
 
 
 def tracked_pids(snap: HostSnapshot, config) -> list[int]:

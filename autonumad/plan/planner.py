@@ -17,8 +17,10 @@ its own):
    `balance.pass_budget_mib`; balancing's planned moves come first, tiering
    plans in what is left of it and of what the mover's rate moves in the
    pass's window, on the free memory balancing's moves leave;
-5. *tiering* (tiering.decide_tiering): tier planning, candidates, headroom
-   control, the budget split, demotions, promotions.
+5. *tiering* (tiering.decide_tiering): tier planning, refining hot regions
+   (refine.py: at VMA bounds, by the write probes' maps), candidates,
+   headroom control, the budget split, demotions (and spares: `Plan.top_up`
+   says which to run when the planned ones move less), promotions.
 
 The actions are in execution order: affinity first (memory moves after it
 land where tasks run), then balancing's migrations largest first, then
@@ -33,7 +35,8 @@ from typing import TYPE_CHECKING
 from autonumad.model import MIGRATE, Action, Decision, Verdict, mib, node_list
 from autonumad.plan.history import History
 from autonumad.plan.policy import decide
-from autonumad.plan.tiering import TieringDecision, decide_tiering, plan_tiers
+from autonumad.plan.refine import top_up
+from autonumad.plan.tiering import RULE_DEMOTE, TieringDecision, decide_tiering, plan_tiers
 
 if TYPE_CHECKING:
     from autonumad.observe.inputs import PassInputs
@@ -55,6 +58,11 @@ class Plan:
     def verdict(self, pid: int) -> Verdict | None:
         return self.balancing.verdicts.get(pid)
 
+    def top_up(self, outcomes) -> list[Action]:
+        """Spare demotions to run after the planned actions, because those freed less than planned
+        (refine.top_up; the executor calls this once, in the same run, budget and deadline)."""
+        return top_up(self.tiering.planned_demotion_bytes, self.tiering.spare_demotions, outcomes, RULE_DEMOTE)
+
 
 def plan(inputs: PassInputs, history: History, config) -> Plan:
     snap = inputs.snapshot
@@ -67,7 +75,7 @@ def plan(inputs: PassInputs, history: History, config) -> Plan:
                              balance=config.balance,
                              budget_bytes=max(0, min(budget, rate_bytes(config, inputs.window_s)) - planned),
                              vma_ends=inputs.vma_ends, placement=inputs.placement,
-                             free_bytes=free_after(inputs, balancing))
+                             free_bytes=free_after(inputs, balancing), write_maps=inputs.write_maps)
     return Plan(balancing.actions + tiering.actions, balancing, tiering, budget)
 
 

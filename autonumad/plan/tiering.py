@@ -36,7 +36,10 @@ Rules, per process, in order:
    TPP's decoupled demotion watermark. Two reasons to demote:
    - *headroom*: while the node's free memory is below its free target,
      ranges not accessed (fraction 0) for at least `cold_age_s` move until
-     the target is met;
+     the target and a margin above it (a quarter of the headroom, as the
+     kernel's low/high watermark gap) are met, and, if they are not enough, ranges idle for
+     `exchange_age_s` (a filler that keeps allocating would otherwise hold
+     the node below its target for `cold_age_s`; issue 16);
    - *exchange*: while hot memory waits on the slow tier for the node,
      ranges idle for at least `exchange_age_s` move until the node has
      room for all of it and, after it, its free target. Memory seen idle
@@ -44,7 +47,17 @@ Rules, per process, in order:
      fifth of all samples now; the kernel's own reclaim-driven demotion
      asks for no idle time at all.
    A range promoted within `promote_cooldown_s` is not demoted
-   (hysteresis).
+   (hysteresis). Candidates are ranked colder class first, then by the
+   bytes they hold on the fast node (the placement query), then idlest
+   (refine.demotion_key); one with nothing there is skipped. Candidates
+   beyond the need are planned as spares, run when the planned demotions
+   move less than planned (refine.top_up, through `Plan.top_up`), so a pass
+   keeps demoting until the free target is met or the planned bytes are
+   spent.
+3b. Before the candidates, hot regions are split at VMA bounds and wide
+   ones cut to what a soft-dirty write probe saw written (`refine_hotness`:
+   refine.py over the `WriteMap`s observe/probe.py read); the reason says
+   how much was refined away.
 
 Where a region's pages are comes from the host (move_pages(2) in query
 form, sampled when the regions are large; observe/inputs.py), so a range
@@ -106,6 +119,8 @@ from typing import Iterable, Mapping, Sequence
 
 from autonumad.model import MIGRATE, Action, ProcKey, Region, Verdict, VmaMove, mib, node_list
 from autonumad.plan import selection
+from autonumad.plan.refine import (WriteMap, demotion_key, refill_margin, refine_by_probes,
+                                   split_hot_at_vmas)
 from autonumad.readers.nodes import Topology
 from autonumad.readers.numa_maps import Vma
 from autonumad.readers.zoneinfo import node_watermarks
@@ -189,6 +204,8 @@ class TieringHistory:
     moved_bytes: dict[tuple[str, int, int], int] = field(default_factory=dict)
     blocked_promotions: int = 0
     pingpongs_total: int = 0
+    # Pages a move did not take, by (rule, errno name): not progress, explained in the log (refine.py).
+    failed_pages: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def record_decision(self, d: "TieringDecision", now_s: float | None = None) -> None:
         """Before executing: keep the new headroom targets, this pass's demand and who is waiting."""
@@ -217,6 +234,8 @@ class TieringHistory:
         if a.rule not in (RULE_PROMOTE, RULE_DEMOTE):
             return
         dst = a.target_node
+        for name, pages in outcome.failures.items():
+            self.failed_pages[(a.rule, name)] = self.failed_pages.get((a.rule, name), 0) + pages
         for src, pages in outcome.moved_from.items():
             k = (a.rule, src, dst)
             self.moved_pages[k] = self.moved_pages.get(k, 0) + pages
@@ -292,6 +311,11 @@ class TieringDecision:
     recheck_in_s: float | None = None
     # Processes with hot memory on the slow tier this pass.
     waiting: frozenset[ProcKey] = frozenset()
+    # Demotions beyond the plan, (fast node, action) in rank order, run only
+    # when the planned ones free less than planned (refine.top_up), and the
+    # planned bytes per fast node they make good.
+    spare_demotions: tuple[tuple[int, Action], ...] = ()
+    planned_demotion_bytes: Mapping[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -325,10 +349,12 @@ def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region
                    config, now_s: float, *, balance=None, budget_bytes: int = 1 << 62,
                    vma_ends: Mapping[int, Mapping[int, int]] | None = None,
                    placement: Mapping[int, Mapping[tuple[int, int], Mapping[int, int]]] | None = None,
-                   free_bytes: Mapping[int, int] | None = None) -> TieringDecision:
+                   free_bytes: Mapping[int, int] | None = None,
+                   write_maps: Mapping[int, WriteMap] | None = None) -> TieringDecision:
     """Plan this pass's promotions and demotions (see the module docstring for the rules).
 
-    The phases, in order: tier planning, candidates (selection and where
+    The phases, in order: tier planning, refining the hot regions (at VMA
+    bounds and by the write probes' maps), candidates (selection and where
     each region's pages are), headroom control, the kernel's share and the
     budget split, demotions, promotions, verdicts.
 
@@ -339,7 +365,8 @@ def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region
     region's pages are (move_pages(2) query; a region without one is
     estimated from numa_maps, its VMAs' pages spread evenly), and
     `free_bytes` each node's free memory once this pass's balancing moves
-    are done (default: the snapshot's).
+    are done (default: the snapshot's), `write_maps` pid -> what the last
+    soft-dirty write probe of it saw (observe/probe.py; none: no cut).
     """
     if not config.enabled:
         return TieringDecision(None, (), {}, {}, "tiering is disabled in the config")
@@ -347,6 +374,8 @@ def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region
     if plan is None:
         return TieringDecision(None, (), {}, {}, "the host has a single memory tier: nothing to tier")
     knobs = snapshot.knobs.as_json()
+    hotness, probe_wait = refine_hotness(hotness, vma_ends or {}, placement or {}, write_maps or {}, config, plan,
+                                         now_s)
     cands = find_candidates(snapshot, hotness, history, config, now_s, plan, balance, vma_ends, placement)
     free = dict(free_bytes) if free_bytes is not None else {n.id: n.memory_free_bytes
                                                             for n in snapshot.topology.nodes}
@@ -356,9 +385,9 @@ def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region
     promote_budget, demote_budget = _split_budget(
         budget_bytes, config.promote_share, sum(c.est_bytes for c in ours),
         sum(max(want_headroom[n], want_exchange[n]) for n in headroom))
-    demotions, more = plan_demotions(snapshot.topology, config, plan, cands, headroom, want_headroom,
-                                     want_exchange, free, demote_budget)
-    recheck += more
+    demotions, more, spares = plan_demotions(snapshot.topology, config, plan, cands, headroom, want_headroom,
+                                             want_exchange, free, demote_budget)
+    recheck += more + ([probe_wait] if probe_wait is not None else [])
     promotions, waiting = plan_promotions(config, ours, headroom, free, promote_budget, _kernel_promotes(knobs))
     verdicts = _verdicts(snapshot, config, cands.verdicts, kernels, waiting, demotions + promotions)
     note = (f"fast {node_list(plan.fast_nodes)}, slow {node_list(plan.slow_nodes)} ({plan.source}); "
@@ -366,7 +395,27 @@ def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region
     # Demotions first: they make the room promotions land in.
     return TieringDecision(plan, tuple(demotions + promotions), verdicts, headroom, note, snapshot.processes,
                            cands.hot_bytes, cands.cold_bytes, min(recheck) if recheck else None,
-                           frozenset((c.p.pid, c.p.start_ticks) for c in cands.promos))
+                           frozenset((c.p.pid, c.p.start_ticks) for c in cands.promos), spares.actions,
+                           spares.planned_bytes)
+
+
+def refine_hotness(hotness: Mapping[int, Sequence[Region]], vma_ends: Mapping[int, Mapping[int, int]],
+                   placement, write_maps: Mapping[int, WriteMap], config,
+                   plan: TierPlan, now_s: float) -> tuple[dict[int, tuple[Region, ...]], float | None]:
+    """Phase: hot regions split at VMA bounds, then wide ones cut to what a write probe saw written
+    (refine.py; observe/inputs.py read the placement of the pieces with the same two calls). Returns
+    the regions and the seconds until a region deferred for a probe can be probed (None: none)."""
+    hot = split_hot_at_vmas(hotness, vma_ends, lambda r: is_hot(r, config))
+    if not write_maps:
+        return hot, None
+    refined, _, wait = refine_by_probes(hot, placement, write_maps, lambda r: is_hot(r, config), plan.slow_nodes,
+                                        lukewarm(config), now_s)
+    return refined, wait
+
+
+def lukewarm(config) -> float:
+    """The access level of a part a probe saw unwritten: above idle, below hot (neither moves)."""
+    return config.hot_access_fraction / 2
 
 
 @dataclass
@@ -475,10 +524,15 @@ def control_headroom(snapshot: HostSnapshot, history: TieringHistory, config, pl
 
 
 def demand(headroom: Mapping[int, NodeHeadroom]) -> tuple[dict[int, int], dict[int, int]]:
-    """What each fast node wants demoted: the free target's shortfall (served by memory idle for
-    cold_age_s), and room for the hot memory waiting with the free target still met after it
+    """What each fast node wants demoted: the free target's shortfall and a margin (served by memory
+    idle for cold_age_s, then exchange_age_s), and room for the hot memory waiting with the free target still met after it
     (memory idle exchange_age_s)."""
-    want_headroom = {n: max(0, hr.target_bytes - hr.free_bytes) for n, hr in headroom.items()}
+    # Once below its target, a node is refilled to a margin above it
+    # (refine.refill_margin): demoting exactly the shortfall left it just
+    # below the target at every pass, as other allocations on the node took
+    # the last MiB before the next one (bench-tiering, issue 16).
+    want_headroom = {n: hr.target_bytes + refill_margin(hr.headroom_bytes) - hr.free_bytes
+                     if hr.free_bytes < hr.target_bytes else 0 for n, hr in headroom.items()}
     want_exchange = {n: max(0, hr.candidate_bytes + hr.target_bytes - hr.free_bytes) if hr.candidate_bytes else 0
                      for n, hr in headroom.items()}
     return want_headroom, want_exchange
@@ -509,43 +563,79 @@ def kernel_share(promos: list[_Candidate], history: TieringHistory, config, now_
     return ours, kernels, recheck
 
 
+@dataclass
+class Spares:
+    """Demotions beyond the plan (refine.top_up runs them when the planned ones move less than planned)."""
+
+    actions: tuple[tuple[int, Action], ...] = ()  # (fast node, action), in rank order
+    planned_bytes: dict[int, int] = field(default_factory=dict)  # fast node -> bytes the plan demotes
+
+
 def plan_demotions(topo: Topology, config, plan: TierPlan, cands: Candidates, headroom: Mapping[int, NodeHeadroom],
                    want_headroom: Mapping[int, int], want_exchange: Mapping[int, int], free: dict[int, int],
-                   budget: int) -> tuple[list[Action], list[float]]:
-    """Phase: demotions, idlest first, per fast node; `free` is updated. Returns the actions and
-    the waits after which idle memory will be old enough for an exchange."""
+                   budget: int) -> tuple[list[Action], list[float], Spares]:
+    """Phase: demotions per fast node, colder class first, then by the bytes each frees on the node
+    (refine.demotion_key); `free` is updated. The headroom is served by memory idle cold_age_s and,
+    when that is not enough, by memory idle exchange_age_s: a filler that keeps allocating must not
+    hold the node below its free target for cold_age_s (issue 16). Returns the actions, the waits
+    after which idle memory will be old enough for an exchange, and the spares."""
     actions: list[Action] = []
     recheck: list[float] = []
+    spares: list[tuple[int, Action]] = []
+    planned: dict[int, int] = {}
+    left = [budget]  # the demotion budget, across nodes
     slow_free = {n: free[n] for n in plan.slow_nodes}
     for n, hr in headroom.items():
-        dst = hr.demotion_target
-        taken = 0
-        for c in sorted((c for c in cands.colds if c.node == n),
-                        key=lambda c: (-c.region.age_s, c.p.pid, c.region.start)):
-            by_headroom = want_headroom[n] if c.region.age_s >= config.cold_age_s else 0
-            by_exchange = want_exchange[n] if c.region.age_s >= config.exchange_age_s else 0
-            left = max(by_headroom, by_exchange) - taken
-            if left <= 0 or budget <= 0:
-                break  # sorted idlest first: no later range is eligible for more
-            if dst not in c.p.status.mems_allowed:
-                continue
-            take = min(c.est_bytes, left, budget, max(0, slow_free.get(dst, 0) - _slow_reserve(topo, dst)))
-            if take <= 0:
-                continue
-            why = (f"node {n} has {mib(hr.free_bytes)} free, below its free target of "
-                   f"{mib(hr.target_bytes)}" if by_headroom - taken > 0 else
-                   f"{mib(hr.candidate_bytes)} of hot memory waits on the slow tier for room on node {n}")
-            actions.append(_range_action(c, dst, RULE_DEMOTE, take,
-                                         f"{why}; {mib(c.est_bytes)} on node {n} in {mib(c.region.size_bytes)} at "
-                                         f"{c.region.start:#x}, unused for {c.region.age_s:.0f} s, moves to node "
-                                         f"{dst}"))
-            taken += take
-            budget -= take
-            slow_free[dst] = slow_free.get(dst, 0) - take
-            free[n] += take
-        if want_exchange[n] > taken and n in cands.maturing_s:
+        ranked = sorted((c for c in cands.colds if c.node == n),
+                        key=lambda c: (demotion_key(c.est_bytes, c.region.age_s, config.cold_age_s,
+                                                    config.exchange_age_s), c.p.pid, c.region.start))
+        taken = _demote_node(topo, config, hr, ranked, want_headroom[n], want_exchange[n], left, slow_free,
+                             actions, spares)
+        free[n] += taken
+        if taken:
+            planned[n] = taken
+        if max(want_exchange[n], want_headroom[n]) > taken and n in cands.maturing_s:
             recheck.append(config.exchange_age_s - cands.maturing_s[n])
-    return actions, recheck
+    return actions, recheck, Spares(tuple(spares), planned)
+
+
+def _demote_node(topo: Topology, config, hr: NodeHeadroom, ranked: list[_Candidate], want_headroom: int,
+                 want_exchange: int, budget: list[int], slow_free: dict[int, int], actions: list[Action],
+                 spares: list[tuple[int, Action]]) -> int:
+    """One fast node's demotions in rank order; candidates beyond the need, up to as much again, are
+    spares. Returns the bytes planned off the node."""
+    n, dst = hr.node, hr.demotion_target
+    taken = spare = 0
+    for c in ranked:
+        age = c.region.age_s
+        by_headroom = want_headroom if age >= min(config.cold_age_s, config.exchange_age_s) else 0
+        by_exchange = want_exchange if age >= config.exchange_age_s else 0
+        want = max(by_headroom, by_exchange)
+        if c.est_bytes <= 0 or dst not in c.p.status.mems_allowed:
+            continue  # nothing of it on the node (demoting it frees nothing), or not allowed there
+        if want - taken <= 0 or budget[0] <= 0:
+            if want and spare < want:  # met on paper: the rest, up to as much again, are spares
+                take = min(c.est_bytes, want - spare)
+                spares.append((n, _range_action(c, dst, RULE_DEMOTE, take, _demote_reason(c, hr, dst, True))))
+                spare += take
+            continue
+        take = min(c.est_bytes, want - taken, budget[0], max(0, slow_free.get(dst, 0) - _slow_reserve(topo, dst)))
+        if take <= 0:
+            continue
+        actions.append(_range_action(c, dst, RULE_DEMOTE, take, _demote_reason(c, hr, dst, by_headroom - taken > 0)))
+        taken += take
+        budget[0] -= take
+        slow_free[dst] = slow_free.get(dst, 0) - take
+    return taken
+
+
+def _demote_reason(c: _Candidate, hr: NodeHeadroom, dst: int, for_headroom: bool) -> str:
+    n = hr.node
+    waits = f"{mib(hr.candidate_bytes)} of hot memory waits on the slow tier for room on node {n}"
+    why = (f"node {n} has {mib(hr.free_bytes)} free, below its free target of {mib(hr.target_bytes)}"
+           + (f", and {waits}" if hr.candidate_bytes else "") if for_headroom else waits)
+    return (f"{why}; {mib(c.est_bytes)} on node {n} in {mib(c.region.size_bytes)} at {c.region.start:#x}, "
+            f"unused for {c.region.age_s:.0f} s, moves to node {dst}")
 
 
 def plan_promotions(config, ours: list[_Candidate], headroom: Mapping[int, NodeHeadroom], free: dict[int, int],
@@ -575,7 +665,8 @@ def plan_promotions(config, ours: list[_Candidate], headroom: Mapping[int, NodeH
             f"samples (hot from {config.hot_access_fraction:.0%}) has {mib(c.est_bytes)} on the slow tier; its "
             f"threads run on node {c.node}"
             + (f"; the kernel has left it there for {config.kernel_grace_s:g} s or more" if kernel_promotes
-               else "")))
+               else "")
+            + (f"; {c.region.note}" if c.region.note else "")))
         budget -= take
         free[c.node] -= take
     return actions, waiting

@@ -42,6 +42,7 @@ from autonumad.plan.assist import KernelAssist
 from autonumad.plan.history import History
 from autonumad.plan.planner import Plan, plan
 from autonumad.plan.policy import SETTLED_RULES, owned_from_action
+from autonumad.plan.refine import explain_failures
 from autonumad.plan.tiering import RULE_DEMOTE, RULE_PROMOTE, TieringDecision
 from autonumad.readers.proc_status import read_status
 from autonumad.service.safety import Safety
@@ -71,6 +72,8 @@ class TieringReport:
     # tracker's first sample, idle memory maturing for an exchange); the
     # daemon wakes for it instead of waiting a whole interval. None: nothing.
     recheck_in_s: float | None = None
+    # Pages a promotion or demotion could not move, (rule, errno name) -> base pages, cumulative.
+    failed_pages: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
     @property
     def headroom(self):
@@ -293,7 +296,9 @@ class Daemon:
         self.executor.dry_run = self.dry_run
         # The window starts when moving does: a slow read (a TCG guest's soft-dirty scan) must not
         # leave the mover no time at all, pass after pass.
-        outcomes = self.executor.run(the_plan.actions, self.clock() + inputs.window_s, the_plan.budget_bytes)
+        # Spare demotions run, in the same run, when the planned ones moved less than planned (Plan.top_up).
+        outcomes = self.executor.run(the_plan.actions, self.clock() + inputs.window_s, the_plan.budget_bytes,
+                                     then=the_plan.top_up)
         return self._record(number, t0, inputs, the_plan, outcomes)
 
     def pass_window_s(self) -> float:
@@ -347,7 +352,7 @@ class Daemon:
                 self.history.tiering.record_outcome(o, now, self.config.tiering.promote_cooldown_s)
                 a = o.action
                 log.info("%s pid %d (%s): %s: %s%s", a.rule, a.pid, a.comm, a.reason, o.status,
-                         f" ({o.detail})" if o.detail else "")
+                         f" ({outcome_text(o)})" if o.detail else "")
             else:
                 balancing.append(o)
                 self._record_outcome(o, now)
@@ -380,7 +385,7 @@ class Daemon:
         waits = [w for w in (d.recheck_in_s, inputs.tracker_ready_in_s) if w is not None and w > 0]
         return TieringReport(d, self.hotness.tracker_name, self.hotness.tracker_cost_s, dict(h.moved_pages),
                              dict(h.moved_bytes), h.blocked_promotions, h.pingpongs_total,
-                             min(waits) if waits else None)
+                             min(waits) if waits else None, dict(h.failed_pages))
 
     def _log_verdict_changes(self, snap: HostSnapshot, decision: Decision) -> None:
         """Say why a misplaced process is left alone, once per change of rule.
@@ -408,14 +413,14 @@ class Daemon:
         a = o.action
         if o.status in ("done", "partial") and a.kind == MIGRATE:
             self.history.record_migration(a.key, now, a.target_node, complete=o.status == "done")
-            log.info("pid %d (%s): %s", a.pid, a.comm, o.detail)
+            log.info("pid %d (%s): %s", a.pid, a.comm, outcome_text(o))
         elif o.status == "done" and a.kind == SET_AFFINITY:
             self.history.record_affinity(a.key, now, owned_from_action(a))
             log.info("pid %d (%s): affinity set to node %s, %s", a.pid, a.comm, a.target_node, o.detail)
         elif o.status == "done" and a.kind == RESTORE_AFFINITY:
             self.history.record_affinity(a.key, now, None)
         elif o.status not in ("dry-run", "done"):
-            log.info("pid %d (%s): %s %s: %s", a.pid, a.comm, a.kind, o.status, o.detail)
+            log.info("pid %d (%s): %s %s: %s", a.pid, a.comm, a.kind, o.status, outcome_text(o))
 
     def next_pass_at(self, report: PassReport) -> float:
         """When the pass after `report` starts, on self.clock, unless a signal or a re-pin comes first.
@@ -531,7 +536,7 @@ class Daemon:
                 "processes_detailed": len(report.snapshot.processes),
                 "actions": [{"kind": o.action.kind, "pid": o.action.pid, "comm": o.action.comm,
                              "rule": o.action.rule, "reason": o.action.reason, "status": o.status,
-                             "detail": o.detail} for o in report.outcomes],
+                             "detail": outcome_text(o)} for o in report.outcomes],
             },
             # Every detailed process's rule this pass: what `explain PID` must agree with
             # (tests/hardware/test_hw_daemon.py checks it on a real kernel).
@@ -550,6 +555,14 @@ class Daemon:
 # state.json stays small on a host with thousands of processes: a pass details at most
 # balance.scan_max_processes of them anyway.
 MAX_STATE_VERDICTS = 1000
+
+
+def outcome_text(o: Outcome) -> str:
+    """An outcome's detail for its log line, the pages it could not move explained per errno
+    (refine.explain_failures, after move_pages(2))."""
+    if not o.failures:
+        return o.detail
+    return f"{o.detail}; not moved: {explain_failures(o.failures, o.page_size_bytes)}"
 
 
 def tiering_doc(report: TieringReport | None, max_verdicts: int = 200) -> dict | None:

@@ -357,7 +357,13 @@ class PassCollector:
                                    "Wall time the hotness tracker spent starting, re-targeting and sampling."
                                    + _AS_OF)
         cost.add_metric([], t.tracker_cost_s)
-        yield from (target, free, floor, waiting, hot, cold, pages, nbytes, blocked, pingpongs, cost)
+        failed = CounterMetricFamily(f"{PREFIX}tiering_move_failed_pages",
+                                     "Base pages a promotion or demotion could not move, by move_pages(2) errno "
+                                     "(EACCES shared, EBUSY pinned or busy, ENOMEM target full, ...)." + _AS_OF,
+                                     labels=["rule", "errno"])
+        for (rule, name), n in sorted(t.failed_pages.items()):
+            failed.add_metric([rule, name], n)
+        yield from (target, free, floor, waiting, hot, cold, pages, nbytes, blocked, pingpongs, cost, failed)
 
 
 class _OnlyOurs:

@@ -47,6 +47,7 @@ MIB = 1 << 20
 PAGE = 4096
 PROT_READ, PROT_WRITE = 1, 2
 MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE = 0x02, 0x20, 0x4000
+MAP_FIXED_NOREPLACE = 0x100000
 MADV_DONTFORK, MADV_NOHUGEPAGE, MADV_DONTDUMP = 10, 15, 16
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -54,6 +55,7 @@ _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
 _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 
 
 
@@ -83,6 +85,19 @@ class TierWorkload:
         raise AssertionError(f"no VMA starts at {mapping[0]:#x} in pid {self.pid} (merged with a neighbour?): "
                              + " ".join(f"{v.start:#x}" for v in vmas))
 
+    def range_nodes(self, mapping: tuple[int, int]) -> dict[int, int]:
+        """Pages per node of [start, end), from the kernel (move_pages(2) query): works inside a merged VMA."""
+        from autonumad.act.syscalls import range_nodes
+
+        (by_node,) = range_nodes(self.pid, [mapping], PAGE, 1 << 30)
+        return {n: b // PAGE for n, b in by_node.items()}
+
+    def command(self, line: str) -> None:
+        """Send a command ("slide", "grow N") and wait until the workload has done it."""
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        json.loads(self.proc.stdout.readline())
+
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait()
@@ -90,8 +105,11 @@ class TierWorkload:
         self.proc.stdout.close()
 
 
-def _map(size: int, extra_flags: int, no_thp: bool = True, advice: int | None = None) -> int:
-    addr = _libc.mmap(None, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | extra_flags, -1, 0)
+def _map(size: int, extra_flags: int, no_thp: bool = True, advice: int | None = None, addr: int | None = None) -> int:
+    want = addr
+    addr = _libc.mmap(want, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | extra_flags, -1, 0)
+    if want is not None and addr != want and addr not in (None, ctypes.c_void_p(-1).value):
+        raise OSError(f"mmap at {want:#x} returned {addr:#x}")
     if addr in (None, ctypes.c_void_p(-1).value):
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
@@ -119,17 +137,36 @@ def main() -> int:
     ap.add_argument("--node", type=int, required=True, help="first-touch node of both buffers")
     ap.add_argument("--cpunode", type=int, required=True, help="run on this node's CPUs")
     ap.add_argument("--flush-tlb-ms", type=float, default=1.0)
+    ap.add_argument("--merged", action="store_true",
+                    help="map the cold buffer right after the hot one with the same flags: the kernel merges "
+                         "them into one VMA")
+    ap.add_argument("--slide-mib", type=int, default=0,
+                    help="the hot mapping is this much larger per --slide-steps; the written window (--hot-mib) "
+                         "moves by it on each 'slide' line on stdin")
+    ap.add_argument("--slide-steps", type=int, default=0)
     a = ap.parse_args()
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     cpus = parse_list(Path(f"/sys/devices/system/node/node{a.cpunode}/cpulist").read_text())
     os.sched_setaffinity(0, cpus)
-    hot_size, cold_size = a.hot_mib * MIB, a.cold_mib * MIB
-    # A VMA flag of its own on each (VM_DONTDUMP, VM_DONTCOPY): thread stacks
-    # are NOHUGEPAGE too (MAP_STACK, 6.7+) and would merge with a neighbour.
-    hot = _map(hot_size, MAP_NORESERVE, advice=MADV_DONTDUMP)
-    cold = _map(cold_size, 0, advice=MADV_DONTFORK)
+    window_size = a.hot_mib * MIB
+    hot_size, cold_size = window_size + a.slide_mib * a.slide_steps * MIB, a.cold_mib * MIB
+    if a.merged:
+        # Equal flags and advice, the cold buffer placed right after the hot
+        # one: the kernel merges them into one VMA (mm/vma.c), as two
+        # malloc()ed arenas or a heap grown in steps are merged.
+        # Address space for both is found first, then given back and mapped
+        # as two mappings, one after the other.
+        base = _map(hot_size + cold_size, 0, no_thp=False)
+        _libc.munmap(base, hot_size + cold_size)
+        hot = _map(hot_size, MAP_FIXED_NOREPLACE, addr=base)
+        cold = _map(cold_size, MAP_FIXED_NOREPLACE, addr=base + hot_size)
+    else:
+        # A VMA flag of its own on each (VM_DONTDUMP, VM_DONTCOPY): thread stacks
+        # are NOHUGEPAGE too (MAP_STACK, 6.7+) and would merge with a neighbour.
+        hot = _map(hot_size, MAP_NORESERVE, advice=MADV_DONTDUMP)
+        cold = _map(cold_size, 0, advice=MADV_DONTFORK)
     hot_view, cold_view = _view(hot, hot_size), _view(cold, cold_size)
     set_mempolicy(MPOL_BIND, [a.node])
     _touch(hot_view, 1)
@@ -140,24 +177,49 @@ def main() -> int:
         scratch_size = MIB
         # Without MADV_NOHUGEPAGE, so that it never merges with the cold mapping.
         scratch = _map(scratch_size, 0, no_thp=False)
-        _touch(_view(scratch, scratch_size), 1)
+        scratch_view = _view(scratch, scratch_size)
+        _touch(scratch_view, 1)
 
         def flusher() -> None:
             while not stop.wait(a.flush_tlb_ms / 1000):
                 _libc.mprotect(scratch, scratch_size, PROT_READ)
                 _libc.mprotect(scratch, scratch_size, PROT_READ | PROT_WRITE)
+                # Written again after every round. mprotect flushes only PTEs whose write bit
+                # it takes away (x86 pte_needs_flush), and after a soft-dirty clear (the write
+                # probe's or the fallback tracker's "4" to clear_refs) the PTEs are read-only
+                # and mprotect(PROT_WRITE) leaves them so (the VMA wants write notifications,
+                # mm/mmap.c vma_wants_writenotify): without this write every later round
+                # changed nothing and flushed nothing, and DAMON saw the process go silent
+                # after the first probe (issue 16's "no access after the first promotion").
+                _touch(scratch_view, 1)
 
         threading.Thread(target=flusher, daemon=True).start()
 
+    window = [0]  # offset of the written window in the hot mapping
+    grown = []
+
     def watch_stdin() -> None:
-        sys.stdin.buffer.read()
+        # Commands, one a line: "slide" moves the written window by --slide-mib;
+        # "grow N" maps N MiB more and writes it once (a filler that keeps
+        # allocating: first touch where the task runs, default policy).
+        for line in sys.stdin:
+            cmd = line.split()
+            if cmd[:1] == ["slide"]:
+                window[0] = min(window[0] + a.slide_mib * MIB, hot_size - window_size)
+            elif cmd[:1] == ["grow"]:
+                size = int(cmd[1]) * MIB
+                addr = _map(size, MAP_NORESERVE, advice=MADV_DONTDUMP)
+                _touch(_view(addr, size), 1)
+                grown.append(addr)
+            print(json.dumps({"done": cmd}), flush=True)
         stop.set()
 
     threading.Thread(target=watch_stdin, daemon=True).start()
-    print(json.dumps({"pid": os.getpid(), "hot": [hot, hot_size], "cold": [cold, cold_size]}), flush=True)
+    print(json.dumps({"pid": os.getpid(), "hot": [hot, hot_size], "cold": [cold, cold_size],
+                      "window": window_size}), flush=True)
     value = 2
     while not stop.is_set():
-        _touch(hot_view, value)
+        _touch(hot_view[window[0]:window[0] + window_size], value)
         value = value % 250 + 2
     return 0
 
