@@ -263,23 +263,23 @@ def test_write_probe_cuts_a_region_to_its_written_granules_and_defers_what_it_di
         return [{2: e - s} for s, e in ranges]
 
     is_hot = lambda x: x.accesses_fraction >= 0.2  # noqa: E731
-    hot, placement = probe.refine({101: (r,)}, {101: {(r.start, r.end): {2: 8 * MiB}}}, is_hot, (2,), 0.1, place)
+    hot, placement = probe.refine({101: (r,)}, {101: {(r.start, r.end): {2: 8 * MiB}}}, is_hot, (2,), 0.1, place, {101: 100})
     assert slept == [1.0] and probe.probes == 1
     assert [(x.start - BASE, x.end - BASE, x.accesses_fraction) for x in hot[101]] == [
         (0, 3 * MiB, 0.6), (3 * MiB, 8 * MiB, 0.1)]
     assert "refined: 5.0 MiB of the 8.0 MiB region" in hot[101][0].note
     assert placement[101][(BASE, BASE + 3 * MiB)] == {2: 3 * MiB}
     # Nothing on the slow tier: no probe, no change.
-    same, _ = probe.refine({101: (r,)}, {101: {(r.start, r.end): {0: 8 * MiB}}}, is_hot, (2,), 0.1, place)
+    same, _ = probe.refine({101: (r,)}, {101: {(r.start, r.end): {0: 8 * MiB}}}, is_hot, (2,), 0.1, place, {101: 100})
     assert same[101] == (r,) and probe.probes == 1
     # Within the interval the last probe's map is used, without a new probe.
     clock.t += 1
-    again, _ = probe.refine({101: (r,)}, {101: {(r.start, r.end): {2: 8 * MiB}}}, is_hot, (2,), 0.1, place)
+    again, _ = probe.refine({101: (r,)}, {101: {(r.start, r.end): {2: 8 * MiB}}}, is_hot, (2,), 0.1, place, {101: 100})
     assert probe.probes == 1 and [x.end - BASE for x in again[101]] == [3 * MiB, 8 * MiB]
     # A region the last probe did not read (DAMON moved its bounds) waits for the next probe,
     # due MIN_SPACING_S after the last; the step is told when to look again.
     wider = Region(BASE + 4 * MiB, BASE + 12 * MiB, 0.6, 3.0)
-    got, _ = probe.refine({101: (wider,)}, {101: {(wider.start, wider.end): {2: 4 * MiB}}}, is_hot, (2,), 0.1, place)
+    got, _ = probe.refine({101: (wider,)}, {101: {(wider.start, wider.end): {2: 4 * MiB}}}, is_hot, (2,), 0.1, place, {101: 100})
     assert got[101][0].accesses_fraction == 0.1 and "waits for a write probe" in got[101][0].note
     assert probe.recheck_in_s == pytest.approx(MIN_SPACING_S - 1)
 
@@ -309,7 +309,7 @@ def test_probes_add_up_a_hot_set_swept_slower_than_the_window_is_promoted_whole(
     place = lambda pid, ranges: [{2: e - s} for s, e in ranges]  # noqa: E731
 
     def hot_mib():
-        hot, _ = probe.refine({101: (r,)}, on_slow, is_hot, (2,), 0.1, place)
+        hot, _ = probe.refine({101: (r,)}, on_slow, is_hot, (2,), 0.1, place, {101: 100})
         return sum(x.size_bytes for x in hot[101] if is_hot(x)) / MiB
 
     assert hot_mib() == 4 and probe.probes == 1  # the first window saw the first half written
@@ -349,7 +349,7 @@ def test_a_part_never_written_stops_the_quick_probes_once_a_probe_adds_nothing(t
     place = lambda pid, ranges: [{2: e - s} for s, e in ranges]  # noqa: E731
     for step_s, probes in ((0, 1), (MIN_SPACING_S, 2), (MIN_SPACING_S, 2), (PROBE_INTERVAL_S, 3)):
         clock.t += step_s
-        hot, _ = probe.refine({101: (r,)}, on_slow, is_hot, (2,), 0.1, place)
+        hot, _ = probe.refine({101: (r,)}, on_slow, is_hot, (2,), 0.1, place, {101: 100})
         assert probe.probes == probes
         assert [(x.start - BASE, x.end - BASE) for x in hot[101] if is_hot(x)] == [(0, 4 * MiB)]
     assert "not written in 3 soft-dirty probes of 1 s" in hot[101][0].note
@@ -425,3 +425,20 @@ def test_a_move_s_failures_are_explained_in_its_log_text(tmp_path):
                 failures={"EACCES": 114})
     assert outcome_text(o) == "moved 1.0 MiB to node 0; not moved: " + explain_failures({"EACCES": 114})
     assert outcome_text(Outcome(a, "done", "moved 1.0 MiB to node 0")) == "moved 1.0 MiB to node 0"
+
+
+def test_write_probe_never_clears_a_reused_pid(tmp_path):
+    """The probe writes clear_refs, an action on the process: not when its pid was reused."""
+    from tests.test_tracker import BASE, Clock, _softdirty_host
+
+    from autonumad.observe.probe import WriteProbe
+
+    host = _softdirty_host(tmp_path, pages=2048)
+    clear_refs = host.path("/proc/101/clear_refs")
+    probe = WriteProbe(host, Clock(), lambda s: None, window_s=1.0, granule_pages=64)
+    r = Region(BASE, BASE + 8 * MiB, 0.6, 3.0)
+    is_hot = lambda x: x.accesses_fraction >= 0.2  # noqa: E731
+    hot, _ = probe.refine({101: (r,)}, {101: {(r.start, r.end): {2: 8 * MiB}}}, is_hot, (2,), 0.1,
+                          lambda pid, ranges: [{2: e - s} for s, e in ranges], {101: 99})
+    assert probe.probes == 0 and clear_refs.read_text() == ""
+    assert hot[101] == (r,)  # nothing probed: the region as the tracker reported it

@@ -117,7 +117,7 @@ def test_softdirty_finds_the_written_granules_and_ages_the_rest(tmp_path):
     host = _softdirty_host(tmp_path, pages=256)  # 4 granules of 64 pages
     clock = Clock()
     t = SoftDirtyTracker(host, clock, granule_pages=64)
-    t.track([101])
+    t.track({101: 100})
     clock.t += 10
     host.write_pages(101, 64, 64)  # granule 1 written
     got = t.sample()[101]
@@ -133,9 +133,9 @@ def test_softdirty_finds_the_written_granules_and_ages_the_rest(tmp_path):
 def test_softdirty_forgets_untracked_and_gone_processes(tmp_path):
     host = _softdirty_host(tmp_path)
     t = SoftDirtyTracker(host, Clock())
-    t.track([101, 999])  # 999 does not exist: not tracked
+    t.track({101: 100, 999: 100})  # 999 does not exist: not tracked
     assert set(t.state) == {101}
-    t.track([])
+    t.track({})
     assert t.sample() == {}
 
 
@@ -154,25 +154,25 @@ def test_damon_tracker_scales_accesses_and_age(tmp_path):
     host = _damon_host(tmp_path, {101: [(BASE, BASE + 2**26, 20, 3), (BASE + 2**26, BASE + 2**27, 0, 400)]})
     clock = Clock()
     t = DamonTracker(host, tmp_path / "run", MonitoringAttrs(sample_us=5000, aggr_us=100_000), clock)
-    t.track([101, 555])  # 555 does not exist: dropped, not an error
+    t.track({101: 100, 555: 100})  # 555 does not exist: dropped, not an error
     assert t.sample() == {}  # warming up: the first regions are coarse
     clock.t += 2.0
     assert t.sample() == {101: (Region(BASE, BASE + 2**26, 1.0, pytest.approx(0.3)),
                                 Region(BASE + 2**26, BASE + 2**27, 0.0, pytest.approx(40.0)))}
-    t.track([101])  # same set: no restart, no new warm-up
+    t.track({101: 100})  # same set: no restart, no new warm-up
     assert t.sample() != {}
     # A newcomer restarts the kdamond (every region's age with it), so it waits
     # restart_min_s (60 s) after the last start; meanwhile 101 keeps its history.
-    t.track([101, 102])
+    t.track({101: 100, 102: 100})
     assert set(t.sample()) == {101} and host.read_text(f"{KD0}/contexts/0/targets/nr_targets").strip() == "1"
     clock.t += 60.0
-    t.track([101, 102])
+    t.track({101: 100, 102: 100})
     assert t.sample() == {}  # restarted with both: warming up again
     clock.t += 2.0
     assert set(t.sample()) == {101, 102}
     # A departure costs no restart: 101 is no longer reported, 102 keeps its history.
     writes = len(host.writes)
-    t.track([102])
+    t.track({102: 100})
     assert set(t.sample()) == {102}
     assert not [w for w in host.writes[writes:] if w[0].endswith("/state") and w[1] in ("on", "off")]
     t.close()
@@ -181,7 +181,7 @@ def test_damon_tracker_scales_accesses_and_age(tmp_path):
 
 def test_damon_tracker_recovers_a_killed_runs_kdamond(tmp_path):
     host = _damon_host(tmp_path, {})
-    DamonTracker(host, tmp_path / "run").track([101])  # never closed
+    DamonTracker(host, tmp_path / "run").track({101: 100})  # never closed
     assert read_slots(host)[0].state == "on"
     DamonTracker(host, tmp_path / "run")
     assert read_slots(host) == ()
@@ -199,7 +199,7 @@ def test_auto_picks_damon_where_present(tmp_path):
     host = _damon_host(tmp_path, {})
     t = make_tracker(host, TieringConfig(), tmp_path / "run")
     assert describe(t) == "damon"
-    t.track([101])
+    t.track({101: 100})
     t.close()
 
 
@@ -210,7 +210,7 @@ def test_auto_falls_back_when_another_user_holds_damon(tmp_path):
     host.write_text(KDAMONDS_DIR + "/0/state", "on")
     t = make_tracker(host, TieringConfig(), tmp_path / "run")
     assert isinstance(t, AutoTracker)
-    t.track([101])
+    t.track({101: 100})
     assert t.name == "softdirty" and "another user" in describe(t)
     assert read_slots(host)[0].state == "on"
 
@@ -219,3 +219,42 @@ def test_damon_asked_for_on_a_kernel_without_it_says_so(tmp_path):
     host = _softdirty_host(tmp_path)
     with pytest.raises(NotSupported, match="no DAMON"):
         make_tracker(host, TieringConfig(tracker="damon"), tmp_path / "run")
+
+
+# -- identity: a tracker acts only on the process the snapshot saw -------------------------------
+
+def test_softdirty_clear_is_refused_for_a_reused_pid(tmp_path):
+    """Clearing soft-dirty bits write-protects every PTE of the process: an action, taken only when
+    the pid still names the process the snapshot saw (its start time, stat field 22; 100 here)."""
+    from autonumad.act.identity import ProcessReplaced
+    from autonumad.readers.pagemap import clear_soft_dirty
+
+    host = _softdirty_host(tmp_path)
+    clear_refs = host.path("/proc/101/clear_refs")
+    with pytest.raises(ProcessReplaced):
+        clear_soft_dirty(host, 101, 99)
+    assert clear_refs.read_text() == ""
+    clear_soft_dirty(host, 101, 100)
+    assert clear_refs.read_text().strip() == "4"
+
+
+def test_softdirty_tracker_does_not_track_or_clear_a_reused_pid(tmp_path):
+    host = _softdirty_host(tmp_path)
+    clear_refs = host.path("/proc/101/clear_refs")
+    t = SoftDirtyTracker(host, Clock())
+    t.track({101: 99})  # the snapshot's 101 started at 99; the 101 there now at 100
+    assert t.state == {} and clear_refs.read_text() == ""
+    t.track({101: 100})
+    assert set(t.state) == {101}
+    clear_refs.write_text("")
+    t.track({101: 99})  # the pid now names another process: forgotten, its bits left alone
+    assert t.state == {} and clear_refs.read_text() == ""
+
+
+def test_damon_tracker_does_not_monitor_a_reused_pid(tmp_path):
+    host = _damon_host(tmp_path, {})
+    t = DamonTracker(host, tmp_path / "run")
+    t.track({101: 100, 102: 7})  # 102 is not the process the snapshot saw
+    assert host.read_text(f"{KD0}/contexts/0/targets/nr_targets").strip() == "1"
+    assert host.read_text(f"{KD0}/contexts/0/targets/0/pid_target").strip() == "101"
+    t.close()

@@ -95,8 +95,9 @@ class HotnessSource:
     def tracker_cost_s(self) -> float:
         return self.tracker.cost_s if self.tracker is not None else 0.0
 
-    def sample(self, pids: list[int], config) -> tuple[Mapping[int, tuple[Region, ...]], float | None]:
-        """Track exactly `pids` from now on; their regions, and seconds until the tracker reports."""
+    def sample(self, pids: Mapping[int, int], config) -> tuple[Mapping[int, tuple[Region, ...]], float | None]:
+        """Track exactly `pids` (pid -> start time, stat field 22) from now on; their regions, and
+        seconds until the tracker reports."""
         tracker = self._tracker(config)
         if tracker is None:
             return {}, None
@@ -168,15 +169,18 @@ def read_hot_placement(host: Host, hotness: HotnessSource, snap: HostSnapshot, h
         return placement, {}
     plan = plan_tiers(snap.topology, t)
     _, placement = hotness.probe.refine(split, placement, lambda r: is_hot(r, t), plan.slow_nodes, lukewarm(t),
-                                        lambda pid, ranges: host.range_nodes(pid, ranges, HOT_PLACEMENT_PAGES))
+                                        lambda pid, ranges: host.range_nodes(pid, ranges, HOT_PLACEMENT_PAGES),
+                                        {p.pid: p.start_ticks for p in snap.processes})
     return placement, {pid: m for pid, m in hotness.probe.last.items() if pid in split}
 
 
-def tracked_pids(snap: HostSnapshot, config) -> list[int]:
-    """The largest MAX_TRACKED processes the selection lets tiering manage."""
+def tracked_pids(snap: HostSnapshot, config) -> dict[int, int]:
+    """The largest MAX_TRACKED processes the selection lets tiering manage: pid -> start time (the
+    trackers act on a process, DAMON by monitoring it and soft-dirty by clearing its bits, only while
+    its pid is still that process)."""
     ok = [p for p in snap.processes if selection.select(p, config.balance, snap.topology) is None and p.total_pages]
     ok.sort(key=lambda p: (-p.total_pages, p.pid))
-    return [p.pid for p in ok[:MAX_TRACKED]]
+    return {p.pid: p.start_ticks for p in ok[:MAX_TRACKED]}
 
 
 def tier_observable(host: Host, snap: HostSnapshot, config) -> frozenset[int]:

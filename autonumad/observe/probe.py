@@ -89,15 +89,18 @@ class WriteProbe:
         self.cost_s = 0.0
 
     def observe(self, hot: Mapping[int, Sequence[Region]], placement: Mapping[int, Placement], is_hot,
-                slow_nodes) -> dict[int, WriteMap]:
-        """Probe the processes with a hot region worth it that are due; every such process's last map."""
+                slow_nodes, start_ticks: Mapping[int, int]) -> dict[int, WriteMap]:
+        """Probe the processes with a hot region worth it that are due; every such process's last map.
+
+        `start_ticks`: pid -> the snapshot's start time of that process (a probe clears its soft-dirty
+        bits, so it is only done on the process the snapshot saw: readers/pagemap.clear_soft_dirty)."""
         want = probe_targets(hot, placement, is_hot, slow_nodes)
         for pid in list(self.last):
             if pid not in hot:
                 self.forget(pid)
         if want:
             t0 = self.clock()
-            self._probe({pid: rs for pid, rs in want.items() if self._due(pid, rs, t0)})
+            self._probe({pid: rs for pid, rs in want.items() if self._due(pid, rs, t0)}, start_ticks)
             self.cost_s += self.clock() - t0
         return {pid: self.last[pid] for pid in want if pid in self.last}
 
@@ -111,13 +114,13 @@ class WriteProbe:
 
     def refine(self, hot: Mapping[int, Sequence[Region]], placement: Mapping[int, Placement], is_hot,
                slow_nodes, lukewarm: float,
-               place: Callable[[int, list[tuple[int, int]]], list[dict[int, int]] | None]
-               ) -> tuple[dict[int, tuple[Region, ...]], dict[int, dict]]:
+               place: Callable[[int, list[tuple[int, int]]], list[dict[int, int]] | None],
+               start_ticks: Mapping[int, int]) -> tuple[dict[int, tuple[Region, ...]], dict[int, dict]]:
         """Hot regions cut to what was written (plan/refine.py); their pieces' placement from `place(pid, ranges)`.
 
         Returns new hotness and placement maps (the inputs are not changed).
         """
-        seen = self.observe(hot, placement, is_hot, slow_nodes)
+        seen = self.observe(hot, placement, is_hot, slow_nodes, start_ticks)
         out_hot, fresh, self.recheck_in_s = refine_by_probes(hot, placement, seen, is_hot, slow_nodes, lukewarm,
                                                              self.clock())
         out_place = {pid: dict(p) for pid, p in placement.items()}
@@ -148,11 +151,11 @@ class WriteProbe:
             return True
         return self._grew.get(pid, False) and any(uncovered(r.start, r.end, seen.written) for r in regions)
 
-    def _probe(self, want: Mapping[int, Sequence[Region]]) -> None:
+    def _probe(self, want: Mapping[int, Sequence[Region]], start_ticks: Mapping[int, int]) -> None:
         cleared = []
         for pid in want:
             try:
-                clear_soft_dirty(self.host, pid)
+                clear_soft_dirty(self.host, pid, start_ticks.get(pid, 0))
                 cleared.append(pid)
             except (ProcessError, OSError) as e:
                 log.debug("pid %d: soft-dirty probe not started: %s", pid, e)

@@ -3,6 +3,9 @@
 One interface, `HotnessTracker`:
 
     tracker.track(pids)      monitor exactly these processes from now on
+                             (pid -> start time, proc(5) stat field 22: a
+                             tracker acts only on the process the snapshot
+                             saw, never on whoever reused its pid)
     tracker.sample()         {pid: (Region(start, end, accesses_fraction, age_s), ...)}
     tracker.close()          release what the tracker holds in the kernel
 
@@ -61,7 +64,7 @@ class HotnessTracker(Protocol):
     name: str
     cost_s: float  # wall time spent in sample() and track(), cumulative
 
-    def track(self, pids: Iterable[int]) -> None: ...
+    def track(self, pids: Mapping[int, int]) -> None: ...
 
     def sample(self) -> Mapping[int, tuple[Region, ...]]: ...
 
@@ -99,10 +102,12 @@ class DamonTracker:
             log.warning("stopped DAMON kdamond(s) %s left running by a previous autonumad that did not exit "
                         "cleanly", ",".join(map(str, cleaned)))
 
-    def track(self, pids: Iterable[int]) -> None:
+    def track(self, pids: Mapping[int, int]) -> None:
         t0 = self.clock()
         try:
-            live = [p for p in pids if self.host.exists(f"/proc/{p}")]
+            # DAMON takes a bare pid and resolves it when the kdamond starts: a pid reused since the
+            # snapshot would have another process's accessed bits cleared and reported as ours.
+            live = [p for p, ticks in pids.items() if _is_still(self.host, p, ticks)]
             running = set(self.session.pids) if self.started_s is not None else set()
             if running and set(live) - running and t0 - self.started_s < self.restart_min_s:
                 # Newcomers wait for the next restart; the rest keep their history.
@@ -154,6 +159,18 @@ class _Granules:
 
     last_written_s: dict[int, float]  # granule start address -> time
     first_seen_s: float
+    start_ticks: int  # the process's identity with its pid (clear_soft_dirty checks it)
+
+
+def _is_still(host: Host, pid: int, start_ticks: int) -> bool:
+    """True while `pid` is the process started at `start_ticks` (act/identity.confirm)."""
+    from autonumad.act import identity
+
+    try:
+        identity.confirm(host, pid, start_ticks)
+        return True
+    except ProcessError:
+        return False
 
 
 class SoftDirtyTracker:
@@ -168,18 +185,20 @@ class SoftDirtyTracker:
         self.cost_s = 0.0
         self.state: dict[int, _Granules] = {}
 
-    def track(self, pids: Iterable[int]) -> None:
+    def track(self, pids: Mapping[int, int]) -> None:
         t0 = self.clock()
-        pids = set(pids)
-        for gone in set(self.state) - pids:
-            del self.state[gone]
-        for pid in pids - set(self.state):
+        for pid in list(self.state):
+            if pids.get(pid) != self.state[pid].start_ticks:
+                del self.state[pid]  # left the set, or its pid now names another process
+        for pid, ticks in pids.items():
+            if pid in self.state:
+                continue
             try:
-                clear_soft_dirty(self.host, pid)
+                clear_soft_dirty(self.host, pid, ticks)
             except (ProcessError, OSError) as e:
                 log.debug("pid %d: soft-dirty not cleared: %s", pid, e)
                 continue
-            self.state[pid] = _Granules({}, t0)
+            self.state[pid] = _Granules({}, t0, ticks)
         self.cost_s += self.clock() - t0
 
     def sample(self) -> Mapping[int, tuple[Region, ...]]:
@@ -188,7 +207,7 @@ class SoftDirtyTracker:
         for pid, g in list(self.state.items()):
             try:
                 out[pid] = self._sample_one(pid, g, t0)
-                clear_soft_dirty(self.host, pid)
+                clear_soft_dirty(self.host, pid, g.start_ticks)
             except (ProcessError, OSError, ParseError) as e:
                 log.debug("pid %d: soft-dirty sample failed: %s", pid, e)
                 self.state.pop(pid, None)
@@ -248,7 +267,7 @@ class AutoTracker:
         self.active = primary
         self.fallback_factory = fallback_factory
         self.why_fallback: str | None = None
-        self._pids: tuple[int, ...] = ()
+        self._pids: dict[int, int] = {}
 
     @property
     def name(self) -> str:
@@ -258,8 +277,8 @@ class AutoTracker:
     def cost_s(self) -> float:
         return self.active.cost_s
 
-    def track(self, pids: Iterable[int]) -> None:
-        self._pids = tuple(pids)
+    def track(self, pids: Mapping[int, int]) -> None:
+        self._pids = dict(pids)
         try:
             self.active.track(self._pids)
         except NotSupported as e:

@@ -88,10 +88,23 @@ def read_pagemap(host, pid: int, start: int, end: int, page_size: int = DEFAULT_
     return parse_pagemap(b"".join(chunks))
 
 
-def clear_soft_dirty(host, pid: int) -> None:
-    """Start a new soft-dirty interval for `pid` (write "4" to clear_refs)."""
+def clear_soft_dirty(host, pid: int, start_ticks: int) -> None:
+    """Start a new soft-dirty interval for `pid` (write "4" to clear_refs), if it is still the process
+    started at `start_ticks` (proc(5) stat field 22).
+
+    The write changes the process: every PTE of it becomes write-protected
+    (Documentation/admin-guide/mm/soft-dirty.rst), so its next write to each
+    page faults, and another soft-dirty user (CRIU) loses its bits. It is
+    an action, and like every action of the daemon it is taken only on the
+    process it was decided about, never on whoever reused the pid
+    (act/identity.py): ProcessGone/ProcessReplaced otherwise.
+    """
+    from autonumad.act import identity
+
     path = f"/proc/{pid}/clear_refs"
     try:
-        host.write_text(path, CLEAR_SOFT_DIRTY)
+        with identity.Handle.open(host, pid, start_ticks) as held:
+            held.check()  # the pidfd poll right before the write (identity.py, step 3)
+            host.write_text(path, CLEAR_SOFT_DIRTY)
     except OSError as e:
         raise process_error(pid, path, e) from None
