@@ -3,14 +3,14 @@ bounds, cutting a hot region to what a soft-dirty probe saw written, and move fa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
 from autonumad.act.executor import Outcome
 from autonumad.observe.tracker import Region
 from autonumad.plan.refine import (
-    REFINE_MIN_BYTES, explain_failures, refine_by_writes, split_at_vmas, split_hot_at_vmas, top_up,
+    REFINE_MIN_BYTES, WriteMap, explain_failures, is_edge, refine_by_probes, refine_by_writes, split_at_vmas, split_hot_at_vmas, top_up,
     wants_probe, written_ranges,
 )
 from autonumad.plan.tiering import RULE_DEMOTE, RULE_PROMOTE
@@ -157,12 +157,23 @@ def test_split_at_vmas():
     assert split_at_vmas(inside, bounds) == [inside]
 
 
-def test_split_hot_at_vmas_leaves_idle_regions_alone():
+def test_split_hot_at_vmas_cuts_idle_regions_only_at_the_edge_of_a_hot_vma():
     cfg = TieringConfig()
+    is_hot = lambda r: r.accesses_fraction >= cfg.hot_access_fraction  # noqa: E731
     hot, cold = Region(0x1000, 0x9000, 0.6, 3.0), Region(0x9000, 0x30000, 0.0, 60.0)
-    out = split_hot_at_vmas({1: (hot, cold)}, {1: {0x0: 0x4000, 0x4000: 0x20000, 0x20000: 0x30000}},
-                            lambda r: r.accesses_fraction >= cfg.hot_access_fraction)
-    assert [(r.start, r.end) for r in out[1]] == [(0x1000, 0x4000), (0x4000, 0x9000), (0x9000, 0x30000)]
+    out = split_hot_at_vmas({1: (hot, cold)}, {1: {0x0: 0x4000, 0x4000: 0x20000, 0x20000: 0x30000}}, is_hot)
+    # The idle region runs from the hot VMA [0x4000, 0x20000) into the next one: the part in the hot
+    # VMA is an edge piece, the rest a plain piece; both keep DAMON's level and age.
+    assert [(r.start, r.end) for r in out[1]] == [(0x1000, 0x4000), (0x4000, 0x9000), (0x9000, 0x20000),
+                                                  (0x20000, 0x30000)]
+    edge, rest = out[1][2], out[1][3]
+    assert is_edge(edge) and not is_edge(rest)
+    assert (edge.accesses_fraction, edge.age_s, rest.accesses_fraction, rest.age_s) == (0.0, 60.0, 0.0, 60.0)
+    # An idle region that touches no hot VMA is left alone, however many VMAs it spans.
+    far = Region(0x20000, 0x50000, 0.0, 60.0)
+    out = split_hot_at_vmas({1: (hot, far)}, {1: {0x0: 0x4000, 0x4000: 0x20000, 0x20000: 0x30000,
+                                                  0x30000: 0x50000}}, is_hot)
+    assert out[1][-1] == far
 
 
 # -- the write probe ----------------------------------------------------------------------------
@@ -263,23 +274,23 @@ def test_write_probe_cuts_a_region_to_its_written_granules_and_defers_what_it_di
         return [{2: e - s} for s, e in ranges]
 
     is_hot = lambda x: x.accesses_fraction >= 0.2  # noqa: E731
-    hot, placement = probe.refine({101: (r,)}, {101: {(r.start, r.end): {2: 8 * MiB}}}, is_hot, (2,), 0.1, place, {101: 100})
+    hot, placement = probe.refine({101: (r,)}, {101: {(r.start, r.end): {2: 8 * MiB}}}, is_hot, (2,), 0.1, 0.2, place, {101: 100})
     assert slept == [1.0] and probe.probes == 1
     assert [(x.start - BASE, x.end - BASE, x.accesses_fraction) for x in hot[101]] == [
         (0, 3 * MiB, 0.6), (3 * MiB, 8 * MiB, 0.1)]
     assert "refined: 5.0 MiB of the 8.0 MiB region" in hot[101][0].note
     assert placement[101][(BASE, BASE + 3 * MiB)] == {2: 3 * MiB}
     # Nothing on the slow tier: no probe, no change.
-    same, _ = probe.refine({101: (r,)}, {101: {(r.start, r.end): {0: 8 * MiB}}}, is_hot, (2,), 0.1, place, {101: 100})
+    same, _ = probe.refine({101: (r,)}, {101: {(r.start, r.end): {0: 8 * MiB}}}, is_hot, (2,), 0.1, 0.2, place, {101: 100})
     assert same[101] == (r,) and probe.probes == 1
     # Within the interval the last probe's map is used, without a new probe.
     clock.t += 1
-    again, _ = probe.refine({101: (r,)}, {101: {(r.start, r.end): {2: 8 * MiB}}}, is_hot, (2,), 0.1, place, {101: 100})
+    again, _ = probe.refine({101: (r,)}, {101: {(r.start, r.end): {2: 8 * MiB}}}, is_hot, (2,), 0.1, 0.2, place, {101: 100})
     assert probe.probes == 1 and [x.end - BASE for x in again[101]] == [3 * MiB, 8 * MiB]
     # A region the last probe did not read (DAMON moved its bounds) waits for the next probe,
     # due MIN_SPACING_S after the last; the step is told when to look again.
     wider = Region(BASE + 4 * MiB, BASE + 12 * MiB, 0.6, 3.0)
-    got, _ = probe.refine({101: (wider,)}, {101: {(wider.start, wider.end): {2: 4 * MiB}}}, is_hot, (2,), 0.1, place, {101: 100})
+    got, _ = probe.refine({101: (wider,)}, {101: {(wider.start, wider.end): {2: 4 * MiB}}}, is_hot, (2,), 0.1, 0.2, place, {101: 100})
     assert got[101][0].accesses_fraction == 0.1 and "waits for a write probe" in got[101][0].note
     assert probe.recheck_in_s == pytest.approx(MIN_SPACING_S - 1)
 
@@ -309,7 +320,7 @@ def test_probes_add_up_a_hot_set_swept_slower_than_the_window_is_promoted_whole(
     place = lambda pid, ranges: [{2: e - s} for s, e in ranges]  # noqa: E731
 
     def hot_mib():
-        hot, _ = probe.refine({101: (r,)}, on_slow, is_hot, (2,), 0.1, place, {101: 100})
+        hot, _ = probe.refine({101: (r,)}, on_slow, is_hot, (2,), 0.1, 0.2, place, {101: 100})
         return sum(x.size_bytes for x in hot[101] if is_hot(x)) / MiB
 
     assert hot_mib() == 4 and probe.probes == 1  # the first window saw the first half written
@@ -349,7 +360,7 @@ def test_a_part_never_written_stops_the_quick_probes_once_a_probe_adds_nothing(t
     place = lambda pid, ranges: [{2: e - s} for s, e in ranges]  # noqa: E731
     for step_s, probes in ((0, 1), (MIN_SPACING_S, 2), (MIN_SPACING_S, 2), (PROBE_INTERVAL_S, 3)):
         clock.t += step_s
-        hot, _ = probe.refine({101: (r,)}, on_slow, is_hot, (2,), 0.1, place, {101: 100})
+        hot, _ = probe.refine({101: (r,)}, on_slow, is_hot, (2,), 0.1, 0.2, place, {101: 100})
         assert probe.probes == probes
         assert [(x.start - BASE, x.end - BASE) for x in hot[101] if is_hot(x)] == [(0, 4 * MiB)]
     assert "not written in 3 soft-dirty probes of 1 s" in hot[101][0].note
@@ -438,7 +449,54 @@ def test_write_probe_never_clears_a_reused_pid(tmp_path):
     probe = WriteProbe(host, Clock(), lambda s: None, window_s=1.0, granule_pages=64)
     r = Region(BASE, BASE + 8 * MiB, 0.6, 3.0)
     is_hot = lambda x: x.accesses_fraction >= 0.2  # noqa: E731
-    hot, _ = probe.refine({101: (r,)}, {101: {(r.start, r.end): {2: 8 * MiB}}}, is_hot, (2,), 0.1,
+    hot, _ = probe.refine({101: (r,)}, {101: {(r.start, r.end): {2: 8 * MiB}}}, is_hot, (2,), 0.1, 0.2,
                           lambda pid, ranges: [{2: e - s} for s, e in ranges], {101: 99})
     assert probe.probes == 0 and clear_refs.read_text() == ""
     assert hot[101] == (r,)  # nothing probed: the region as the tracker reported it
+
+
+# -- the edge of a hot mapping inside an idle region (bench-tiering compete, session 5) ---------------
+
+def _compete_shape():
+    """The guest's numbers, scaled: an idle region [cold VMA + 1.2 MiB of the hot VMA] read at 0, and
+    the rest of the hot VMA hot. VMAs: cold [0, 96 MiB), hot [96 MiB, 128 MiB)."""
+    cold_vma, hot_vma = (0, 96 * MiB), (96 * MiB, 128 * MiB)
+    idle = Region(0, 96 * MiB + 1228 * 1024, 0.0, 14.0)
+    hot = Region(idle.end, 128 * MiB, 0.3, 0.0)
+    return {101: (idle, hot)}, {101: dict([cold_vma, hot_vma])}
+
+
+def test_edge_piece_is_promoted_where_a_probe_saw_it_written_and_only_there():
+    cfg = TieringConfig()
+    is_hot = lambda r: r.accesses_fraction >= cfg.hot_access_fraction  # noqa: E731
+    regions, ends = _compete_shape()
+    split = split_hot_at_vmas(regions, ends, is_hot)[101]
+    edge = next(r for r in split if is_edge(r))
+    assert (edge.start, edge.end) == (96 * MiB, 96 * MiB + 1228 * 1024)
+    assert not is_hot(edge)  # on DAMON's word alone: not promoted
+    placement = {101: {(r.start, r.end): {2: r.size_bytes} for r in split}}
+    # The probe saw the first 1 MiB of the hot VMA written (and the hot region), nothing in the cold VMA.
+    seen = {101: WriteMap(10.0, 1.0, ((0, 128 * MiB),), ((96 * MiB, 97 * MiB), (edge.end, 128 * MiB)))}
+    out, fresh, _ = refine_by_probes({101: split}, placement, seen, is_hot, (2,), 0.1, 10.0, 0.2)
+    pieces = [(r.start, r.end, r.accesses_fraction) for r in out[101] if 96 * MiB <= r.start < edge.end]
+    assert pieces == [(96 * MiB, 97 * MiB, 0.2), (97 * MiB, edge.end, 0.0)], pieces
+    assert "written in a 1 s soft-dirty probe" in out[101][1].note
+    assert [(r.start, r.end) for r in fresh[101]] == [(96 * MiB, 97 * MiB), (97 * MiB, edge.end)]
+    # The cold VMA's part of the idle region is untouched: still idle, still a demotion candidate.
+    assert out[101][0] == replace(regions[101][0], end=96 * MiB)
+
+
+def test_edge_piece_without_a_write_stays_as_damon_read_it():
+    cfg = TieringConfig()
+    is_hot = lambda r: r.accesses_fraction >= cfg.hot_access_fraction  # noqa: E731
+    regions, ends = _compete_shape()
+    split = split_hot_at_vmas(regions, ends, is_hot)[101]
+    placement = {101: {(r.start, r.end): {2: r.size_bytes} for r in split}}
+    seen = {101: WriteMap(10.0, 1.0, ((0, 128 * MiB),), ((100 * MiB, 128 * MiB),))}
+    out, _, _ = refine_by_probes({101: split}, placement, seen, is_hot, (2,), 0.1, 10.0, 0.2)
+    assert [r.accesses_fraction for r in out[101] if is_edge(r)] == [0.0]
+    # On the fast node already (nothing on the slow tier), an edge piece is no probe target at all.
+    on_fast = {101: {(r.start, r.end): {0: r.size_bytes} for r in split}}
+    written = {101: WriteMap(10.0, 1.0, ((0, 128 * MiB),), ((96 * MiB, 128 * MiB),))}
+    out, _, _ = refine_by_probes({101: split}, on_fast, written, is_hot, (2,), 0.1, 10.0, 0.2)
+    assert [r.accesses_fraction for r in out[101] if is_edge(r)] == [0.0]

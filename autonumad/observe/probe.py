@@ -113,7 +113,7 @@ class WriteProbe:
                 d.pop(pid, None)
 
     def refine(self, hot: Mapping[int, Sequence[Region]], placement: Mapping[int, Placement], is_hot,
-               slow_nodes, lukewarm: float,
+               slow_nodes, lukewarm: float, hot_level: float,
                place: Callable[[int, list[tuple[int, int]]], list[dict[int, int]] | None],
                start_ticks: Mapping[int, int]) -> tuple[dict[int, tuple[Region, ...]], dict[int, dict]]:
         """Hot regions cut to what was written (plan/refine.py); their pieces' placement from `place(pid, ranges)`.
@@ -122,7 +122,7 @@ class WriteProbe:
         """
         seen = self.observe(hot, placement, is_hot, slow_nodes, start_ticks)
         out_hot, fresh, self.recheck_in_s = refine_by_probes(hot, placement, seen, is_hot, slow_nodes, lukewarm,
-                                                             self.clock())
+                                                             self.clock(), hot_level)
         out_place = {pid: dict(p) for pid, p in placement.items()}
         for pid, pieces in fresh.items():
             try:

@@ -6,6 +6,16 @@
   Adjustment"): they ignore VMA bounds inside the three big chunks of the
   address space, so one region can hold the end of a hot mapping and the
   start of a cold one.
+- `split_edges`: the other way round, a region DAMON reads as idle can
+  hold the *edge of a hot mapping*: one sampled address per interval over
+  a 325 MiB region lying mostly in an idle mapping almost never lands on
+  the 1 MiB of a hot mapping at its end (bench-tiering's `compete` case,
+  session 5: those pages stayed on the slow tier for good). The piece of
+  such a region inside a VMA that has a hot region is split off as an
+  *edge piece*, keeping the region's level and age (DAMON said nothing
+  about it either way), and is probed like a wide hot region when it has
+  bytes on the slow tier: only what a write probe sees written in it is
+  promoted.
 - `refine_by_writes` (per region) and `refine_by_probes` (the planner's
   phase, over every process's `WriteMap`): a wide hot region is cut to the
   sub-ranges seen written in a short soft-dirty probe (observe/probe.py
@@ -70,7 +80,8 @@ def split_at_vmas(region: Region, bounds: Sequence[tuple[int, int]]) -> list[Reg
 
 def split_hot_at_vmas(hotness: Mapping[int, Sequence[Region]], vma_ends: Mapping[int, Mapping[int, int]],
                       is_hot) -> dict[int, tuple[Region, ...]]:
-    """Every hot region of every process split at its VMA bounds (`vma_ends`: pid -> {start: end})."""
+    """Every hot region of every process split at its VMA bounds (`vma_ends`: pid -> {start: end}),
+    and the edge pieces of hot VMAs split off the other regions (`split_edges`)."""
     out = {}
     for pid, regions in hotness.items():
         ends = vma_ends.get(pid)
@@ -81,7 +92,54 @@ def split_hot_at_vmas(hotness: Mapping[int, Sequence[Region]], vma_ends: Mapping
         new: list[Region] = []
         for r in regions:
             new.extend(split_at_vmas(r, bounds) if is_hot(r) else (r,))
-        out[pid] = tuple(new)
+        out[pid] = tuple(split_edges(new, bounds, is_hot))
+    return out
+
+
+EDGE_NOTE = "edge of a hot VMA"
+
+
+def is_edge(region: Region) -> bool:
+    """A piece split_edges made: promoted only where a write probe sees it written."""
+    return region.note.startswith(EDGE_NOTE)
+
+
+def split_edges(regions: Sequence[Region], bounds: Sequence[tuple[int, int]], is_hot) -> list[Region]:
+    """Regions that are not hot and cross a VMA bound into a VMA with a hot region, cut at the VMA
+    bounds; the piece in each such VMA is an edge piece (its note), the others plain pieces. Every
+    piece keeps the region's level and age. `regions`: one process's; `bounds`: its VMAs, sorted."""
+    hot_vmas: set[tuple[int, int]] = set()
+    for r in regions:
+        if is_hot(r):
+            hot_vmas.update(_vmas_overlapping(r.start, r.end, bounds))
+    if not hot_vmas:
+        return list(regions)
+    out: list[Region] = []
+    for r in regions:
+        vmas = _vmas_overlapping(r.start, r.end, bounds)
+        if is_hot(r) or len(vmas) < 2 or not hot_vmas.intersection(vmas):
+            out.append(r)
+            continue
+        for s, e in vmas:
+            lo, hi = max(s, r.start), min(e, r.end)
+            if (s, e) not in hot_vmas:
+                out.append(replace(r, start=lo, end=hi))
+                continue
+            note = (f"{EDGE_NOTE}: {_mib(hi - lo)} of a {_mib(r.size_bytes)} region at {r.start:#x} read at "
+                    f"{r.accesses_fraction:.0%}, most of it in another mapping")
+            out.append(replace(r, start=lo, end=hi, note=note))
+    return out
+
+
+def _vmas_overlapping(start: int, end: int, bounds: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The VMAs of sorted `bounds` that overlap [start, end)."""
+    starts = [s for s, _ in bounds]
+    i = max(0, bisect_right(starts, start) - 1)
+    out = []
+    while i < len(bounds) and bounds[i][0] < end:
+        if bounds[i][1] > start:
+            out.append(bounds[i])
+        i += 1
     return out
 
 
@@ -168,8 +226,9 @@ def written_ranges(start: int, dirty: bytes, present: bytes, page_size: int,
 
 
 def wants_probe(region: Region, slow_bytes: int) -> bool:
-    """A hot region worth probing: wide, with bytes on the slow tier (a promotion would move them)."""
-    return region.size_bytes >= REFINE_MIN_BYTES and slow_bytes > 0
+    """A hot region worth probing: wide, or an edge piece (split_edges), with bytes on the slow tier
+    (a promotion would move them)."""
+    return (region.size_bytes >= REFINE_MIN_BYTES or is_edge(region)) and slow_bytes > 0
 
 
 # The last probe of a process saw these; a region outside them (DAMON moved
@@ -203,22 +262,26 @@ def union_of(maps: Sequence[WriteMap]) -> WriteMap:
 
 def probe_targets(hot: Mapping[int, Sequence[Region]], placement, is_hot,
                   slow_nodes) -> dict[int, list[Region]]:
-    """Per process, the hot regions worth a probe: placed, wide, with bytes on the slow tier."""
+    """Per process, the regions worth a probe: placed, hot and wide or an edge piece, with bytes on the
+    slow tier."""
     slow = set(slow_nodes)
     want: dict[int, list[Region]] = {}
     for pid, regions in hot.items():
         placed = placement.get(pid, {})
         for r in regions:
             by_node = placed.get((r.start, r.end))
-            if by_node is not None and is_hot(r) and wants_probe(r, sum(b for n, b in by_node.items() if n in slow)):
+            if by_node is None or not (is_hot(r) or is_edge(r)):
+                continue
+            if wants_probe(r, sum(b for n, b in by_node.items() if n in slow)):
                 want.setdefault(pid, []).append(r)
     return want
 
 
 def refine_by_probes(hot: Mapping[int, Sequence[Region]], placement, probes: Mapping[int, WriteMap], is_hot,
-                     slow_nodes, lukewarm: float, now_s: float
+                     slow_nodes, lukewarm: float, now_s: float, hot_level: float
                      ) -> tuple[dict[int, tuple[Region, ...]], dict[int, list[Region]], float | None]:
-    """Hot regions cut to what the last write probe of their process saw written.
+    """Hot regions cut to what the last write probe of their process saw written; edge pieces raised
+    to `hot_level` (the hot threshold) where it saw them written.
 
     Returns the new hotness, the pieces per process that are new ranges
     (their placement is not known yet), and the seconds until a region
@@ -234,7 +297,8 @@ def refine_by_probes(hot: Mapping[int, Sequence[Region]], placement, probes: Map
         seen = probes.get(pid)
         if seen is None:
             continue
-        out[pid], new, wait = _refine_process(hot[pid], {(r.start, r.end) for r in targets}, seen, lukewarm, now_s)
+        out[pid], new, wait = _refine_process(hot[pid], {(r.start, r.end) for r in targets}, seen, lukewarm, now_s,
+                                              hot_level)
         if new:
             fresh[pid] = new
         if wait is not None:
@@ -243,13 +307,18 @@ def refine_by_probes(hot: Mapping[int, Sequence[Region]], placement, probes: Map
 
 
 def _refine_process(regions: Sequence[Region], targets, seen: WriteMap, lukewarm: float,
-                    now_s: float) -> tuple[tuple[Region, ...], list[Region], float | None]:
+                    now_s: float, hot_level: float) -> tuple[tuple[Region, ...], list[Region], float | None]:
     new: list[Region] = []
     fresh: list[Region] = []
     wait = None
     for r in regions:
         if (r.start, r.end) not in targets:
             new.append(r)
+            continue
+        if is_edge(r):
+            pieces = _refine_edge(r, seen, hot_level)
+            new.extend(pieces)
+            fresh.extend(p for p in pieces if (p.start, p.end) != (r.start, r.end))
             continue
         if uncovered(r.start, r.end, seen.probed) and not any(s < r.end and r.start < e for s, e in seen.written):
             new.append(replace(r, accesses_fraction=lukewarm,
@@ -261,6 +330,30 @@ def _refine_process(regions: Sequence[Region], targets, seen: WriteMap, lukewarm
         new.extend(pieces)
         fresh.extend(p for p in pieces if (p.start, p.end) != (r.start, r.end))
     return tuple(new), fresh, wait
+
+
+def _refine_edge(region: Region, seen: WriteMap, hot_level: float) -> list[Region]:
+    """An edge piece: the parts the probes saw written become hot; the rest keeps DAMON's level.
+
+    Unlike a hot region's unwritten part (lukewarm), an edge piece's is left as DAMON read it: it
+    stays a demotion candidate when that says idle, and is not promoted on reads the probe cannot see
+    (DAMON did not see them either).
+    """
+    written = [(max(s, region.start), min(e, region.end)) for s, e in seen.written
+               if s < region.end and region.start < e]
+    if not written:
+        return [region]
+    seen_text = _probes_text(seen.window_s, seen.probes)
+    out, pos = [], region.start
+    for s, e in written:
+        if pos < s:
+            out.append(replace(region, start=pos, end=s))
+        out.append(replace(region, start=s, end=e, accesses_fraction=max(hot_level, region.accesses_fraction),
+                           note=f"{region.note}; {_mib(e - s)} of it written in {seen_text}"))
+        pos = e
+    if pos < region.end:
+        out.append(replace(region, start=pos, end=region.end))
+    return out
 
 
 def merge_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -119,7 +119,7 @@ from typing import Iterable, Mapping, Sequence
 
 from autonumad.model import MIGRATE, Action, ProcKey, Region, Verdict, VmaMove, mib, node_list
 from autonumad.plan import selection
-from autonumad.plan.refine import (WriteMap, demotion_key, refill_margin, refine_by_probes,
+from autonumad.plan.refine import (WriteMap, demotion_key, is_edge, refill_margin, refine_by_probes,
                                    split_hot_at_vmas)
 from autonumad.readers.nodes import Topology
 from autonumad.readers.numa_maps import Vma
@@ -342,7 +342,7 @@ def regions_to_place(regions: Sequence[Region], config) -> list[Region]:
     """
     idle_s = min(config.cold_age_s, config.exchange_age_s)
     return [r for r in regions
-            if is_hot(r, config) or (r.accesses_fraction == 0 and r.age_s >= idle_s)]
+            if is_hot(r, config) or is_edge(r) or (r.accesses_fraction == 0 and r.age_s >= idle_s)]
 
 
 def decide_tiering(snapshot: HostSnapshot, hotness: Mapping[int, Sequence[Region]], history: TieringHistory,
@@ -409,7 +409,7 @@ def refine_hotness(hotness: Mapping[int, Sequence[Region]], vma_ends: Mapping[in
     if not write_maps:
         return hot, None
     refined, _, wait = refine_by_probes(hot, placement, write_maps, lambda r: is_hot(r, config), plan.slow_nodes,
-                                        lukewarm(config), now_s)
+                                        lukewarm(config), now_s, config.hot_access_fraction)
     return refined, wait
 
 
