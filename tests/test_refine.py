@@ -160,12 +160,13 @@ def test_split_at_vmas():
 def test_split_hot_at_vmas_cuts_idle_regions_only_at_the_edge_of_a_hot_vma():
     cfg = TieringConfig()
     is_hot = lambda r: r.accesses_fraction >= cfg.hot_access_fraction  # noqa: E731
-    hot, cold = Region(0x1000, 0x9000, 0.6, 3.0), Region(0x9000, 0x30000, 0.0, 60.0)
-    out = split_hot_at_vmas({1: (hot, cold)}, {1: {0x0: 0x4000, 0x4000: 0x20000, 0x20000: 0x30000}}, is_hot)
-    # The idle region runs from the hot VMA [0x4000, 0x20000) into the next one: the part in the hot
-    # VMA is an edge piece, the rest a plain piece; both keep DAMON's level and age.
-    assert [(r.start, r.end) for r in out[1]] == [(0x1000, 0x4000), (0x4000, 0x9000), (0x9000, 0x20000),
-                                                  (0x20000, 0x30000)]
+    hot, cold = Region(0x1000, 0x1e000, 0.6, 3.0), Region(0x1e000, 0x40000, 0.0, 60.0)
+    out = split_hot_at_vmas({1: (hot, cold)}, {1: {0x0: 0x4000, 0x4000: 0x20000, 0x20000: 0x50000}}, is_hot)
+    # The idle region runs from the end of the hot VMA [0x4000, 0x20000) into the next one: the part
+    # in the hot VMA (1/17 of it) is an edge piece, the rest a plain piece; both keep DAMON's level
+    # and age.
+    assert [(r.start, r.end) for r in out[1]] == [(0x1000, 0x4000), (0x4000, 0x1e000), (0x1e000, 0x20000),
+                                                  (0x20000, 0x40000)]
     edge, rest = out[1][2], out[1][3]
     assert is_edge(edge) and not is_edge(rest)
     assert (edge.accesses_fraction, edge.age_s, rest.accesses_fraction, rest.age_s) == (0.0, 60.0, 0.0, 60.0)
@@ -500,3 +501,17 @@ def test_edge_piece_without_a_write_stays_as_damon_read_it():
     written = {101: WriteMap(10.0, 1.0, ((0, 128 * MiB),), ((96 * MiB, 128 * MiB),))}
     out, _, _ = refine_by_probes({101: split}, on_fast, written, is_hot, (2,), 0.1, 10.0, 0.2)
     assert [r.accesses_fraction for r in out[101] if is_edge(r)] == [0.0]
+
+
+def test_a_piece_damon_sampled_enough_is_no_edge():
+    """Past EDGE_MAX_SHARE of its region, DAMON's samples would have found a hot piece: no probe."""
+    from autonumad.plan.refine import EDGE_MAX_SHARE
+
+    cfg = TieringConfig()
+    is_hot = lambda r: r.accesses_fraction >= cfg.hot_access_fraction  # noqa: E731
+    # An idle region: 6 MiB in the cold VMA, 2 MiB (1/4) in the hot one.
+    idle, hot = Region(90 * MiB, 98 * MiB, 0.0, 14.0), Region(98 * MiB, 128 * MiB, 0.3, 0.0)
+    out = split_hot_at_vmas({1: (idle, hot)}, {1: {0: 96 * MiB, 96 * MiB: 128 * MiB}}, is_hot)[1]
+    assert 2 * MiB > EDGE_MAX_SHARE * idle.size_bytes
+    assert not any(is_edge(r) for r in out)
+    assert [(r.start, r.end) for r in out[:2]] == [(90 * MiB, 96 * MiB), (96 * MiB, 98 * MiB)]

@@ -97,6 +97,14 @@ def split_hot_at_vmas(hotness: Mapping[int, Sequence[Region]], vma_ends: Mapping
 
 
 EDGE_NOTE = "edge of a hot VMA"
+# A piece is an edge only while it is at most this share of its region.
+# DAMON checks one random address of a region per sampling interval
+# (Documentation/mm/damon/design.rst, "Region Based Sampling"): a piece
+# that is 1/8 of a region gets 2.5 of an aggregation's 20 samples, so had
+# it been accessed throughout, DAMON would almost surely have seen it (no
+# hit in 20: (7/8)^20, 7 %). Past that share DAMON's reading stands, and
+# the piece is not probed (each probe write-protects the whole process).
+EDGE_MAX_SHARE = 1 / 8
 
 
 def is_edge(region: Region) -> bool:
@@ -106,8 +114,9 @@ def is_edge(region: Region) -> bool:
 
 def split_edges(regions: Sequence[Region], bounds: Sequence[tuple[int, int]], is_hot) -> list[Region]:
     """Regions that are not hot and cross a VMA bound into a VMA with a hot region, cut at the VMA
-    bounds; the piece in each such VMA is an edge piece (its note), the others plain pieces. Every
-    piece keeps the region's level and age. `regions`: one process's; `bounds`: its VMAs, sorted."""
+    bounds; a piece in such a VMA, at most EDGE_MAX_SHARE of its region, is an edge piece (its note),
+    the others plain pieces. Every piece keeps the region's level and age. `regions`: one process's;
+    `bounds`: its VMAs, sorted."""
     hot_vmas: set[tuple[int, int]] = set()
     for r in regions:
         if is_hot(r):
@@ -122,7 +131,7 @@ def split_edges(regions: Sequence[Region], bounds: Sequence[tuple[int, int]], is
             continue
         for s, e in vmas:
             lo, hi = max(s, r.start), min(e, r.end)
-            if (s, e) not in hot_vmas:
+            if (s, e) not in hot_vmas or hi - lo > EDGE_MAX_SHARE * r.size_bytes:
                 out.append(replace(r, start=lo, end=hi))
                 continue
             note = (f"{EDGE_NOTE}: {_mib(hi - lo)} of a {_mib(r.size_bytes)} region at {r.start:#x} read at "
