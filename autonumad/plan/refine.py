@@ -52,23 +52,18 @@ MIB = 1 << 20
 # -- splitting at VMA bounds ----------------------------------------------------------------------
 
 
-def split_at_vmas(region: Region, bounds: Sequence[tuple[int, int]]) -> list[Region]:
-    """`region` cut at the bounds of the VMAs it overlaps (`bounds`: sorted (start, end) of the VMAs).
+def split_at_vmas(region: Region, bounds: Sequence[tuple[int, int]],
+                  starts: Sequence[int] | None = None) -> list[Region]:
+    """`region` cut at the bounds of the VMAs it overlaps (`bounds`: sorted (start, end) of the VMAs;
+    `starts`: their starts, when the caller has them already).
 
     Gaps between VMAs are dropped (nothing is mapped there). A region inside
     one VMA comes back unchanged. Each piece of a split region keeps the
     region's access level and age (DAMON measured them for the whole) and a
     note of the split.
     """
-    starts = [s for s, _ in bounds]
-    i = max(0, bisect_right(starts, region.start) - 1)
-    pieces = []
-    while i < len(bounds) and bounds[i][0] < region.end:
-        s, e = bounds[i]
-        lo, hi = max(s, region.start), min(e, region.end)
-        if lo < hi:
-            pieces.append((lo, hi))
-        i += 1
+    pieces = [(max(s, region.start), min(e, region.end))
+              for s, e in _vmas_overlapping(region.start, region.end, bounds, starts)]
     if len(pieces) == 1 and pieces[0] == (region.start, region.end):
         return [region]
     if not pieces:
@@ -89,10 +84,11 @@ def split_hot_at_vmas(hotness: Mapping[int, Sequence[Region]], vma_ends: Mapping
             out[pid] = tuple(regions)
             continue
         bounds = sorted(ends.items())
+        starts = [s for s, _ in bounds]  # once per process: a process can have 100,000 VMAs
         new: list[Region] = []
         for r in regions:
-            new.extend(split_at_vmas(r, bounds) if is_hot(r) else (r,))
-        out[pid] = tuple(split_edges(new, bounds, is_hot))
+            new.extend(split_at_vmas(r, bounds, starts) if is_hot(r) else (r,))
+        out[pid] = tuple(split_edges(new, bounds, is_hot, starts))
     return out
 
 
@@ -112,20 +108,22 @@ def is_edge(region: Region) -> bool:
     return region.note.startswith(EDGE_NOTE)
 
 
-def split_edges(regions: Sequence[Region], bounds: Sequence[tuple[int, int]], is_hot) -> list[Region]:
+def split_edges(regions: Sequence[Region], bounds: Sequence[tuple[int, int]], is_hot,
+                starts: Sequence[int] | None = None) -> list[Region]:
     """Regions that are not hot and cross a VMA bound into a VMA with a hot region, cut at the VMA
     bounds; a piece in such a VMA, at most EDGE_MAX_SHARE of its region, is an edge piece (its note),
     the others plain pieces. Every piece keeps the region's level and age. `regions`: one process's;
     `bounds`: its VMAs, sorted."""
+    starts = starts if starts is not None else [s for s, _ in bounds]
     hot_vmas: set[tuple[int, int]] = set()
     for r in regions:
         if is_hot(r):
-            hot_vmas.update(_vmas_overlapping(r.start, r.end, bounds))
+            hot_vmas.update(_vmas_overlapping(r.start, r.end, bounds, starts))
     if not hot_vmas:
         return list(regions)
     out: list[Region] = []
     for r in regions:
-        vmas = _vmas_overlapping(r.start, r.end, bounds)
+        vmas = _vmas_overlapping(r.start, r.end, bounds, starts)
         if is_hot(r) or len(vmas) < 2 or not hot_vmas.intersection(vmas):
             out.append(r)
             continue
@@ -140,9 +138,11 @@ def split_edges(regions: Sequence[Region], bounds: Sequence[tuple[int, int]], is
     return out
 
 
-def _vmas_overlapping(start: int, end: int, bounds: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The VMAs of sorted `bounds` that overlap [start, end)."""
-    starts = [s for s, _ in bounds]
+def _vmas_overlapping(start: int, end: int, bounds: Sequence[tuple[int, int]],
+                      starts: Sequence[int] | None = None) -> list[tuple[int, int]]:
+    """The VMAs of sorted `bounds` (with `starts`, their starts) that overlap [start, end)."""
+    if starts is None:
+        starts = [s for s, _ in bounds]
     i = max(0, bisect_right(starts, start) - 1)
     out = []
     while i < len(bounds) and bounds[i][0] < end:
