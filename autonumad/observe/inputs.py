@@ -169,7 +169,8 @@ def read_hot_placement(host: Host, hotness: HotnessSource, snap: HostSnapshot, h
         return placement, {}
     plan = plan_tiers(snap.topology, t)
     _, placement = hotness.probe.refine(split, placement, lambda r: is_hot(r, t), plan.slow_nodes, lukewarm(t),
-                                        t.hot_access_fraction, lambda pid, ranges: host.range_nodes(pid, ranges, HOT_PLACEMENT_PAGES),
+                                        t.hot_access_fraction,
+                                        lambda pid, ranges: host.range_nodes(pid, ranges, HOT_PLACEMENT_PAGES),
                                         {p.pid: p.start_ticks for p in snap.processes})
     return placement, {pid: m for pid, m in hotness.probe.last.items() if pid in split}
 

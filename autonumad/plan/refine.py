@@ -175,14 +175,7 @@ def refine_by_writes(region: Region, written: Sequence[tuple[int, int]], lukewar
     probes of `window_s` each (WriteMap).
     """
     seen = _probes_text(window_s, probes)
-    hot: list[tuple[int, int]] = []
-    for s, e in written:
-        lo, hi = max(s, region.start), min(e, region.end)
-        if lo < hi:
-            if hot and hot[-1][1] == lo:
-                hot[-1] = (hot[-1][0], hi)
-            else:
-                hot.append((lo, hi))
+    hot = _clip(region, written)
     if not hot and written_elsewhere:
         return [replace(region, accesses_fraction=lukewarm, note=_join(
             region.note, f"refined: none of its {_mib(region.size_bytes)} written in {seen} that saw the "
@@ -196,15 +189,35 @@ def refine_by_writes(region: Region, written: Sequence[tuple[int, int]], lukewar
         return [region]
     note = (f"refined: {_mib(away)} of the {_mib(region.size_bytes)} region at {region.start:#x} not written in "
             f"{seen}, left where it is")
-    out = []
-    pos = region.start
-    for s, e in hot:
+    return _cut(region, hot,
+                inside=lambda s, e: replace(region, start=s, end=e, note=_join(region.note, note)),
+                outside=lambda s, e: replace(region, start=s, end=e, accesses_fraction=lukewarm, note=note))
+
+
+def _clip(region: Region, ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of sorted, disjoint `ranges` inside `region`, touching ones merged."""
+    out: list[tuple[int, int]] = []
+    for s, e in ranges:
+        lo, hi = max(s, region.start), min(e, region.end)
+        if lo < hi:
+            if out and out[-1][1] == lo:
+                out[-1] = (out[-1][0], hi)
+            else:
+                out.append((lo, hi))
+    return out
+
+
+def _cut(region: Region, ranges: Sequence[tuple[int, int]], inside, outside) -> list[Region]:
+    """`region` in pieces at the bounds of `ranges` (from _clip): inside(s, e) for the pieces they
+    cover, outside(s, e) for the rest, in address order."""
+    out, pos = [], region.start
+    for s, e in ranges:
         if pos < s:
-            out.append(replace(region, start=pos, end=s, accesses_fraction=lukewarm, note=note))
-        out.append(replace(region, start=s, end=e, note=_join(region.note, note)))
+            out.append(outside(pos, s))
+        out.append(inside(s, e))
         pos = e
     if pos < region.end:
-        out.append(replace(region, start=pos, end=region.end, accesses_fraction=lukewarm, note=note))
+        out.append(outside(pos, region.end))
     return out
 
 
@@ -326,16 +339,14 @@ def _refine_process(regions: Sequence[Region], targets, seen: WriteMap, lukewarm
             continue
         if is_edge(r):
             pieces = _refine_edge(r, seen, hot_level)
-            new.extend(pieces)
-            fresh.extend(p for p in pieces if (p.start, p.end) != (r.start, r.end))
-            continue
-        if uncovered(r.start, r.end, seen.probed) and not any(s < r.end and r.start < e for s, e in seen.written):
+        elif uncovered(r.start, r.end, seen.probed) and not any(s < r.end and r.start < e for s, e in seen.written):
             new.append(replace(r, accesses_fraction=lukewarm,
                                note="waits for a write probe of its range (its bounds moved since the last)"))
             w = max(0.0, seen.when_s + MIN_SPACING_S - now_s)
             wait = w if wait is None else min(wait, w)
             continue
-        pieces = refine_by_writes(r, seen.written, lukewarm, seen.window_s, bool(seen.written), seen.probes)
+        else:
+            pieces = refine_by_writes(r, seen.written, lukewarm, seen.window_s, bool(seen.written), seen.probes)
         new.extend(pieces)
         fresh.extend(p for p in pieces if (p.start, p.end) != (r.start, r.end))
     return tuple(new), fresh, wait
@@ -348,21 +359,15 @@ def _refine_edge(region: Region, seen: WriteMap, hot_level: float) -> list[Regio
     stays a demotion candidate when that says idle, and is not promoted on reads the probe cannot see
     (DAMON did not see them either).
     """
-    written = [(max(s, region.start), min(e, region.end)) for s, e in seen.written
-               if s < region.end and region.start < e]
+    written = _clip(region, seen.written)
     if not written:
         return [region]
     seen_text = _probes_text(seen.window_s, seen.probes)
-    out, pos = [], region.start
-    for s, e in written:
-        if pos < s:
-            out.append(replace(region, start=pos, end=s))
-        out.append(replace(region, start=s, end=e, accesses_fraction=max(hot_level, region.accesses_fraction),
-                           note=f"{region.note}; {_mib(e - s)} of it written in {seen_text}"))
-        pos = e
-    if pos < region.end:
-        out.append(replace(region, start=pos, end=region.end))
-    return out
+    return _cut(region, written,
+                inside=lambda s, e: replace(region, start=s, end=e,
+                                            accesses_fraction=max(hot_level, region.accesses_fraction),
+                                            note=f"{region.note}; {_mib(e - s)} of it written in {seen_text}"),
+                outside=lambda s, e: replace(region, start=s, end=e))
 
 
 def merge_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
