@@ -10,8 +10,8 @@ import pytest
 from autonumad.act.executor import Outcome
 from autonumad.observe.tracker import Region
 from autonumad.plan.refine import (
-    REFINE_MIN_BYTES, WriteMap, explain_failures, is_edge, refine_by_probes, refine_by_writes, split_at_vmas, split_hot_at_vmas, top_up,
-    wants_probe, written_ranges,
+    REFINE_MIN_BYTES, WriteMap, explain_failures, is_edge, refine_by_probes, refine_by_writes,
+    split_at_vmas, split_hot_at_vmas, top_up, wants_probe, written_ranges,
 )
 from autonumad.plan.tiering import RULE_DEMOTE, RULE_PROMOTE
 from autonumad.service.config import TieringConfig
@@ -251,47 +251,73 @@ def test_failures_are_counted_by_errno_in_history_and_metrics_and_are_not_progre
 
 # -- the probe on a fake pagemap ----------------------------------------------------------------------
 
-def test_write_probe_cuts_a_region_to_its_written_granules_and_defers_what_it_did_not_read(tmp_path):
+def _is_hot(x: Region) -> bool:
+    return x.accesses_fraction >= 0.2
+
+
+@dataclass
+class _Probed:
+    """pid 101 of a fake host: an 8 MiB VMA at BASE (tests.test_tracker), all on the slow node 2, and a
+    WriteProbe whose every window runs `writes(host)`, what the workload writes while it waits."""
+
+    host: object
+    clock: object
+    probe: object
+    region: Region
+    slept: list = field(default_factory=list)
+
+    def refine(self, region: Region | None = None, on: dict | None = None, start_ticks: int = 100):
+        """WriteProbe.refine on `region` (default: the whole VMA, hot at 0.6) placed `on` (default: all of
+        it on node 2); hot threshold 0.2, lukewarm 0.1."""
+        r = region or self.region
+        placed = {101: {(r.start, r.end): on if on is not None else {2: r.size_bytes}}}
+        return self.probe.refine({101: (r,)}, placed, _is_hot, (2,), 0.1, 0.2,
+                                 lambda pid, ranges: [{2: e - s} for s, e in ranges], {101: start_ticks})
+
+
+def _probed(tmp_path, writes) -> _Probed:
     from tests.test_tracker import BASE, Clock, _softdirty_host
 
-    from autonumad.observe.probe import MIN_SPACING_S, WriteProbe
+    from autonumad.observe.probe import WriteProbe
 
-    host = _softdirty_host(tmp_path, pages=2048)  # an 8 MiB VMA, all on the slow node
+    host = _softdirty_host(tmp_path, pages=2048)
     clock = Clock()
-    slept = []
+    slept: list = []
 
     def sleep(s):
-        # The workload writes the first 3 MiB (768 pages) while the probe waits.
         slept.append(s)
-        host.write_pages(101, 0, 768)
+        writes(host)
         clock.t += s
 
     probe = WriteProbe(host, clock, sleep, window_s=1.0, granule_pages=64)
-    r = Region(BASE, BASE + 8 * MiB, 0.6, 3.0)
-    placed = []
+    return _Probed(host, clock, probe, Region(BASE, BASE + 8 * MiB, 0.6, 3.0), slept)
 
-    def place(pid, ranges):
-        placed.append(ranges)
-        return [{2: e - s} for s, e in ranges]
 
-    is_hot = lambda x: x.accesses_fraction >= 0.2  # noqa: E731
-    hot, placement = probe.refine({101: (r,)}, {101: {(r.start, r.end): {2: 8 * MiB}}}, is_hot, (2,), 0.1, 0.2, place, {101: 100})
+def test_write_probe_cuts_a_region_to_its_written_granules_and_defers_what_it_did_not_read(tmp_path):
+    from tests.test_tracker import BASE
+
+    from autonumad.observe.probe import MIN_SPACING_S
+
+    # The workload writes the first 3 MiB (768 pages) while the probe waits.
+    t = _probed(tmp_path, lambda host: host.write_pages(101, 0, 768))
+    probe, clock, r, slept = t.probe, t.clock, t.region, t.slept
+    hot, placement = t.refine()
     assert slept == [1.0] and probe.probes == 1
     assert [(x.start - BASE, x.end - BASE, x.accesses_fraction) for x in hot[101]] == [
         (0, 3 * MiB, 0.6), (3 * MiB, 8 * MiB, 0.1)]
     assert "refined: 5.0 MiB of the 8.0 MiB region" in hot[101][0].note
     assert placement[101][(BASE, BASE + 3 * MiB)] == {2: 3 * MiB}
     # Nothing on the slow tier: no probe, no change.
-    same, _ = probe.refine({101: (r,)}, {101: {(r.start, r.end): {0: 8 * MiB}}}, is_hot, (2,), 0.1, 0.2, place, {101: 100})
+    same, _ = t.refine(on={0: 8 * MiB})
     assert same[101] == (r,) and probe.probes == 1
     # Within the interval the last probe's map is used, without a new probe.
     clock.t += 1
-    again, _ = probe.refine({101: (r,)}, {101: {(r.start, r.end): {2: 8 * MiB}}}, is_hot, (2,), 0.1, 0.2, place, {101: 100})
+    again, _ = t.refine()
     assert probe.probes == 1 and [x.end - BASE for x in again[101]] == [3 * MiB, 8 * MiB]
     # A region the last probe did not read (DAMON moved its bounds) waits for the next probe,
     # due MIN_SPACING_S after the last; the step is told when to look again.
     wider = Region(BASE + 4 * MiB, BASE + 12 * MiB, 0.6, 3.0)
-    got, _ = probe.refine({101: (wider,)}, {101: {(wider.start, wider.end): {2: 4 * MiB}}}, is_hot, (2,), 0.1, 0.2, place, {101: 100})
+    got, _ = t.refine(wider, {2: 4 * MiB})
     assert got[101][0].accesses_fraction == 0.1 and "waits for a write probe" in got[101][0].note
     assert probe.recheck_in_s == pytest.approx(MIN_SPACING_S - 1)
 
@@ -302,27 +328,15 @@ def test_probes_add_up_a_hot_set_swept_slower_than_the_window_is_promoted_whole(
     # each probe's map replaced the last: the part the newest window missed was left where it
     # was, though an earlier probe had seen it written (the DAMON promotion hardware test stopped
     # at 39-48 of 64 MiB).
-    from tests.test_tracker import BASE, Clock, _softdirty_host
+    from autonumad.observe.probe import MIN_SPACING_S, WRITE_MEMORY_S
 
-    from autonumad.observe.probe import MIN_SPACING_S, WRITE_MEMORY_S, WriteProbe
-
-    host = _softdirty_host(tmp_path, pages=2048)  # 8 MiB, all on the slow node
-    clock = Clock()
     windows = iter([(0, 1024), (1024, 1024), (0, 1024)])  # pages the workload writes in each window
-
-    def sleep(s):
-        host.write_pages(101, *next(windows))
-        clock.t += s
-
-    probe = WriteProbe(host, clock, sleep, window_s=1.0, granule_pages=64)
-    r = Region(BASE, BASE + 8 * MiB, 0.6, 3.0)
-    on_slow = {101: {(r.start, r.end): {2: 8 * MiB}}}
-    is_hot = lambda x: x.accesses_fraction >= 0.2  # noqa: E731
-    place = lambda pid, ranges: [{2: e - s} for s, e in ranges]  # noqa: E731
+    t = _probed(tmp_path, lambda host: host.write_pages(101, *next(windows)))
+    probe, clock = t.probe, t.clock
 
     def hot_mib():
-        hot, _ = probe.refine({101: (r,)}, on_slow, is_hot, (2,), 0.1, 0.2, place, {101: 100})
-        return sum(x.size_bytes for x in hot[101] if is_hot(x)) / MiB
+        hot, _ = t.refine()
+        return sum(x.size_bytes for x in hot[101] if _is_hot(x)) / MiB
 
     assert hot_mib() == 4 and probe.probes == 1  # the first window saw the first half written
     # That probe saw new writes and half the region was never seen written: the next probe comes
@@ -343,27 +357,16 @@ def test_probes_add_up_a_hot_set_swept_slower_than_the_window_is_promoted_whole(
 def test_a_part_never_written_stops_the_quick_probes_once_a_probe_adds_nothing(tmp_path):
     # A cold mapping merged with a hot one: each window sees the same hot half. The second probe
     # adds nothing, so the third waits for the interval, and the cold half is never promoted.
-    from tests.test_tracker import BASE, Clock, _softdirty_host
+    from tests.test_tracker import BASE
 
-    from autonumad.observe.probe import MIN_SPACING_S, PROBE_INTERVAL_S, WriteProbe
+    from autonumad.observe.probe import MIN_SPACING_S, PROBE_INTERVAL_S
 
-    host = _softdirty_host(tmp_path, pages=2048)
-    clock = Clock()
-
-    def sleep(s):
-        host.write_pages(101, 0, 1024)
-        clock.t += s
-
-    probe = WriteProbe(host, clock, sleep, window_s=1.0, granule_pages=64)
-    r = Region(BASE, BASE + 8 * MiB, 0.6, 3.0)
-    on_slow = {101: {(r.start, r.end): {2: 8 * MiB}}}
-    is_hot = lambda x: x.accesses_fraction >= 0.2  # noqa: E731
-    place = lambda pid, ranges: [{2: e - s} for s, e in ranges]  # noqa: E731
+    t = _probed(tmp_path, lambda host: host.write_pages(101, 0, 1024))
     for step_s, probes in ((0, 1), (MIN_SPACING_S, 2), (MIN_SPACING_S, 2), (PROBE_INTERVAL_S, 3)):
-        clock.t += step_s
-        hot, _ = probe.refine({101: (r,)}, on_slow, is_hot, (2,), 0.1, 0.2, place, {101: 100})
-        assert probe.probes == probes
-        assert [(x.start - BASE, x.end - BASE) for x in hot[101] if is_hot(x)] == [(0, 4 * MiB)]
+        t.clock.t += step_s
+        hot, _ = t.refine()
+        assert t.probe.probes == probes
+        assert [(x.start - BASE, x.end - BASE) for x in hot[101] if _is_hot(x)] == [(0, 4 * MiB)]
     assert "not written in 3 soft-dirty probes of 1 s" in hot[101][0].note
 
 
@@ -441,19 +444,11 @@ def test_a_move_s_failures_are_explained_in_its_log_text(tmp_path):
 
 def test_write_probe_never_clears_a_reused_pid(tmp_path):
     """The probe writes clear_refs, an action on the process: not when its pid was reused."""
-    from tests.test_tracker import BASE, Clock, _softdirty_host
-
-    from autonumad.observe.probe import WriteProbe
-
-    host = _softdirty_host(tmp_path, pages=2048)
-    clear_refs = host.path("/proc/101/clear_refs")
-    probe = WriteProbe(host, Clock(), lambda s: None, window_s=1.0, granule_pages=64)
-    r = Region(BASE, BASE + 8 * MiB, 0.6, 3.0)
-    is_hot = lambda x: x.accesses_fraction >= 0.2  # noqa: E731
-    hot, _ = probe.refine({101: (r,)}, {101: {(r.start, r.end): {2: 8 * MiB}}}, is_hot, (2,), 0.1, 0.2,
-                          lambda pid, ranges: [{2: e - s} for s, e in ranges], {101: 99})
-    assert probe.probes == 0 and clear_refs.read_text() == ""
-    assert hot[101] == (r,)  # nothing probed: the region as the tracker reported it
+    t = _probed(tmp_path, lambda host: None)
+    clear_refs = t.host.path("/proc/101/clear_refs")
+    hot, _ = t.refine(start_ticks=99)  # the process at 101 now started at 100
+    assert t.probe.probes == 0 and clear_refs.read_text() == ""
+    assert hot[101] == (t.region,)  # nothing probed: the region as the tracker reported it
 
 
 # -- the edge of a hot mapping inside an idle region (bench-tiering compete, session 5) ---------------
