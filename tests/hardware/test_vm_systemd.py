@@ -60,7 +60,7 @@ def test_boot_finished_running_with_no_failed_unit():
     assert target == "active"
 
 
-@pytest.mark.parametrize("unit", ["timers.target", "getty.target", "systemd-timesyncd.service"])
+@pytest.mark.parametrize("unit", ["timers.target", "getty.target", "systemd-timesyncd.service", "packagekit.service"])
 def test_masked_units_stay_down(unit):
     assert run("systemctl", "show", "-P", "LoadState", unit).stdout.strip() == "masked"
     assert run("systemctl", "show", "-P", "ActiveState", unit).stdout.strip() == "inactive"
