@@ -537,3 +537,21 @@ def test_kernel_package_override_must_be_of_the_series(monkeypatch, tmp_path):
         "linux-image-6.12.38+deb12-amd64-unsigned"
     with pytest.raises(cache.VMError, match="is not a 6.1 kernel"):
         cache.Cache(str(tmp_path), False, "6.1").kernel_package()
+
+
+def test_hardware_tests_repeats_a_guests_failures_for_the_log_tail(tmp_path, capsys):
+    # What a failing guest prints, passed through whole, and its failure
+    # lines kept for the summary at the end of the log.
+    ht = load_hardware_tests()
+    script = ("printf 'collected 4 items\\nE   AssertionError: 3 workers pinned to node 0\\n"
+              "FAILED tests/hardware/test_x.py::test_a - AssertionError\\n"
+              "ERROR tests/hardware/test_x.py::test_b - assert 1 == 0\\n'; echo oops >&2; exit 1")
+    rc, failed = ht.run_guest(["sh", "-c", script], str(tmp_path))
+    assert rc == 1
+    assert failed == ["FAILED tests/hardware/test_x.py::test_a - AssertionError",
+                      "ERROR tests/hardware/test_x.py::test_b - assert 1 == 0",
+                      "E   AssertionError: 3 workers pinned to node 0"]
+    out = capsys.readouterr().out
+    assert "collected 4 items" in out and "oops" in out
+    rc, failed = ht.run_guest(["sh", "-c", "echo fine"], str(tmp_path))
+    assert (rc, failed) == (0, [])

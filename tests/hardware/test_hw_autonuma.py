@@ -9,7 +9,8 @@ kernel's balancing off:
   has no node with more workers than CPUs;
 - the right split: numa01 and numa01_THREAD_ALLOC end with the two
   processes on different nodes, each with its memory (locality >= 0.9),
-  pinned there by the daemon, which never undid either pin (undo-crammed);
+  each pinned there by the daemon or its memory moved there by it, and the
+  daemon never undid either pin (undo-crammed);
   numa02_SMT ends on one node with its memory (either moves); numa02 (4 busy threads, 2
   CPUs per node) is left spread, the daemon says why (spread-by-capacity)
   and turns kernel assist on.
@@ -104,8 +105,22 @@ def test_numa01_processes_split_with_their_memory(daemon, name):
         assert split(s), (s.workers, daemon.read_text()[-3000:])
         assert s.crammed == 0
     text = daemon.read_text()
-    pinned = {int(m) for pid in (a, b) for m in re.findall(rf"pid {pid} \([^)]*\): affinity set to node (\d+)", text)}
-    assert pinned == {0, 1}, text[-3000:]
+    # The daemon made the split: each process either pinned by it to the node
+    # it ended on, or (once the other was pinned beside its memory and the
+    # scheduler ran this one on the free node for passes: confined by
+    # observation, plan/policy.py `_home`) its memory moved there by it. Never
+    # both pinned to one node.
+    end = {pid: per_process(s, pid)[0] for pid in (a, b)}
+    pins = {pid: {int(m) for m in re.findall(rf"pid {pid} \([^)]*\): affinity set to node (\d+)", text)}
+            for pid in (a, b)}
+    moves = {pid: {int(m) for m in re.findall(rf"pid {pid} \([^)]*\): moved [\d.]+ MiB to node (\d+)", text)}
+             for pid in (a, b)}
+    # (A process that ended on node 0 beside its first-touched memory, unpinned,
+    # needed nothing.)
+    for pid in (a, b):
+        assert pins[pid] <= end[pid], (pid, end, pins, text[-3000:])
+        assert pins[pid] or end[pid] <= moves[pid] or end[pid] == {0}, (pid, end, pins, moves, text[-3000:])
+    assert not pins[a] & pins[b], (pins, text[-3000:])
     # The guest's background (the sampler, the daemon's own passes) never
     # undid the daemon's pins: the flake this test was marked xfail for.
     # (policy._undo_crammed's action, as the daemon logs it)
