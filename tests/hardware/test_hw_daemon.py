@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from autonumad.act.syscalls import page_nodes
+from autonumad.readers.lists import parse_list
 
 REPO = Path(__file__).resolve().parents[2]
 WORKLOAD = REPO / "tests" / "hardware" / "workload.py"
@@ -267,3 +268,113 @@ def test_explain_agrees_with_the_running_daemon_on_every_process(tmp_path, cfg, 
     finally:
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(30) == 0, log.read_text()
+
+
+# -- workload shapes the project's own benchmarks do not make -----------------------------------
+
+def node_meminfo_mib(node: int, field: str) -> float:
+    """`Node N <field>:` of /sys/devices/system/node/nodeN/meminfo, in MiB."""
+    for line in Path(f"/sys/devices/system/node/node{node}/meminfo").read_text().splitlines():
+        parts = line.split()
+        if parts[2] == f"{field}:":
+            return int(parts[3]) / 1024
+    raise AssertionError(f"no {field} for node {node}")
+
+
+def oom_kills() -> int:
+    for line in Path("/proc/vmstat").read_text().splitlines():
+        if line.startswith("oom_kill "):
+            return int(line.split()[1])
+    return 0
+
+
+def run_daemon(cfg: Path, log: Path) -> subprocess.Popen:
+    with open(log, "w") as logf:
+        return subprocess.Popen([*AUTONUMAD, "run", "--config", str(cfg)], stderr=logf, cwd=REPO)
+
+
+def stop_daemon(daemon: subprocess.Popen, log: Path) -> None:
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(30) == 0, log.read_text()
+
+
+def drop_caches() -> None:
+    # Page cache on a node is free memory the kernel hands out on demand but
+    # MemFree does not count: sizing against MemFree needs it gone first.
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3")
+
+
+def test_a_process_larger_than_a_node_is_left_spread_and_the_pass_goes_on(tmp_path, cfg, workloads):
+    """A process larger than any node, its memory over both, running on node 0 (its owner's pin),
+    beside a small misplaced one. Chasing the big one's memory into node 0 cannot succeed and would
+    push node 0 into reclaim: the daemon leaves it spread (rule too-large: no page moved, no pin, no
+    OOM kill) and converges the small one in the same passes."""
+    small = workload("--mib", "48", "--node", "0", "--cpunode", "1")
+    workloads.append(small)
+    drop_caches()
+    big_mib = int(node_meminfo_mib(0, "MemTotal") * 1.02)
+    big = workload("--mib", str(big_mib), "--cpunode", "0", "--touch-interval-s", "2", "--no-thp")
+    workloads.append(big)
+    spread = big.nodes()
+    assert spread.get(1, 0) > 0 and spread.get(0, 0) > 0, spread  # the first touch spilled over
+    ooms, log = oom_kills(), tmp_path / "daemon.log"
+    daemon = run_daemon(cfg, log)
+    try:
+        t0 = time.monotonic()
+        while small.local_fraction(1) < 0.95:
+            assert daemon.poll() is None, log.read_text()
+            assert time.monotonic() - t0 < 120, log.read_text()
+            time.sleep(0.5)
+        time.sleep(4)  # a few more passes at interval_s = 1
+        after = big.nodes()
+    finally:
+        stop_daemon(daemon, log)
+    text = log.read_text()
+    assert big.proc.poll() is None and oom_kills() == ooms, text
+    # No page of it moved (pages never move on their own here: the kernel's balancing is off).
+    assert after == spread, (spread, after, text[-3000:])
+    assert f"pid {big.pid} (python) left alone: too-large" in text, text[-3000:]
+    assert f"migrate pid {big.pid} " not in text and f"set affinity pid {big.pid} " not in text, text[-3000:]
+
+
+def test_a_misplaced_process_whose_home_is_nearly_full_moves_only_down_to_the_headroom(tmp_path, cfg, workloads):
+    """Node 0 nearly full (another process's memory, bound there by its owner), and a 256 MiB
+    process on node 1 running on node 0. The daemon moves what fits above node 0's headroom
+    (balance.node_headroom_fraction, 5 %) and stops there, saying so; node 0 never runs dry.
+    (The daemon runs on node 1's CPUs, so its own memory does not land on node 0.)"""
+    drop_caches()
+    headroom_mib = node_meminfo_mib(0, "MemTotal") * 0.05
+    room_mib = 128  # above the headroom, once the filler is in
+    fill_mib = int(node_meminfo_mib(0, "MemFree") - headroom_mib - room_mib)
+    filler = workload("--mib", str(fill_mib), "--node", "0", "--keep-policy", "--touch-interval-s", "5")
+    workloads.append(filler)
+    misplaced = workload("--mib", "256", "--node", "1", "--cpunode", "0", "--touch-interval-s", "1")
+    workloads.append(misplaced)
+    ooms, log = oom_kills(), tmp_path / "daemon.log"
+    lowest_free = node_meminfo_mib(0, "MemFree")
+    node1 = set(parse_list(Path("/sys/devices/system/node/node1/cpulist").read_text()))
+    with open(log, "w") as logf:
+        daemon = subprocess.Popen([*AUTONUMAD, "run", "--config", str(cfg)], stderr=logf, cwd=REPO,
+                                  preexec_fn=lambda: os.sched_setaffinity(0, node1))
+    try:
+        t0, limited_at = time.monotonic(), None
+        while limited_at is None or time.monotonic() - limited_at < 8:  # a few passes after the first move
+            assert daemon.poll() is None, log.read_text()
+            assert time.monotonic() - t0 < 120, log.read_text()
+            lowest_free = min(lowest_free, node_meminfo_mib(0, "MemFree"))
+            if limited_at is None and "limited by node 0's headroom" in log.read_text():
+                limited_at = time.monotonic()
+            time.sleep(0.25)
+        local = misplaced.local_fraction(0)
+    finally:
+        stop_daemon(daemon, log)
+    text = log.read_text()
+    assert filler.proc.poll() is None and misplaced.proc.poll() is None and oom_kills() == ooms, text
+    assert f"migrate pid {misplaced.pid} " in text, text[-3000:]
+    # It moved some, not all: the rest did not fit above the headroom.
+    assert 0.05 < local < 0.9, (local, text[-3000:])
+    # Never below half the headroom (the kernel's own reclaim and the test's reads take some of it).
+    assert lowest_free > headroom_mib / 2, (lowest_free, headroom_mib, text[-3000:])
+    print(f"moved {local:.0%} of 256 MiB; node 0 free never below {lowest_free:.0f} MiB "
+          f"(headroom {headroom_mib:.0f} MiB); target-full said: {'target-full' in text}")
