@@ -109,13 +109,15 @@ def test_parse_args_defaults_and_options():
     assert (o["init"], o["kernel"], o["topology"], o["command"]) == \
         ("systemd", "6.1", "tiered", ["-x", "--init"])
     assert cli.parse_args(["--cgroup", "none", "sh"])["cgroup"] == "none"
+    assert cli.parse_args(["--cgroup", "v1", "--kernel", "6.1", "sh"])["cgroup"] == "v1"
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--init", "systemd", "--cgroup", "none", "true"], "needs a cgroup hierarchy"),
+    (["--init", "systemd", "--cgroup", "none", "true"], "mounts its own cgroup2 hierarchy"),
+    (["--init", "systemd", "--cgroup", "v1", "true"], "--cgroup v1 is for the busybox init"),
     (["--kernel", "5.10", "true"], "unknown kernel '5.10'"),
     (["--init", "openrc", "true"], "unknown init 'openrc'"),
-    (["--cgroup", "v1", "true"], "unknown cgroup setup 'v1'"),
+    (["--cgroup", "v3", "true"], "unknown cgroup setup 'v3'"),
     (["--topology", "8node", "true"], "unknown topology '8node'"),
     (["--memory", "64M", "true"], "--memory wants a size"),
     (["--timeout", "-1", "true"], "--timeout wants a number"),
@@ -322,7 +324,8 @@ def sh_syntax_ok(text: str, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.parametrize("init,cgroup", [("busybox", "v2"), ("busybox", "none"), ("systemd", "v2")])
+@pytest.mark.parametrize("init,cgroup", [("busybox", "v2"), ("busybox", "none"), ("busybox", "v1"),
+                                         ("systemd", "v2")])
 def test_stage2_for_each_guest(init, cgroup, tmp_path):
     text = guest.stage2_script(["/work/my checkout"], "/work/my checkout", "2node", init, cgroup)
     sh_syntax_ok(text, tmp_path)
@@ -330,6 +333,10 @@ def test_stage2_for_each_guest(init, cgroup, tmp_path):
     assert "'/work/my checkout'" in text          # quoted, spaces and all
     # Only the default busybox guest mounts a hierarchy; systemd mounts its own.
     assert ("cgroup2" in text) == (init == "busybox" and cgroup == "v2")
+    # v1: one legacy hierarchy per controller, each mount checked (a kernel without
+    # v1 cpusets fails the boot rather than giving a guest without them).
+    for c in guest.CGROUP_V1_CONTROLLERS:
+        assert (f"mount -t cgroup -o {c} {c} $R/sys/fs/cgroup/{c} || fail" in text) == (cgroup == "v1")
     if init == "systemd":
         assert text.rstrip().splitlines()[-1].startswith("exec switch_root $R /lib/systemd/systemd")
         assert "rm -f $R/.dockerenv" in text
@@ -441,7 +448,8 @@ def test_hardware_tests_default_matrix_and_selection(monkeypatch):
     monkeypatch.delenv("AUTONUMAD_HW_GUESTS", raising=False)
     monkeypatch.delenv("AUTONUMAD_HW_TOPOLOGIES", raising=False)
     guests, timeout, rest = ht.parse_args(["-q"])
-    assert [g.name for g in guests] == ["2node", "tiered", "4node", "2x2", "systemd", "nocgroup", "6.1"]
+    assert [g.name for g in guests] == ["2node", "tiered", "4node", "2x2", "systemd", "nocgroup", "6.1",
+                                          "cgroupv1"]
     assert rest == ["-q"]
     assert [g.name for g in ht.parse_args(["--all"])[0]] == [g.name for g in ht.GUESTS]
     assert [g.name for g in ht.parse_args(["--topology", "tiered", "--guest", "6.1"])[0]] == \

@@ -42,8 +42,11 @@ options:
                      in the guest can be started) and COMMAND runs as the
                      unit numa-vm-job.service once basic.target is reached
   --cgroup SETUP     v2 (default): cgroup2 mounted on /sys/fs/cgroup; none:
-                     no hierarchy mounted, /proc/PID/cgroup is empty
-                     (busybox init only)
+                     no hierarchy mounted, /proc/PID/cgroup is empty; v1:
+                     the legacy cpuset, cpu,cpuacct and memory hierarchies
+                     under /sys/fs/cgroup/ and no cgroup2 (needs a kernel
+                     with v1 cpusets: --kernel 6.1). none and v1: busybox
+                     init only
   --kernel SERIES    Debian kernel series: {kernels} (default: {default_kernel});
                      each is fetched and cached on first use
   -v, --verbose      show setup progress, the QEMU command line, the guest's
@@ -173,9 +176,9 @@ def parse_args(argv):
         i += 1
     if not opts["command"] and not opts["setup_only"]:
         usage_error("no COMMAND given")
-    if opts["init"] == "systemd" and opts["cgroup"] == "none":
-        usage_error("--init systemd needs a cgroup hierarchy (systemd mounts cgroup2 itself);"
-                    " --cgroup none is for the busybox init")
+    if opts["init"] == "systemd" and opts["cgroup"] != "v2":
+        usage_error(f"--init systemd mounts its own cgroup2 hierarchy; --cgroup {opts['cgroup']}"
+                    " is for the busybox init")
     return opts
 
 

@@ -13,7 +13,10 @@ import shlex
 from .initramfs import NINEP_OPTS
 
 INITS = ("busybox", "systemd")
-CGROUPS = ("v2", "none")
+CGROUPS = ("v2", "none", "v1")
+# --cgroup v1: the legacy hierarchies a cgroup-v1 host mounts (RHEL 8-era, older
+# container hosts), one per controller under a tmpfs, as systemd or cgconfig did.
+CGROUP_V1_CONTROLLERS = ("cpuset", "cpu,cpuacct", "memory")
 
 ENV_EXACT = {"PATH", "HOME", "TERM", "LANG", "LANGUAGE", "TZ", "CI", "VIRTUAL_ENV",
              "NO_COLOR", "FORCE_COLOR"}
@@ -167,6 +170,16 @@ def stage2_script(shares, cwd, topology, init="busybox", cgroup="v2"):
         # With --cgroup none no hierarchy is mounted: /proc/PID/cgroup is
         # then empty, as on minimal VMs and some container setups.
         lines.append("mount -t cgroup2 cgroup2 $R/sys/fs/cgroup 2>/dev/null")
+    elif cgroup == "v1":
+        # No cgroup2 at all: /proc/PID/cgroup has only "N:controller:/" lines.
+        # Kernels built without CONFIG_CPUSETS_V1 (Debian's 6.12) refuse the
+        # cpuset mount; that fails the boot with a reason, not a quiet v2 guest.
+        lines.append("mount -t tmpfs -o mode=755 cgroup_root $R/sys/fs/cgroup"
+                     " || fail 'cannot mount a tmpfs on /sys/fs/cgroup'")
+        for c in CGROUP_V1_CONTROLLERS:
+            d = f"$R/sys/fs/cgroup/{c}"
+            lines.append(f"mkdir -p {d} && mount -t cgroup -o {c} {c} {d}"
+                         f" || fail {q(f'cannot mount the cgroup v1 {c} hierarchy (this kernel has no v1 {c};' + ' try --kernel 6.1)')}")
     lines += [
         "ifconfig lo 127.0.0.1 up 2>/dev/null",
         f"hostname {q('numa-vm-' + topology)}",

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from autonumad.act.syscalls import page_nodes
-from autonumad.readers.lists import parse_list
+from autonumad.readers.lists import format_list, parse_list
 
 REPO = Path(__file__).resolve().parents[2]
 WORKLOAD = REPO / "tests" / "hardware" / "workload.py"
@@ -378,3 +378,91 @@ def test_a_misplaced_process_whose_home_is_nearly_full_moves_only_down_to_the_he
     assert lowest_free > headroom_mib / 2, (lowest_free, headroom_mib, text[-3000:])
     print(f"moved {local:.0%} of 256 MiB; node 0 free never below {lowest_free:.0f} MiB "
           f"(headroom {headroom_mib:.0f} MiB); target-full said: {'target-full' in text}")
+
+
+class Cpuset:
+    """A cpuset cgroup in whichever hierarchy the guest mounted: v2 (/sys/fs/cgroup, the cpuset
+    controller enabled for the root's children) or v1 (/sys/fs/cgroup/cpuset). Processes are put
+    back in the root cgroup and the group removed at exit."""
+
+    V1 = Path("/sys/fs/cgroup/cpuset")
+    V2 = Path("/sys/fs/cgroup")
+
+    def __init__(self, name: str, cpus: set[int], mems: set[int]):
+        self.name, self.cpus, self.mems = name, cpus, mems
+        if (self.V2 / "cgroup.controllers").exists():
+            if "cpuset" not in (self.V2 / "cgroup.controllers").read_text().split():
+                pytest.skip("cgroup v2 without the cpuset controller")
+            self.root, self.cpus_file = self.V2, "cpuset.cpus"
+        elif (self.V1 / "cpuset.cpus").exists():
+            self.root, self.cpus_file = self.V1, "cpuset.cpus"
+        else:
+            pytest.skip("no cpuset hierarchy mounted")
+        self.path = self.root / name
+        self.enabled = False
+
+    def __enter__(self) -> "Cpuset":
+        if self.root == self.V2 and "cpuset" not in (self.root / "cgroup.subtree_control").read_text().split():
+            (self.root / "cgroup.subtree_control").write_text("+cpuset")
+            self.enabled = True
+        self.path.mkdir()
+        (self.path / "cpuset.cpus").write_text(",".join(map(str, sorted(self.cpus))))
+        (self.path / "cpuset.mems").write_text(",".join(map(str, sorted(self.mems))))
+        return self
+
+    def add(self, pid: int) -> None:
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def __exit__(self, *exc) -> None:
+        if self.path.exists():
+            for pid in (self.path / "cgroup.procs").read_text().split():
+                try:
+                    (self.root / "cgroup.procs").write_text(pid)
+                except OSError:
+                    pass  # already exited
+            self.path.rmdir()
+        if self.enabled:
+            (self.root / "cgroup.subtree_control").write_text("-cpuset")
+
+
+def node_cpu_set(node: int) -> set[int]:
+    return set(parse_list(Path(f"/sys/devices/system/node/node{node}/cpulist").read_text()))
+
+
+@pytest.mark.every_guest  # the cgroup v1 guest is the one that matters here
+def test_processes_in_cpusets_are_balanced_inside_them(tmp_path, cfg, workloads):
+    """Two processes with their memory on node 0, each put in a cpuset that runs it on node 1:
+    one whose cpuset allows both nodes' memory (its memory follows it to node 1), one whose cpuset
+    allows only node 0's memory (the daemon says so and moves nothing). The daemon reads the
+    cpuset from /proc/PID/cgroup and the hierarchy the host mounted, v1 or v2 (act/affinity.py
+    `cpuset_cpus`), and the memory it may use from Mems_allowed_list."""
+    node1 = node_cpu_set(1)
+    with Cpuset("autonumad-both", node1, {0, 1}) as both, Cpuset("autonumad-mem0", node1, {0}) as mem0:
+        free = workload("--mib", "48", "--node", "0")
+        held = workload("--mib", "48", "--node", "0")
+        workloads += [free, held]
+        both.add(free.pid)
+        mem0.add(held.pid)
+        for w in (free, held):
+            allowed = Path(f"/proc/{w.pid}/status").read_text()
+            assert f"Cpus_allowed_list:\t{format_list(node1)}" in allowed, allowed
+        before = held.nodes()
+        assert free.local_fraction(1) < 0.05 and before.get(0, 0) == sum(before.values())
+        log = tmp_path / "daemon.log"
+        daemon = run_daemon(cfg, log)
+        try:
+            t0 = time.monotonic()
+            while free.local_fraction(1) < 0.95:
+                assert daemon.poll() is None, log.read_text()
+                assert time.monotonic() - t0 < 120, log.read_text()
+                time.sleep(0.5)
+            time.sleep(3)  # a few more passes at interval_s = 1
+            after = held.nodes()
+        finally:
+            stop_daemon(daemon, log)
+    text = log.read_text()
+    assert f"migrate pid {free.pid} " in text, text[-3000:]
+    assert after == before, (before, after, text[-3000:])
+    assert f"pid {held.pid} (python) left alone: home-not-allowed" in text, text[-3000:]
+    assert f"migrate pid {held.pid} " not in text and f"set affinity pid {held.pid} " not in text, text[-3000:]
+

@@ -152,11 +152,17 @@ def test_kernel_is_the_requested_series(vm_guest):
 
 
 def test_cgroup_hierarchy_as_requested(vm_guest):
-    """--cgroup none leaves /proc/PID/cgroup empty; v2 gives the one "0::" line."""
+    """--cgroup none leaves /proc/PID/cgroup empty; v2 gives the one "0::" line; v1 one line per
+    legacy hierarchy and no cgroup2."""
     text = Path("/proc/self/cgroup").read_text()
     if vm_guest["cgroup"] == "none":
         assert text == "", text
         assert not Path("/sys/fs/cgroup/cgroup.controllers").exists()
+    elif vm_guest["cgroup"] == "v1":
+        controllers = {line.split(":")[1] for line in text.splitlines()}
+        assert controllers == {"cpuset", "cpu,cpuacct", "memory"}, text
+        assert "0::" not in text and not Path("/sys/fs/cgroup/cgroup.controllers").exists()
+        assert Path("/sys/fs/cgroup/cpuset/cpuset.cpus").exists()
     else:
         assert text.startswith("0::/"), text
         assert Path("/sys/fs/cgroup/cgroup.controllers").exists()
