@@ -73,3 +73,51 @@ def test_knob_held_restored_after_sigkill_and_sigterm_and_bad_reload_kept(tmp_pa
         assert second.wait(30) == 0, log.read_text()
     assert KNOB.read_text().strip() == original_mode
     assert not (tmp_path / "run" / "saved-knobs.json").exists()
+
+
+def test_sigterm_in_the_middle_of_a_move_stops_at_once_and_restores(tmp_path, original_mode, workloads):
+    """SIGTERM while the mover is copying a large process at a low rate: the daemon stops between
+    batches (the executor's token bucket waits on the stop event), exits 0 within seconds rather
+    than after the move, restores the kernel knob and leaves no state behind; the pages it moved
+    stay moved and the process runs on."""
+    from autonumad.act.syscalls import page_nodes
+    from hardware.workload import Workload
+
+    w = Workload("--mib", "256", "--node", "1", "--cpunode", "0", "--touch-interval-s", "1")
+    workloads.append(w)
+
+    def on_node0() -> float:
+        nodes = page_nodes(w.pid, w.pages())
+        return sum(1 for n in nodes if n == 0) / len(nodes)
+
+    # 16 MiB/s: the 256 MiB take 16 s, passes of 1 s each continue the move.
+    cfg = write_config(tmp_path / "autonumad.toml",
+                       f'[daemon]\ninterval_s = 1.0\nruntime_dir = "{tmp_path}/run"\n'
+                       '[balance]\nmigrate_rate_mib_s = 16\nmin_rss_bytes = "16MiB"\n'
+                       '[kernel]\nnuma_balancing = "off"\n[metrics]\nlisten = ""\n')
+    log = tmp_path / "daemon.log"
+    daemon = start_daemon(cfg, log)
+    try:
+        t0 = time.monotonic()
+        while on_node0() < 0.15:
+            assert daemon.poll() is None, log.read_text()
+            assert time.monotonic() - t0 < 90, log.read_text()
+            time.sleep(0.2)
+        at_signal = on_node0()
+        assert at_signal < 0.7, (at_signal, log.read_text())  # still moving
+        t = time.monotonic()
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0, log.read_text()
+        stop_s = time.monotonic() - t
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    after = on_node0()
+    # The rest of the move would have taken (1 - at_signal) * 16 s.
+    assert stop_s < 5.0, (stop_s, at_signal, log.read_text())
+    assert at_signal <= after < 0.9, (at_signal, after)
+    assert w.proc.poll() is None  # the workload runs on
+    assert KNOB.read_text().strip() == original_mode
+    assert not (tmp_path / "run" / "state.json").exists()
+    assert not (tmp_path / "run" / "saved-knobs.json").exists()
+    print(f"SIGTERM at {at_signal:.0%} moved: exited 0 in {stop_s:.2f} s, {after:.0%} moved at exit")
