@@ -115,7 +115,7 @@ def test_parse_args_defaults_and_options():
 @pytest.mark.parametrize("argv,message", [
     (["--init", "systemd", "--cgroup", "none", "true"], "mounts its own cgroup2 hierarchy"),
     (["--init", "systemd", "--cgroup", "v1", "true"], "--cgroup v1 is for the busybox init"),
-    (["--kernel", "5.10", "true"], "unknown kernel '5.10'"),
+    (["--kernel", "4.19", "true"], "unknown kernel '4.19'"),
     (["--init", "openrc", "true"], "unknown init 'openrc'"),
     (["--cgroup", "v3", "true"], "unknown cgroup setup 'v3'"),
     (["--topology", "8node", "true"], "unknown topology '8node'"),
@@ -142,7 +142,7 @@ def test_entry_point_help_and_one_line_usage_error():
     r = subprocess.run([str(SCRIPTS / "numa-vm"), "--kernel", "2.6", "true"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr.splitlines()[0] == "numa-vm: unknown kernel '2.6' (choose from 6.12, 6.1)"
+    assert r.stderr.splitlines()[0] == "numa-vm: unknown kernel '2.6' (choose from 6.12, 6.1, 5.10)"
 
 
 # -- cache: kernel choice, modules, state -----------------------------------
@@ -247,6 +247,24 @@ def test_state_per_series_and_older_layouts_are_fetched_again(tmp_path):
     assert c61.load_state() is None
     Path(c61.state_path()).write_text("[1, 2]")
     assert c61.load_state() is None
+
+
+def test_a_series_outside_the_hosts_sources_gets_a_private_apt_state(tmp_path):
+    # 5.10 (bullseye-security) is read through its own sources list and lists under the cache;
+    # the host's sources serve the others and are never written.
+    c510 = cache.Cache(str(tmp_path), False, "5.10")
+    opts = c510.kernel_apt_options()
+    base = tmp_path / "apt-5.10"
+    assert opts == ["-o", f"Dir::Etc::SourceList={base}/sources.list", "-o", "Dir::Etc::SourceParts=/dev/null",
+                    "-o", f"Dir::State::Lists={base}/lists", "-o", f"Dir::Cache={base}/cache"]
+    assert (base / "sources.list").read_text().split()[-2:] == ["bullseye-security", "main"]
+    assert (base / "lists" / "partial").is_dir() and (base / "cache" / "archives" / "partial").is_dir()
+    assert os.path.basename(c510.state_path()) == "state-5.10.json"
+    assert cache.pick_kernel_package(["linux-image-5.10.0-9-amd64-unsigned", "linux-image-5.10.0-46-amd64-unsigned",
+                                      "linux-image-5.10.0-46-rt-amd64-unsigned"],
+                                     cache.KERNELS["5.10"]["pattern"]) == "linux-image-5.10.0-46-amd64-unsigned"
+    assert cache.Cache(str(tmp_path), False, "6.12").kernel_apt_options() == []
+    assert not (tmp_path / "apt-6.12").exists()
 
 
 def test_systemd_guest_needs_the_host_systemd():
@@ -449,7 +467,7 @@ def test_hardware_tests_default_matrix_and_selection(monkeypatch):
     monkeypatch.delenv("AUTONUMAD_HW_TOPOLOGIES", raising=False)
     guests, timeout, rest = ht.parse_args(["-q"])
     assert [g.name for g in guests] == ["2node", "tiered", "4node", "2x2", "systemd", "nocgroup", "6.1",
-                                          "cgroupv1"]
+                                          "5.10", "cgroupv1"]
     assert rest == ["-q"]
     assert [g.name for g in ht.parse_args(["--all"])[0]] == [g.name for g in ht.GUESTS]
     assert [g.name for g in ht.parse_args(["--topology", "tiered", "--guest", "6.1"])[0]] == \

@@ -34,6 +34,15 @@ KERNELS = {
     "6.1": {"prefix": "linux-image-6.1.0-",
             "pattern": r"linux-image-6\.1\.0-(\d+)-amd64-unsigned",
             "state": "state-6.1.json"},
+    # Debian 11's kernel, from bullseye-security (LTS): a pre-6.x kernel (no
+    # memory tiers, no NUMA balancing mode 2, no DAMON). Not in a bookworm
+    # host's sources, so numa-vm reads that suite into a private apt state
+    # under the cache (the host's sources are left as they are).
+    "5.10": {"prefix": "linux-image-5.10.0-",
+             "pattern": r"linux-image-5\.10\.0-(\d+)-amd64-unsigned",
+             "state": "state-5.10.json",
+             "apt_source": "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]"
+                           " http://deb.debian.org/debian-security bullseye-security main"},
 }
 DEFAULT_KERNEL = "6.12"
 # Host packages: qemu to run the guest, numactl because the guest runs the
@@ -263,8 +272,25 @@ class Cache:
             state = self.fetch_kernel_and_busybox()
         initramfs.build(self.path, state)
 
+    def kernel_apt_options(self):
+        """apt options that read the kernel's own suite, for a series the host's sources lack."""
+        source = KERNELS[self.kernel].get("apt_source")
+        if not source:
+            return []
+        base = os.path.join(self.path, f"apt-{self.kernel}")
+        for d in ("lists/partial", "cache/archives/partial"):
+            os.makedirs(os.path.join(base, d), exist_ok=True)
+        with open(os.path.join(base, "sources.list"), "w") as f:
+            f.write(source + "\n")
+        return ["-o", f"Dir::Etc::SourceList={base}/sources.list", "-o", "Dir::Etc::SourceParts=/dev/null",
+                "-o", f"Dir::State::Lists={base}/lists", "-o", f"Dir::Cache={base}/cache"]
+
     def kernel_package(self):
         spec = KERNELS[self.kernel]
+        opts = self.kernel_apt_options()
+        if opts:
+            self.progress(f"apt-get update ({spec['apt_source'].split()[-2]})")
+            run_quiet(["apt-get", "-q", *opts, "update"], "apt-get update", env=self.apt_env())
         pkg = os.environ.get("AUTONUMAD_VM_KERNEL_PACKAGE")
         if pkg:
             # It names one package, for one series: a 6.12 package must not
@@ -274,20 +300,20 @@ class Cache:
                               f" (--kernel {self.kernel} wants {spec['prefix']}...)")
             return pkg
         for attempt in (0, 1):
-            out = subprocess.run(["apt-cache", "pkgnames", spec["prefix"]],
+            out = subprocess.run(["apt-cache", *opts, "pkgnames", spec["prefix"]],
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                  text=True).stdout
             found = pick_kernel_package(out.splitlines(), spec["pattern"])
             if found:
                 return found
-            if attempt == 0:
+            if attempt == 0 and not opts:
                 self.apt_update()
         raise VMError(f"no package matching {spec['pattern']} known to apt"
                       " (is bookworm-security or backports configured?)")
 
-    def download_deb(self, pkg, workdir):
+    def download_deb(self, pkg, workdir, apt_options=()):
         self.progress(f"apt-get download {pkg}")
-        self.apt_get(["download", pkg], f"apt-get download {pkg}", cwd=workdir)
+        self.apt_get([*apt_options, "download", pkg], f"apt-get download {pkg}", cwd=workdir)
         debs = [f for f in os.listdir(workdir)
                 if f.startswith(pkg.split("=")[0] + "_") and f.endswith(".deb")]
         if len(debs) != 1:
@@ -305,7 +331,7 @@ class Cache:
         work = tempfile.mkdtemp(prefix="setup.", dir=self.path)
         os.chmod(work, 0o755)          # apt-get download runs as _apt
         try:
-            deb, kdeb_version = self.download_deb(pkg, work)
+            deb, kdeb_version = self.download_deb(pkg, work, self.kernel_apt_options())
             self.progress(f"unpacking {os.path.basename(deb)}")
             root = os.path.join(work, "root")
             run_quiet(["dpkg-deb", "-x", deb, root], f"dpkg-deb -x {deb}")
