@@ -308,6 +308,22 @@ def stop_daemon(daemon: subprocess.Popen, log: Path) -> None:
     assert daemon.wait(30) == 0, log.read_text()
 
 
+def converge_and_read(cfg: Path, log: Path, w: Workload, node: int, read):
+    """Run the daemon until `w` is 95 % local on `node` (within 120 s), let it run a few more passes
+    (interval_s = 1), return `read()` taken while it still runs, and stop it (exit status 0)."""
+    daemon = run_daemon(cfg, log)
+    try:
+        t0 = time.monotonic()
+        while w.local_fraction(node) < 0.95:
+            assert daemon.poll() is None, log.read_text()
+            assert time.monotonic() - t0 < 120, log.read_text()
+            time.sleep(0.5)
+        time.sleep(4)
+        return read()
+    finally:
+        stop_daemon(daemon, log)
+
+
 def drop_caches() -> None:
     # Page cache on a node is free memory the kernel hands out on demand but
     # MemFree does not count: sizing against MemFree needs it gone first.
@@ -329,17 +345,7 @@ def test_a_process_larger_than_a_node_is_left_spread_and_the_pass_goes_on(tmp_pa
     spread = big.nodes()
     assert spread.get(1, 0) > 0 and spread.get(0, 0) > 0, spread  # the first touch spilled over
     ooms, log = oom_kills(), tmp_path / "daemon.log"
-    daemon = run_daemon(cfg, log)
-    try:
-        t0 = time.monotonic()
-        while small.local_fraction(1) < 0.95:
-            assert daemon.poll() is None, log.read_text()
-            assert time.monotonic() - t0 < 120, log.read_text()
-            time.sleep(0.5)
-        time.sleep(4)  # a few more passes at interval_s = 1
-        after = big.nodes()
-    finally:
-        stop_daemon(daemon, log)
+    after = converge_and_read(cfg, log, small, 1, big.nodes)
     text = log.read_text()
     assert big.proc.poll() is None and oom_kills() == ooms, text
     # No page of it moved (pages never move on their own here: the kernel's balancing is off).
@@ -459,17 +465,7 @@ def test_processes_in_cpusets_are_balanced_inside_them(tmp_path, cfg, workloads)
         before = held.nodes()
         assert free.local_fraction(1) < 0.05 and before.get(0, 0) == sum(before.values())
         log = tmp_path / "daemon.log"
-        daemon = run_daemon(cfg, log)
-        try:
-            t0 = time.monotonic()
-            while free.local_fraction(1) < 0.95:
-                assert daemon.poll() is None, log.read_text()
-                assert time.monotonic() - t0 < 120, log.read_text()
-                time.sleep(0.5)
-            time.sleep(3)  # a few more passes at interval_s = 1
-            after = held.nodes()
-        finally:
-            stop_daemon(daemon, log)
+        after = converge_and_read(cfg, log, free, 1, held.nodes)
     text = log.read_text()
     assert f"migrate pid {free.pid} " in text, text[-3000:]
     assert after == before, (before, after, text[-3000:])
