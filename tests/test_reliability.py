@@ -489,3 +489,28 @@ def test_the_fake_host_does_not_follow_symlinks_out_of_its_root(tmp_path, capsys
     assert knob.read_text() == "1\n" and secret.read_text() == "root:$6$hash:0:0\n"
     assert main(["explain", "1001", "--root", str(host.root)]) == 1
     assert "root:$6$" not in capsys.readouterr().out
+
+
+def test_sigterm_during_start_up_stops_without_touching_the_knobs(tmp_path):
+    """SIGTERM before the daemon's first pass: it stops (exit 0) without writing the kernel knobs its
+    config names, rather than applying them and restoring them a moment later."""
+    host = build_demo_host(tmp_path / "host")
+    knob = host.path("/proc/sys/kernel/numa_balancing")
+    knob.write_text("1\n")
+    cfg = write_config(tmp_path / "c.toml", f'[daemon]\nruntime_dir = "{tmp_path}/run"\n'
+                       '[kernel]\nnuma_balancing = "off"\n[metrics]\nlisten = ""\n')
+    script = f"""
+import os, signal, sys
+import autonumad.cli as cli
+real = cli._load_config
+def slow_load(*a, **k):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real(*a, **k)
+cli._load_config = slow_load
+sys.exit(cli.main(["run", "--root", {str(host.root)!r}, "--config", {str(cfg)!r}]))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    assert "stop requested during start-up" in r.stderr, r.stderr
+    assert "written" not in r.stderr and knob.read_text() == "1\n", r.stderr
+    assert not (tmp_path / "run" / "saved-knobs.json").exists()

@@ -243,7 +243,13 @@ class Daemon:
                     continue
                 log.warning("restored kernel knob %s to %s, left changed by a previous run that did not "
                             "exit cleanly", c.name, c.new)
-            self._apply_knobs()
+            if self.stop_event.is_set():
+                # SIGTERM during start-up (systemctl stop right after start; cli._EarlySignals
+                # hands it over): applying the knobs only to restore them a moment later would
+                # flip the kernel's behaviour for nothing.
+                log.info("stop requested during start-up: kernel knobs left as they are")
+            else:
+                self._apply_knobs()
         self.safety.start(dry_run=self.dry_run)
         log.info("autonumad %s started on %s: interval %.1f s, migrate rate %.0f MiB/s%s", __version__,
                  self.host, self.interval_s,
