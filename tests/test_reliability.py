@@ -447,22 +447,28 @@ def test_a_config_path_or_dropin_that_is_a_directory_is_one_line(tmp_path, capsy
     assert d2.reload() is False and "not a regular file" in d2.last_reload["error"]
 
 
-def test_sighup_during_start_up_does_not_kill_the_daemon(tmp_path):
-    """main: SIGHUP in the first ~0.1 s (before the daemon's handlers) terminated it."""
-    host = build_demo_host(tmp_path / "host")
-    cfg = write_config(tmp_path / "c.toml", f'[daemon]\nruntime_dir = "{tmp_path}/run"\n[metrics]\nlisten = ""\n')
-    # SIGHUP arrives while the config is being loaded: the earliest point a test can reach in-process.
+def run_signalled_during_start_up(signame: str, host, cfg, *args: str) -> subprocess.CompletedProcess:
+    """`autonumad run --root HOST --config CFG ARGS` in a child that sends itself `signame` while its
+    config is being loaded: the earliest point a test can reach in-process, before the daemon's own
+    handlers (cli._EarlySignals holds the signal meanwhile)."""
     script = f"""
 import os, signal, sys
 import autonumad.cli as cli
 real = cli._load_config
 def slow_load(*a, **k):
-    os.kill(os.getpid(), signal.SIGHUP)
+    os.kill(os.getpid(), signal.{signame})
     return real(*a, **k)
 cli._load_config = slow_load
-sys.exit(cli.main(["run", "--root", {str(host.root)!r}, "--config", {str(cfg)!r}, "--once", "--dry-run"]))
+sys.exit(cli.main(["run", "--root", {str(host.root)!r}, "--config", {str(cfg)!r}, *{list(args)!r}]))
 """
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+
+
+def test_sighup_during_start_up_does_not_kill_the_daemon(tmp_path):
+    """main: SIGHUP in the first ~0.1 s (before the daemon's handlers) terminated it."""
+    host = build_demo_host(tmp_path / "host")
+    cfg = write_config(tmp_path / "c.toml", f'[daemon]\nruntime_dir = "{tmp_path}/run"\n[metrics]\nlisten = ""\n')
+    r = run_signalled_during_start_up("SIGHUP", host, cfg, "--once", "--dry-run")
     assert r.returncode == 0, (r.returncode, r.stderr)
     assert "configuration reloaded" in r.stderr  # the early SIGHUP was handed to the daemon
 
@@ -499,17 +505,7 @@ def test_sigterm_during_start_up_stops_without_touching_the_knobs(tmp_path):
     knob.write_text("1\n")
     cfg = write_config(tmp_path / "c.toml", f'[daemon]\nruntime_dir = "{tmp_path}/run"\n'
                        '[kernel]\nnuma_balancing = "off"\n[metrics]\nlisten = ""\n')
-    script = f"""
-import os, signal, sys
-import autonumad.cli as cli
-real = cli._load_config
-def slow_load(*a, **k):
-    os.kill(os.getpid(), signal.SIGTERM)
-    return real(*a, **k)
-cli._load_config = slow_load
-sys.exit(cli.main(["run", "--root", {str(host.root)!r}, "--config", {str(cfg)!r}]))
-"""
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    r = run_signalled_during_start_up("SIGTERM", host, cfg)
     assert r.returncode == 0, (r.returncode, r.stderr)
     assert "stop requested during start-up" in r.stderr, r.stderr
     assert "written" not in r.stderr and knob.read_text() == "1\n", r.stderr
