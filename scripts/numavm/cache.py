@@ -285,9 +285,10 @@ class Cache:
         return ["-o", f"Dir::Etc::SourceList={base}/sources.list", "-o", "Dir::Etc::SourceParts=/dev/null",
                 "-o", f"Dir::State::Lists={base}/lists", "-o", f"Dir::Cache={base}/cache"]
 
-    def kernel_package(self):
+    def kernel_package(self, opts=None):
+        """The kernel package to fetch; `opts`: kernel_apt_options(), if the caller has them."""
         spec = KERNELS[self.kernel]
-        opts = self.kernel_apt_options()
+        opts = self.kernel_apt_options() if opts is None else opts
         if opts:
             self.progress(f"apt-get update ({spec['apt_source'].split()[-2]})")
             run_quiet(["apt-get", "-q", *opts, "update"], "apt-get update", env=self.apt_env())
@@ -323,7 +324,8 @@ class Cache:
         return deb, version
 
     def fetch_kernel_and_busybox(self):
-        pkg = self.kernel_package()
+        apt_options = self.kernel_apt_options()
+        pkg = self.kernel_package(apt_options)
         m = re.fullmatch(r"linux-image-(.+)-unsigned", pkg)
         if not m:
             raise VMError(f"unexpected kernel package name {pkg}")
@@ -331,7 +333,7 @@ class Cache:
         work = tempfile.mkdtemp(prefix="setup.", dir=self.path)
         os.chmod(work, 0o755)          # apt-get download runs as _apt
         try:
-            deb, kdeb_version = self.download_deb(pkg, work, self.kernel_apt_options())
+            deb, kdeb_version = self.download_deb(pkg, work, apt_options)
             self.progress(f"unpacking {os.path.basename(deb)}")
             root = os.path.join(work, "root")
             run_quiet(["dpkg-deb", "-x", deb, root], f"dpkg-deb -x {deb}")

@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from autonumad.act.syscalls import page_nodes
-from autonumad.readers.lists import format_list, parse_list
+from autonumad.readers.lists import format_list
+from hardware.workload import drop_caches, node_cpus, node_meminfo_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 WORKLOAD = REPO / "tests" / "hardware" / "workload.py"
@@ -283,12 +284,7 @@ def test_explain_agrees_with_the_running_daemon_on_every_process(tmp_path, cfg, 
 # -- workload shapes the project's own benchmarks do not make -----------------------------------
 
 def node_meminfo_mib(node: int, field: str) -> float:
-    """`Node N <field>:` of /sys/devices/system/node/nodeN/meminfo, in MiB."""
-    for line in Path(f"/sys/devices/system/node/node{node}/meminfo").read_text().splitlines():
-        parts = line.split()
-        if parts[2] == f"{field}:":
-            return int(parts[3]) / 1024
-    raise AssertionError(f"no {field} for node {node}")
+    return node_meminfo_bytes(node, field) / 2**20
 
 
 def oom_kills() -> int:
@@ -298,9 +294,11 @@ def oom_kills() -> int:
     return 0
 
 
-def run_daemon(cfg: Path, log: Path) -> subprocess.Popen:
+def run_daemon(cfg: Path, log: Path, cpus: set[int] | None = None) -> subprocess.Popen:
+    """`autonumad run --config CFG`, its log in LOG; on `cpus` only when given."""
     with open(log, "w") as logf:
-        return subprocess.Popen([*AUTONUMAD, "run", "--config", str(cfg)], stderr=logf, cwd=REPO)
+        return subprocess.Popen([*AUTONUMAD, "run", "--config", str(cfg)], stderr=logf, cwd=REPO,
+                                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
 
 
 def stop_daemon(daemon: subprocess.Popen, log: Path) -> None:
@@ -322,13 +320,6 @@ def converge_and_read(cfg: Path, log: Path, w: Workload, node: int, read):
         return read()
     finally:
         stop_daemon(daemon, log)
-
-
-def drop_caches() -> None:
-    # Page cache on a node is free memory the kernel hands out on demand but
-    # MemFree does not count: sizing against MemFree needs it gone first.
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3")
 
 
 def test_a_process_larger_than_a_node_is_left_spread_and_the_pass_goes_on(tmp_path, cfg, workloads):
@@ -369,10 +360,7 @@ def test_a_misplaced_process_whose_home_is_nearly_full_moves_only_down_to_the_he
     workloads.append(misplaced)
     ooms, log = oom_kills(), tmp_path / "daemon.log"
     lowest_free = node_meminfo_mib(0, "MemFree")
-    node1 = set(parse_list(Path("/sys/devices/system/node/node1/cpulist").read_text()))
-    with open(log, "w") as logf:
-        daemon = subprocess.Popen([*AUTONUMAD, "run", "--config", str(cfg)], stderr=logf, cwd=REPO,
-                                  preexec_fn=lambda: os.sched_setaffinity(0, node1))
+    daemon = run_daemon(cfg, log, cpus=node_cpus(1))
     try:
         t0, limited_at = time.monotonic(), None
         while limited_at is None or time.monotonic() - limited_at < 8:  # a few passes after the first move
@@ -409,9 +397,9 @@ class Cpuset:
         if (self.V2 / "cgroup.controllers").exists():
             if "cpuset" not in (self.V2 / "cgroup.controllers").read_text().split():
                 pytest.skip("cgroup v2 without the cpuset controller")
-            self.root, self.cpus_file = self.V2, "cpuset.cpus"
+            self.root = self.V2
         elif (self.V1 / "cpuset.cpus").exists():
-            self.root, self.cpus_file = self.V1, "cpuset.cpus"
+            self.root = self.V1
         else:
             pytest.skip("no cpuset hierarchy mounted")
         self.path = self.root / name
@@ -441,10 +429,6 @@ class Cpuset:
             (self.root / "cgroup.subtree_control").write_text("-cpuset")
 
 
-def node_cpu_set(node: int) -> set[int]:
-    return set(parse_list(Path(f"/sys/devices/system/node/node{node}/cpulist").read_text()))
-
-
 @pytest.mark.every_guest  # the cgroup v1 guest is the one that matters here
 def test_processes_in_cpusets_are_balanced_inside_them(tmp_path, cfg, workloads):
     """Two processes with their memory on node 0, each put in a cpuset that runs it on node 1:
@@ -452,7 +436,7 @@ def test_processes_in_cpusets_are_balanced_inside_them(tmp_path, cfg, workloads)
     allows only node 0's memory (the daemon says so and moves nothing). The daemon reads the
     cpuset from /proc/PID/cgroup and the hierarchy the host mounted, v1 or v2 (act/affinity.py
     `cpuset_cpus`), and the memory it may use from Mems_allowed_list."""
-    node1 = node_cpu_set(1)
+    node1 = node_cpus(1)
     with Cpuset("autonumad-both", node1, {0, 1}) as both, Cpuset("autonumad-mem0", node1, {0}) as mem0:
         free = workload("--mib", "48", "--node", "0")
         held = workload("--mib", "48", "--node", "0")

@@ -25,7 +25,7 @@ from autonumad.act import syscalls
 from autonumad.host import LinuxHost
 from autonumad.readers.numa_maps import read_numa_maps
 from autonumad.act.syscalls import DEFAULT_BATCH_PAGES, MPOL_MF_MOVE_ALL, move_range, page_nodes
-from hardware.workload import Workload, anon_huge_kib, memory_nodes
+from hardware.workload import Workload, anon_huge_kib, drop_caches, memory_nodes, node_meminfo_bytes
 
 pytestmark = pytest.mark.hardware
 on_2node = pytest.mark.topology("2node")
@@ -181,13 +181,6 @@ def test_hugetlb_pages_are_addressed_once_each(workload, hugepages):
     assert vma_nodes(w) == status_nodes(w, HUGE) == {0: 8}
 
 
-def node_free_bytes(node: int) -> int:
-    for line in Path(f"/sys/devices/system/node/node{node}/meminfo").read_text().splitlines():
-        if "MemFree:" in line:
-            return int(line.split()[-2]) * 1024
-    raise AssertionError("no MemFree")
-
-
 @on_2node
 def test_full_target_node_is_counted_not_raised(workload):
     # Fill node 0 to 128 MiB short of full (a bound, pinned filler; the
@@ -196,14 +189,11 @@ def test_full_target_node_is_counted_not_raised(workload):
     # call fails with ENOMEM, which is counted, and the range stops there.
     # (With a 48 MiB margin the filler was sometimes OOM-killed, and the
     # move spent ~40 s in direct reclaim before failing.)
-    # MemFree leaves out node 0's page cache and reclaimable slab, which the
-    # migration's allocations reclaim (Documentation/admin-guide/sysctl/vm.rst,
-    # drop_caches): with enough of it the whole 192 MiB fitted (the clean-clone
-    # CI run of session 5, and once in session 4). Dropped first, so that free
-    # memory is what there is.
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3")
-    filler_mib = (node_free_bytes(0) - 128 * MIB) // MIB
+    # Without drop_caches the whole 192 MiB once fitted (the clean-clone CI
+    # run of session 5, and once in session 4): the migration reclaimed node
+    # 0's page cache, which MemFree does not count.
+    drop_caches()
+    filler_mib = (node_meminfo_bytes(0, "MemFree") - 128 * MIB) // MIB
     workload("--mib", str(filler_mib), "--no-thp", "--node", "0", "--cpunode", "0", "--keep-policy")
     w = workload("--mib", "192", "--no-thp", "--node", "1", "--cpunode", "1")
     r, dt = timed(move_range, w.pid, w.address, w.end, PAGE, 0)

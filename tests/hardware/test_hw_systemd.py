@@ -34,7 +34,8 @@ from pathlib import Path
 import pytest
 
 from autonumad.act.syscalls import page_nodes
-from autonumad.readers.lists import parse_list
+from autonumad.readers.lists import format_list
+from hardware.workload import node_cpus
 
 REPO = Path(__file__).resolve().parents[2]
 WORKLOAD = REPO / "tests" / "hardware" / "workload.py"
@@ -354,10 +355,6 @@ def test_5_kill9_restarts_with_the_knob_restored_in_between():
     assert watch.seen[0] == "0" and "1" in watch.seen and watch.seen[-1] == "0", watch.seen
 
 
-def node_cpus(node: int) -> set[int]:
-    return set(parse_list(Path(f"/sys/devices/system/node/node{node}/cpulist").read_text()))
-
-
 def set_threads_affinity(pid: int, cpus: set[int]) -> None:
     """sched_setaffinity(2) on every thread of `pid` (it is per thread)."""
     for tid in os.listdir(f"/proc/{pid}/task"):
@@ -435,7 +432,7 @@ def moved_off_its_memory_and_pinned_back(w: Workload, mark: str) -> set[str]:
         state = daemon_state()
         cpus = thread_cpus(w.pid)
         return (len(cpus) == 1
-                and any(p["pid"] == w.pid and {sched_list(set(p["cpus"]))} == cpus for p in pins_on_disk()))
+                and any(p["pid"] == w.pid and {format_list(set(p["cpus"]))} == cpus for p in pins_on_disk()))
     try:
         t = wait_for("the daemon pinned the workload to one node (and recorded it in pins.json)",
                      pinned, 90, step=1.0)
@@ -446,7 +443,7 @@ def moved_off_its_memory_and_pinned_back(w: Workload, mark: str) -> set[str]:
     for a in state.get("last_pass", {}).get("actions", []):
         if a["pid"] == w.pid:
             print(f"hw-systemd: the daemon's decision: {a['kind']} {a['rule']}: {a['reason']}")
-    if thread_cpus(w.pid) == {sched_list(node1)}:
+    if thread_cpus(w.pid) == {format_list(node1)}:
         assert any(f"pid {w.pid} " in m and "affinity set to node 1" in m for m in said), said
         assert w.local_fraction(1) >= 0.95  # the task moved, not the memory
     else:
@@ -509,19 +506,6 @@ def test_5b_kill9_new_instance_undoes_the_affinities_the_old_one_set():
             set_threads_affinity(daemon, me)
         write_config(zone_reclaim="1")
         sh("systemctl", "reload", UNIT, check=False, timeout=120)
-
-
-def sched_list(cpus: set[int]) -> str:
-    """`cpus` as the kernel writes a Cpus_allowed_list (ranges: "0-3,8")."""
-    out, run = [], []
-    for c in sorted(cpus):
-        if run and c != run[-1] + 1:
-            out.append(run)
-            run = []
-        run.append(c)
-    if run:
-        out.append(run)
-    return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in out)
 
 
 # 6. watchdog: a daemon that stops making progress is killed and restarted

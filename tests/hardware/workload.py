@@ -135,6 +135,26 @@ def start_daemon(cfg: Path, log: Path) -> subprocess.Popen:
     return p
 
 
+def node_meminfo_bytes(node: int, field: str) -> int:
+    """`Node N <field>:` of /sys/devices/system/node/nodeN/meminfo (kB there), in bytes."""
+    for line in Path(f"/sys/devices/system/node/node{node}/meminfo").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[2] == f"{field}:":
+            return int(parts[3]) * 1024
+    raise AssertionError(f"no {field} for node {node}")
+
+
+def drop_caches() -> None:
+    """Free the page cache and reclaimable slab before sizing anything against MemFree.
+
+    MemFree leaves them out, yet a migration's allocations reclaim them
+    (Documentation/admin-guide/sysctl/vm.rst, drop_caches): a node that looks
+    full by MemFree may take much more.
+    """
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3")
+
+
 def memory_nodes() -> tuple[int, ...]:
     """Nodes with memory, from /sys/devices/system/node/has_memory."""
     p = Path("/sys/devices/system/node/has_memory")
